@@ -1,0 +1,25 @@
+-- Applied by the server at every start (and mountable into the postgres
+-- image's initdb directory): every statement must be safe to run again.
+
+CREATE TABLE IF NOT EXISTS coupons (
+    name             TEXT        PRIMARY KEY,
+    amount           INTEGER     NOT NULL,
+    remaining_amount INTEGER     NOT NULL,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    CONSTRAINT coupons_amount_non_negative CHECK (amount >= 0),
+    CONSTRAINT coupons_remaining_within_amount CHECK (remaining_amount BETWEEN 0 AND amount)
+);
+
+CREATE TABLE IF NOT EXISTS claims (
+    id          BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id     TEXT        NOT NULL,
+    coupon_name TEXT        NOT NULL REFERENCES coupons (name),
+    claimed_at  TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- The rule the whole service leans on: one claim per user per coupon,
+    -- enforced by the database whatever the application does.
+    CONSTRAINT claims_user_coupon_unique UNIQUE (user_id, coupon_name)
+);
+
+-- Claim order per coupon, for claimed_by; the unique index above leads with
+-- user_id and cannot serve it.
+CREATE INDEX IF NOT EXISTS claims_coupon_order ON claims (coupon_name, id);

@@ -1,0 +1,204 @@
+//! All configuration, read from the environment in one place.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use log::LevelFilter;
+
+use crate::store::StoreSettings;
+
+/// Everything the server needs to start. Built from the environment by
+/// [`Config::from_env`], or directly by tests.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen_addr: String,
+    pub workers: usize,
+    pub log_level: LevelFilter,
+    pub store: StoreSettings,
+}
+
+/// A setting that is missing or cannot be used, named for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
+pub const DEFAULT_WORKERS: usize = 16;
+pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
+pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 10;
+pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
+pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
+
+impl Config {
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads the settings through `lookup`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let get = |key: &str| lookup(key).filter(|v| !v.trim().is_empty());
+        let url = get("DATABASE_URL")
+            .ok_or_else(|| ConfigError("DATABASE_URL is not set; set it to a PostgreSQL connection string such as postgres://postgres@127.0.0.1:5432/postgres".into()))?;
+        let database = parse_database_url(&url)?;
+        let mut config = Config::for_database(database);
+        if let Some(addr) = get("LISTEN_ADDR") {
+            config.listen_addr = addr;
+        }
+        config.workers = number(&get, "WORKERS", DEFAULT_WORKERS, 1, 1024)?;
+        config.store.pool_size = number(&get, "DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, 1, 1024)?;
+        config.store.max_retries = number(
+            &get,
+            "CLAIM_MAX_RETRIES",
+            DEFAULT_CLAIM_MAX_RETRIES,
+            0,
+            1000,
+        )?;
+        config.store.startup_timeout = Duration::from_secs(number(
+            &get,
+            "DB_STARTUP_TIMEOUT_SECS",
+            DEFAULT_DB_STARTUP_TIMEOUT_SECS,
+            0,
+            3600,
+        )?);
+        config.store.checkout_timeout = Duration::from_millis(number(
+            &get,
+            "DB_CHECKOUT_TIMEOUT_MS",
+            DEFAULT_DB_CHECKOUT_TIMEOUT_MS,
+            10,
+            600_000,
+        )?);
+        if let Some(level) = get("LOG_LEVEL") {
+            config.log_level = LevelFilter::from_str(level.trim()).map_err(|_| {
+                ConfigError(format!(
+                    "LOG_LEVEL must be one of off, error, warn, info, debug, trace (got {level:?})"
+                ))
+            })?;
+        }
+        Ok(config)
+    }
+
+    /// The defaults, pointed at `database`.
+    pub fn for_database(database: postgres::Config) -> Config {
+        Config {
+            listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
+            workers: DEFAULT_WORKERS,
+            log_level: LevelFilter::Info,
+            store: StoreSettings {
+                database,
+                pool_size: DEFAULT_DB_POOL_SIZE,
+                max_retries: DEFAULT_CLAIM_MAX_RETRIES,
+                startup_timeout: Duration::from_secs(DEFAULT_DB_STARTUP_TIMEOUT_SECS),
+                checkout_timeout: Duration::from_millis(DEFAULT_DB_CHECKOUT_TIMEOUT_MS),
+            },
+        }
+    }
+}
+
+pub fn parse_database_url(url: &str) -> Result<postgres::Config, ConfigError> {
+    // The parser's message can quote the input; it is not repeated here
+    // because the input may carry a password.
+    postgres::Config::from_str(url)
+        .map_err(|_| ConfigError("DATABASE_URL is not a valid PostgreSQL connection string".into()))
+}
+
+/// Where the database is, for logs: host, port and database, never the
+/// password.
+pub fn describe_database(config: &postgres::Config) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            postgres::config::Host::Tcp(name) => name.clone(),
+            postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let ports: Vec<String> = config.get_ports().iter().map(u16::to_string).collect();
+    format!(
+        "host={} port={} dbname={} user={}",
+        hosts.join(","),
+        ports.join(","),
+        config.get_dbname().unwrap_or("(default)"),
+        config.get_user().unwrap_or("(default)")
+    )
+}
+
+fn number<T>(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError>
+where
+    T: FromStr + PartialOrd + fmt::Display + Copy,
+{
+    let Some(raw) = get(key) else {
+        return Ok(default);
+    };
+    match raw.trim().parse::<T>() {
+        Ok(value) if value >= min && value <= max => Ok(value),
+        _ => Err(ConfigError(format!(
+            "{key} must be a whole number from {min} to {max} (got {raw:?})"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::from_lookup(|key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    const URL: (&str, &str) = ("DATABASE_URL", "postgres://app:s3cret@db:5432/coupons");
+
+    #[test]
+    fn defaults_apply_when_only_the_database_is_given() {
+        let c = config(&[URL]).unwrap();
+        assert_eq!(c.listen_addr, DEFAULT_LISTEN_ADDR);
+        assert_eq!(c.workers, DEFAULT_WORKERS);
+        assert_eq!(c.store.pool_size, DEFAULT_DB_POOL_SIZE);
+        assert_eq!(c.store.max_retries, DEFAULT_CLAIM_MAX_RETRIES);
+        assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn a_missing_database_url_is_named() {
+        let err = config(&[]).unwrap_err();
+        assert!(err.to_string().contains("DATABASE_URL"));
+    }
+
+    #[test]
+    fn malformed_numbers_and_levels_are_named() {
+        let err = config(&[URL, ("WORKERS", "many")]).unwrap_err();
+        assert!(err.to_string().starts_with("WORKERS"), "{err}");
+        let err = config(&[URL, ("DB_POOL_SIZE", "0")]).unwrap_err();
+        assert!(err.to_string().starts_with("DB_POOL_SIZE"), "{err}");
+        let err = config(&[URL, ("LOG_LEVEL", "loud")]).unwrap_err();
+        assert!(err.to_string().starts_with("LOG_LEVEL"), "{err}");
+    }
+
+    #[test]
+    fn the_password_never_reaches_an_error_or_description() {
+        let err = config(&[("DATABASE_URL", "postgres://a:s3cret@[bad")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"));
+        let c = config(&[URL]).unwrap();
+        let text = describe_database(&c.store.database);
+        assert!(!text.contains("s3cret"), "{text}");
+        assert!(text.contains("host=db"), "{text}");
+    }
+}

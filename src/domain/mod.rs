@@ -1,0 +1,10 @@
+//! Types that cannot hold an invalid value, and the shapes the service
+//! answers with. Nothing here knows about HTTP or SQL.
+
+mod amount;
+mod coupon;
+mod text;
+
+pub use amount::{Amount, AmountError};
+pub use coupon::{ClaimOutcome, Coupon, decide_in_order};
+pub use text::{CouponName, MAX_TEXT_CHARS, TextError, UserId};

@@ -1,0 +1,120 @@
+//! Turning a request body into checked fields, or into the 4xx that says
+//! exactly what is wrong with it.
+
+use serde_json::{Map, Value};
+use tiny_http::Request;
+
+use super::error::{ApiError, FieldProblem};
+use super::intake::{Body, MAX_BODY_BYTES};
+
+/// The body as one JSON object, refusing the wrong media type, bodies over
+/// the limit and anything that is not one JSON object.
+pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>, ApiError> {
+    let content_type = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Content-Type"))
+        .map(|h| h.value.as_str());
+    if !content_type.is_some_and(is_json) {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let bytes = match body {
+        Body::Read(bytes) => bytes,
+        Body::TooLarge | Body::Abandoned => {
+            return Err(ApiError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        Body::Unreadable(cause) => {
+            return Err(ApiError::InvalidJson(format!(
+                "the body could not be read ({cause})"
+            )));
+        }
+    };
+    match serde_json::from_slice(bytes) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(ApiError::BodyNotObject),
+        Err(e) => Err(ApiError::InvalidJson(e.to_string())),
+    }
+}
+
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+}
+
+/// The fields of a body object, with the unknown ones already refused.
+pub struct Fields(Map<String, Value>);
+
+impl Fields {
+    pub fn new(map: Map<String, Value>, accepted: &[&str]) -> Result<Fields, ApiError> {
+        if let Some(unknown) = map.keys().find(|k| !accepted.contains(&k.as_str())) {
+            return Err(ApiError::UnknownField(unknown.clone()));
+        }
+        Ok(Fields(map))
+    }
+
+    pub fn text(&self, field: &'static str) -> Result<&str, ApiError> {
+        match self.0.get(field) {
+            None => Err(ApiError::field(field, FieldProblem::Missing)),
+            Some(Value::String(s)) => Ok(s),
+            Some(_) => Err(ApiError::field(field, FieldProblem::NotAString)),
+        }
+    }
+
+    /// A whole number, however large: range checks belong to the domain.
+    /// Numbers too large for 64 bits arrive as floats and still count as
+    /// whole when they have no fraction.
+    pub fn whole_number(&self, field: &'static str) -> Result<i128, ApiError> {
+        let not_whole = || ApiError::field(field, FieldProblem::NotAWholeNumber);
+        match self.0.get(field) {
+            None => Err(ApiError::field(field, FieldProblem::Missing)),
+            Some(Value::Number(n)) => {
+                if let Some(i) = n.as_i64() {
+                    Ok(i128::from(i))
+                } else if let Some(u) = n.as_u64() {
+                    Ok(i128::from(u))
+                } else {
+                    match n.as_f64() {
+                        // Saturates: anything this large is out of range anyway.
+                        Some(f) if f.is_finite() && f.fract() == 0.0 && f.abs() > 1e18 => {
+                            Ok(f as i128)
+                        }
+                        _ => Err(not_whole()),
+                    }
+                }
+            }
+            Some(_) => Err(not_whole()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(body: &str) -> Fields {
+        let Value::Object(map) = serde_json::from_str(body).unwrap() else {
+            panic!("not an object")
+        };
+        Fields::new(map, &["n"]).unwrap()
+    }
+
+    #[test]
+    fn content_types_with_parameters_are_json() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(!is_json("text/plain"));
+        assert!(!is_json("application/jsonx"));
+    }
+
+    #[test]
+    fn whole_numbers_are_told_from_fractions() {
+        assert_eq!(fields(r#"{"n": 5}"#).whole_number("n").unwrap(), 5);
+        assert_eq!(fields(r#"{"n": -5}"#).whole_number("n").unwrap(), -5);
+        assert!(fields(r#"{"n": 5.5}"#).whole_number("n").is_err());
+        assert!(fields(r#"{"n": 5.0}"#).whole_number("n").is_err());
+        assert!(fields(r#"{"n": "5"}"#).whole_number("n").is_err());
+        assert!(fields(r#"{"n": 1e30}"#).whole_number("n").unwrap() > i128::from(i64::MAX));
+    }
+}

@@ -1,0 +1,175 @@
+//! The one place where failures become HTTP answers.
+
+use serde_json::json;
+
+use crate::domain::{AmountError, TextError};
+use crate::store::StoreError;
+
+use super::response::{Reply, json};
+
+/// What is wrong with one field of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldProblem {
+    Missing,
+    NotAString,
+    NotAWholeNumber,
+    Text(TextError),
+    Amount(AmountError),
+}
+
+impl FieldProblem {
+    fn reason(self) -> &'static str {
+        match self {
+            FieldProblem::Missing => "missing",
+            FieldProblem::NotAString => "not_a_string",
+            FieldProblem::NotAWholeNumber => "not_a_whole_number",
+            FieldProblem::Text(e) => e.reason(),
+            FieldProblem::Amount(e) => e.reason(),
+        }
+    }
+
+    fn explain(self) -> String {
+        match self {
+            FieldProblem::Missing => "is required".to_owned(),
+            FieldProblem::NotAString => "must be a JSON string".to_owned(),
+            FieldProblem::NotAWholeNumber => "must be a whole JSON number".to_owned(),
+            FieldProblem::Text(e) => e.to_string(),
+            FieldProblem::Amount(e) => e.to_string(),
+        }
+    }
+}
+
+/// Every answer other than success.
+#[derive(Debug)]
+pub enum ApiError {
+    RouteNotFound,
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+    UnsupportedMediaType,
+    PayloadTooLarge {
+        limit: usize,
+    },
+    InvalidJson(String),
+    BodyNotObject,
+    UnknownField(String),
+    Field {
+        field: &'static str,
+        problem: FieldProblem,
+    },
+    InvalidPath,
+    CouponNotFound,
+    CouponExists,
+    AlreadyClaimed,
+    OutOfStock,
+    ShuttingDown,
+    Store(StoreError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> ApiError {
+        ApiError::Store(err)
+    }
+}
+
+impl ApiError {
+    pub fn field(field: &'static str, problem: FieldProblem) -> ApiError {
+        ApiError::Field { field, problem }
+    }
+
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::RouteNotFound | ApiError::CouponNotFound => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::UnsupportedMediaType => 415,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::InvalidJson(_)
+            | ApiError::BodyNotObject
+            | ApiError::UnknownField(_)
+            | ApiError::Field { .. }
+            | ApiError::InvalidPath
+            | ApiError::OutOfStock => 400,
+            ApiError::CouponExists | ApiError::AlreadyClaimed => 409,
+            ApiError::ShuttingDown
+            | ApiError::Store(StoreError::Busy { .. } | StoreError::Unavailable(_)) => 503,
+            ApiError::Store(StoreError::Internal(_)) => 500,
+        }
+    }
+
+    pub fn code(&self) -> String {
+        let code = match self {
+            ApiError::RouteNotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::UnsupportedMediaType => "unsupported_media_type",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::BodyNotObject => "body_not_object",
+            ApiError::UnknownField(_) => "unknown_field",
+            ApiError::Field { field, problem } => return format!("{field}_{}", problem.reason()),
+            ApiError::InvalidPath => "invalid_path",
+            ApiError::CouponNotFound => "coupon_not_found",
+            ApiError::CouponExists => "coupon_exists",
+            ApiError::AlreadyClaimed => "already_claimed",
+            ApiError::OutOfStock => "out_of_stock",
+            ApiError::ShuttingDown => "shutting_down",
+            ApiError::Store(StoreError::Busy { .. }) => "busy",
+            ApiError::Store(StoreError::Unavailable(_)) => "database_unavailable",
+            ApiError::Store(StoreError::Internal(_)) => "internal_error",
+        };
+        code.to_owned()
+    }
+
+    /// A sentence for a person. Never the database's own words: those stay
+    /// in the log.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::RouteNotFound => "There is nothing at this path.".to_owned(),
+            ApiError::MethodNotAllowed { allow } => {
+                format!("This path only answers {allow}.")
+            }
+            ApiError::UnsupportedMediaType => {
+                "The request body must be sent with Content-Type: application/json.".to_owned()
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                format!("The request body must be at most {limit} bytes.")
+            }
+            ApiError::InvalidJson(detail) => {
+                format!("The request body is not valid JSON: {detail}.")
+            }
+            ApiError::BodyNotObject => "The request body must be a JSON object.".to_owned(),
+            ApiError::UnknownField(name) => {
+                format!("The field {name:?} is not accepted here.")
+            }
+            ApiError::Field { field, problem } => format!("{field} {}.", problem.explain()),
+            ApiError::InvalidPath => {
+                "The coupon name in the path is not valid percent-encoded UTF-8.".to_owned()
+            }
+            ApiError::CouponNotFound => "No coupon has that name.".to_owned(),
+            ApiError::CouponExists => "A coupon with that name already exists.".to_owned(),
+            ApiError::AlreadyClaimed => "This user has already claimed this coupon.".to_owned(),
+            ApiError::OutOfStock => "This coupon has no units left.".to_owned(),
+            ApiError::ShuttingDown => "The server is shutting down; please try again.".to_owned(),
+            ApiError::Store(StoreError::Busy { .. }) => {
+                "The coupon is too busy right now; please try again.".to_owned()
+            }
+            ApiError::Store(StoreError::Unavailable(_)) => {
+                "The database is unavailable right now; please try again.".to_owned()
+            }
+            ApiError::Store(StoreError::Internal(_)) => {
+                "Something went wrong on our side.".to_owned()
+            }
+        }
+    }
+
+    pub fn into_reply(self) -> Reply {
+        let body = json!({ "error": { "code": self.code(), "message": self.message() } });
+        let mut reply = json(self.status(), &body);
+        if let ApiError::MethodNotAllowed { allow } = self {
+            reply = reply.with_header("Allow", allow);
+        }
+        if self.status() == 503 {
+            reply = reply.with_header("Retry-After", "1");
+        }
+        reply
+    }
+}

@@ -1,0 +1,74 @@
+//! HTTP glue: intake, routing, bodies, answers and the request log line.
+
+mod body;
+mod error;
+mod handlers;
+mod intake;
+mod response;
+mod router;
+
+use std::time::Instant;
+
+use log::{error, info, warn};
+use tiny_http::Method;
+
+use crate::context::Context;
+
+pub use error::{ApiError, FieldProblem};
+pub use intake::{Body, Incoming, MAX_BODY_BYTES, take_in};
+pub use response::Reply;
+use router::{Route, route};
+
+/// Answers one request completely, whatever it holds.
+pub fn serve(ctx: &Context, incoming: Incoming) {
+    let started = Instant::now();
+    let method = incoming.request.method().clone();
+    let target = loggable(incoming.request.url());
+
+    let reply = dispatch(ctx, &incoming).unwrap_or_else(|err| {
+        if let ApiError::Store(cause) = &err {
+            // The cause stays in the log; the client gets only the code.
+            match err.status() {
+                500 => error!("{method} {target}: {cause}"),
+                _ => warn!("{method} {target}: {cause}"),
+            }
+        }
+        err.into_reply()
+    });
+    let status = reply.status;
+    response::send(incoming, reply);
+    info!(
+        "{method} {target} {status} {:.3}ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+}
+
+fn dispatch(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiError> {
+    let found = route(incoming.request.url()).ok_or(ApiError::RouteNotFound)?;
+    match (&found, incoming.request.method()) {
+        (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
+        (Route::Coupons, Method::Post) => handlers::create_coupon(ctx, incoming),
+        (Route::Claim, Method::Post) => handlers::claim(ctx, incoming),
+        (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
+        (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: found.allow(),
+        }),
+    }
+}
+
+/// Answers a request that arrived too late to be served: the pool stopped.
+pub fn refuse_while_stopping(incoming: Incoming) {
+    response::send(incoming, ApiError::ShuttingDown.into_reply());
+}
+
+/// A request target fit for one log line: bounded and escaped.
+fn loggable(target: &str) -> String {
+    let shown: String = target.chars().take(200).collect();
+    let ellipsis = if shown.len() < target.len() {
+        "…"
+    } else {
+        ""
+    };
+    format!("{}{ellipsis}", shown.escape_debug())
+}

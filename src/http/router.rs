@@ -1,0 +1,58 @@
+/// The paths the API answers, with the coupon name still percent-encoded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    Health,
+    Coupons,
+    Claim,
+    Coupon(String),
+}
+
+/// Matches the path part of a request target (the query is ignored).
+pub fn route(target: &str) -> Option<Route> {
+    let path = target.split_once('?').map_or(target, |(path, _)| path);
+    match path {
+        "/healthz" => Some(Route::Health),
+        "/api/coupons" => Some(Route::Coupons),
+        "/api/coupons/claim" => Some(Route::Claim),
+        _ => {
+            let name = path.strip_prefix("/api/coupons/")?;
+            (!name.is_empty() && !name.contains('/')).then(|| Route::Coupon(name.to_owned()))
+        }
+    }
+}
+
+impl Route {
+    /// The methods this path answers, as the Allow header lists them.
+    pub fn allow(&self) -> &'static str {
+        match self {
+            Route::Health | Route::Coupon(_) => "GET",
+            Route::Coupons => "POST",
+            // GET here reads the coupon named "claim", which is a valid name.
+            Route::Claim => "GET, POST",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_paths_match_and_the_query_is_ignored() {
+        assert_eq!(route("/healthz"), Some(Route::Health));
+        assert_eq!(route("/api/coupons?x=1"), Some(Route::Coupons));
+        assert_eq!(route("/api/coupons/claim"), Some(Route::Claim));
+        assert_eq!(
+            route("/api/coupons/A%20B"),
+            Some(Route::Coupon("A%20B".into()))
+        );
+    }
+
+    #[test]
+    fn unknown_paths_do_not() {
+        assert_eq!(route("/"), None);
+        assert_eq!(route("/api/coupons/"), None);
+        assert_eq!(route("/api/coupons/a/b"), None);
+        assert_eq!(route("/api/couponsX"), None);
+    }
+}

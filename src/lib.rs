@@ -1,0 +1,13 @@
+//! flash-coupons: a flash-sale coupon service. `main.rs` only reads the
+//! configuration and starts a [`Server`]; tests start the same server.
+
+pub mod config;
+pub mod context;
+pub mod domain;
+pub mod http;
+pub mod server;
+pub mod store;
+pub mod workers;
+
+pub use config::Config;
+pub use server::{Server, StartError};

@@ -1,0 +1,476 @@
+//! The spec's API, response by response, against the real server and a real
+//! PostgreSQL.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use support::TestApp;
+use support::http::{raw, request_with, statuses};
+
+#[test]
+fn create_returns_201_with_the_coupon_and_its_location() {
+    let app = TestApp::spawn();
+    let answer = app.create("PROMO_SUPER", 100);
+    assert_eq!(answer.status, 201);
+    assert_eq!(
+        answer.body,
+        json!({"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100, "claimed_by": []})
+    );
+    assert_eq!(answer.location.as_deref(), Some("/api/coupons/PROMO_SUPER"));
+    assert_eq!(answer.content_type.as_deref(), Some("application/json"));
+}
+
+#[test]
+fn create_accepts_zero_and_the_largest_amount() {
+    let app = TestApp::spawn();
+    assert_eq!(app.create("NONE", 0).status, 201);
+    assert_eq!(app.create("MAX", i64::from(i32::MAX)).status, 201);
+    assert_eq!(
+        app.get("/api/coupons/MAX").body["remaining_amount"],
+        i32::MAX
+    );
+}
+
+#[test]
+fn create_returns_409_when_the_name_is_taken_and_keeps_the_first() {
+    let app = TestApp::spawn();
+    app.create("TWICE", 5);
+    app.create("TWICE", 7).assert_error(409, "coupon_exists");
+    assert_eq!(app.get("/api/coupons/TWICE").body["amount"], 5);
+}
+
+#[test]
+fn create_percent_encodes_the_location_of_an_unusual_name() {
+    let app = TestApp::spawn();
+    let answer = app.create("50% off/now", 1);
+    assert_eq!(
+        answer.location.as_deref(),
+        Some("/api/coupons/50%25%20off%2Fnow")
+    );
+    let read = app.get(answer.location.as_deref().unwrap());
+    assert_eq!(read.status, 200);
+    assert_eq!(read.body["name"], "50% off/now");
+}
+
+#[test]
+fn create_refuses_each_invalid_field_with_a_code_naming_it() {
+    let app = TestApp::spawn();
+    let long = "x".repeat(129);
+    let cases = [
+        (json!({"amount": 1}), "name_missing"),
+        (json!({"name": "A"}), "amount_missing"),
+        (json!({"name": 5, "amount": 1}), "name_not_a_string"),
+        (json!({"name": null, "amount": 1}), "name_not_a_string"),
+        (json!({"name": "", "amount": 1}), "name_empty"),
+        (
+            json!({"name": " A", "amount": 1}),
+            "name_surrounding_whitespace",
+        ),
+        (
+            json!({"name": "A\n", "amount": 1}),
+            "name_surrounding_whitespace",
+        ),
+        (
+            json!({"name": "A\u{7}B", "amount": 1}),
+            "name_control_character",
+        ),
+        (json!({"name": long, "amount": 1}), "name_too_long"),
+        (
+            json!({"name": "A", "amount": "5"}),
+            "amount_not_a_whole_number",
+        ),
+        (
+            json!({"name": "A", "amount": 1.5}),
+            "amount_not_a_whole_number",
+        ),
+        (
+            json!({"name": "A", "amount": 2.0}),
+            "amount_not_a_whole_number",
+        ),
+        (
+            json!({"name": "A", "amount": null}),
+            "amount_not_a_whole_number",
+        ),
+        (
+            json!({"name": "A", "amount": true}),
+            "amount_not_a_whole_number",
+        ),
+        (json!({"name": "A", "amount": -1}), "amount_negative"),
+        (
+            json!({"name": "A", "amount": 2147483648_i64}),
+            "amount_too_large",
+        ),
+        (json!({"name": "A", "amount": 1e30}), "amount_too_large"),
+        (
+            json!({"name": "A", "amount": 1, "extra": 1}),
+            "unknown_field",
+        ),
+    ];
+    for (body, code) in cases {
+        app.post_json("/api/coupons", &body.to_string())
+            .assert_error(400, code);
+    }
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 0);
+}
+
+#[test]
+fn post_bodies_that_are_not_one_json_object_get_400() {
+    let app = TestApp::spawn();
+    for (body, code) in [
+        ("", "invalid_json"),
+        ("{", "invalid_json"),
+        ("{\"name\": \"A\", \"amount\": 1", "invalid_json"),
+        ("nonsense", "invalid_json"),
+        ("{\"name\": \"A\", \"amount\": 1} trailing", "invalid_json"),
+        ("[1, 2]", "body_not_object"),
+        ("\"text\"", "body_not_object"),
+        ("null", "body_not_object"),
+    ] {
+        app.post_json("/api/coupons", body).assert_error(400, code);
+        app.post_json("/api/coupons/claim", body)
+            .assert_error(400, code);
+    }
+}
+
+#[test]
+fn post_without_a_json_content_type_gets_415() {
+    let app = TestApp::spawn();
+    let body = r#"{"name":"A","amount":1}"#;
+    for content_type in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/jsonx",
+    ] {
+        request_with(
+            "POST",
+            &app.url("/api/coupons"),
+            Some((content_type, body)),
+            &[],
+        )
+        .assert_error(415, "unsupported_media_type");
+    }
+    request_with("POST", &app.url("/api/coupons/claim"), None, &[])
+        .assert_error(415, "unsupported_media_type");
+    let with_charset = request_with(
+        "POST",
+        &app.url("/api/coupons"),
+        Some(("application/json; charset=utf-8", body)),
+        &[],
+    );
+    assert_eq!(with_charset.status, 201);
+}
+
+#[test]
+fn a_body_over_16_kib_gets_413_and_creates_nothing() {
+    let app = TestApp::spawn();
+    let body = json!({"name": "A", "amount": 1, "pad": "x".repeat(17 * 1024)}).to_string();
+    app.post_json("/api/coupons", &body)
+        .assert_error(413, "payload_too_large");
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 0);
+    assert_eq!(app.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_huge_declared_body_gets_413_and_the_server_keeps_serving() {
+    let app = TestApp::spawn();
+    let head = "POST /api/coupons HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                Content-Length: 999999999999\r\n\r\n{\"name\":\"A\"";
+    let got = raw(app.addr(), head.as_bytes(), Duration::from_secs(2));
+    assert_eq!(statuses(&got), vec![413], "{got}");
+    assert_eq!(app.get("/healthz").status, 200);
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 0);
+}
+
+#[test]
+fn a_chunked_body_is_read_like_any_other() {
+    let app = TestApp::spawn();
+    let body = r#"{"name":"CHUNKED","amount":3}"#;
+    let request = format!(
+        "POST /api/coupons HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{body}\r\n0\r\n\r\n",
+        body.len()
+    );
+    let got = raw(app.addr(), request.as_bytes(), Duration::from_secs(5));
+    assert_eq!(statuses(&got), vec![201], "{got}");
+    assert_eq!(app.get("/api/coupons/CHUNKED").body["amount"], 3);
+}
+
+#[test]
+fn claim_returns_200_with_the_claim_and_the_stock_left() {
+    let app = TestApp::spawn();
+    app.create("PROMO", 2);
+    let answer = app.claim("user_12345", "PROMO");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        json!({"user_id": "user_12345", "coupon_name": "PROMO", "remaining_amount": 1})
+    );
+}
+
+#[test]
+fn claim_returns_409_when_the_user_already_holds_the_coupon() {
+    let app = TestApp::spawn();
+    app.create("PROMO", 5);
+    assert_eq!(app.claim("u1", "PROMO").status, 200);
+    app.claim("u1", "PROMO")
+        .assert_error(409, "already_claimed");
+    assert_eq!(app.get("/api/coupons/PROMO").body["remaining_amount"], 4);
+}
+
+#[test]
+fn claim_returns_409_not_400_for_a_holder_of_a_sold_out_coupon() {
+    let app = TestApp::spawn();
+    app.create("ONE", 1);
+    assert_eq!(app.claim("u1", "ONE").status, 200);
+    app.claim("u1", "ONE").assert_error(409, "already_claimed");
+    app.claim("u2", "ONE").assert_error(400, "out_of_stock");
+}
+
+#[test]
+fn claim_returns_400_out_of_stock_for_a_coupon_opened_with_zero() {
+    let app = TestApp::spawn();
+    app.create("ZERO", 0);
+    app.claim("u1", "ZERO").assert_error(400, "out_of_stock");
+    assert_eq!(app.db.count("SELECT count(*) FROM claims"), 0);
+}
+
+#[test]
+fn claim_returns_404_for_an_unknown_coupon() {
+    let app = TestApp::spawn();
+    app.claim("u1", "NOPE")
+        .assert_error(404, "coupon_not_found");
+}
+
+#[test]
+fn one_user_may_claim_several_different_coupons() {
+    let app = TestApp::spawn();
+    app.create("A", 1);
+    app.create("B", 1);
+    assert_eq!(app.claim("u1", "A").status, 200);
+    assert_eq!(app.claim("u1", "B").status, 200);
+}
+
+#[test]
+fn claim_refuses_each_invalid_field_with_a_code_naming_it() {
+    let app = TestApp::spawn();
+    app.create("PROMO", 5);
+    let cases = [
+        (json!({"coupon_name": "PROMO"}), "user_id_missing"),
+        (json!({"user_id": "u"}), "coupon_name_missing"),
+        (
+            json!({"user_id": 12345, "coupon_name": "PROMO"}),
+            "user_id_not_a_string",
+        ),
+        (
+            json!({"user_id": "u", "coupon_name": ["PROMO"]}),
+            "coupon_name_not_a_string",
+        ),
+        (
+            json!({"user_id": "", "coupon_name": "PROMO"}),
+            "user_id_empty",
+        ),
+        (
+            json!({"user_id": "u ", "coupon_name": "PROMO"}),
+            "user_id_surrounding_whitespace",
+        ),
+        (
+            json!({"user_id": "u\u{0}v", "coupon_name": "PROMO"}),
+            "user_id_control_character",
+        ),
+        (
+            json!({"user_id": "u".repeat(129), "coupon_name": "PROMO"}),
+            "user_id_too_long",
+        ),
+        (
+            json!({"user_id": "u", "coupon_name": " PROMO"}),
+            "coupon_name_surrounding_whitespace",
+        ),
+        (
+            json!({"user_id": "u", "coupon_name": "PROMO", "x": 1}),
+            "unknown_field",
+        ),
+    ];
+    for (body, code) in cases {
+        app.post_json("/api/coupons/claim", &body.to_string())
+            .assert_error(400, code);
+    }
+    assert_eq!(app.db.count("SELECT count(*) FROM claims"), 0);
+    assert_eq!(app.get("/api/coupons/PROMO").body["remaining_amount"], 5);
+}
+
+#[test]
+fn get_lists_claimers_in_claim_order() {
+    let app = TestApp::spawn();
+    app.create("ORDER", 5);
+    for user in ["zed", "amy", "mid"] {
+        assert_eq!(app.claim(user, "ORDER").status, 200);
+    }
+    assert_eq!(
+        app.get("/api/coupons/ORDER").body,
+        json!({"name": "ORDER", "amount": 5, "remaining_amount": 2, "claimed_by": ["zed", "amy", "mid"]})
+    );
+}
+
+#[test]
+fn get_returns_an_empty_list_never_null_when_nobody_claimed() {
+    let app = TestApp::spawn();
+    app.create("EMPTY", 3);
+    assert_eq!(app.get("/api/coupons/EMPTY").body["claimed_by"], json!([]));
+}
+
+#[test]
+fn get_returns_404_for_an_unknown_coupon() {
+    let app = TestApp::spawn();
+    app.get("/api/coupons/NOPE")
+        .assert_error(404, "coupon_not_found");
+}
+
+#[test]
+fn get_percent_decodes_the_name_in_the_path() {
+    let app = TestApp::spawn();
+    app.create("SUMMER SALE é", 1);
+    let answer = app.get("/api/coupons/SUMMER%20SALE%20%C3%A9");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body["name"], "SUMMER SALE é");
+}
+
+#[test]
+fn get_refuses_a_path_name_that_is_not_utf8_or_breaks_the_rules() {
+    let app = TestApp::spawn();
+    app.get("/api/coupons/%FF%FE")
+        .assert_error(400, "invalid_path");
+    app.get("/api/coupons/%20A")
+        .assert_error(400, "coupon_name_surrounding_whitespace");
+}
+
+#[test]
+fn a_coupon_named_claim_can_be_read_but_not_posted_to() {
+    let app = TestApp::spawn();
+    app.create("claim", 1);
+    assert_eq!(app.get("/api/coupons/claim").body["name"], "claim");
+}
+
+#[test]
+fn sql_looking_names_are_stored_and_returned_literally() {
+    let app = TestApp::spawn();
+    let name = "x'); DROP TABLE coupons; --";
+    assert_eq!(app.create(name, 2).status, 201);
+    let user = "u' OR '1'='1";
+    assert_eq!(app.claim(user, name).status, 200);
+    let encoded = "x%27%29%3B%20DROP%20TABLE%20coupons%3B%20--";
+    let answer = app.get(&format!("/api/coupons/{encoded}"));
+    assert_eq!(answer.body["name"], name);
+    assert_eq!(answer.body["claimed_by"], json!([user]));
+}
+
+#[test]
+fn wrong_methods_get_405_with_an_allow_header() {
+    let app = TestApp::spawn();
+    for (method, path, allow) in [
+        ("GET", "/api/coupons", "POST"),
+        ("DELETE", "/api/coupons", "POST"),
+        ("PUT", "/api/coupons/claim", "GET, POST"),
+        ("POST", "/api/coupons/PROMO", "GET"),
+        ("DELETE", "/api/coupons/PROMO", "GET"),
+        ("POST", "/healthz", "GET"),
+    ] {
+        let answer = request_with(method, &app.url(path), None, &[]);
+        answer.assert_error(405, "method_not_allowed");
+        assert_eq!(answer.allow.as_deref(), Some(allow), "{method} {path}");
+    }
+}
+
+#[test]
+fn unknown_paths_get_404_not_found() {
+    let app = TestApp::spawn();
+    for path in [
+        "/",
+        "/api",
+        "/api/coupons/",
+        "/api/coupons/a/b",
+        "/api/couponsX",
+    ] {
+        app.get(path).assert_error(404, "not_found");
+    }
+}
+
+#[test]
+fn healthz_answers_200_when_the_database_answers() {
+    let app = TestApp::spawn();
+    let answer = app.get("/healthz");
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, json!({"status": "ok"}));
+}
+
+#[test]
+fn healthz_answers_503_when_the_database_is_gone() {
+    let app = TestApp::spawn();
+    assert_eq!(app.get("/healthz").status, 200);
+    // Dropping the database under the server makes every new connection fail.
+    let mut admin =
+        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
+            .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
+        .unwrap();
+    app.get("/healthz")
+        .assert_error(503, "database_unavailable");
+    app.claim("u1", "ANY")
+        .assert_error(503, "database_unavailable");
+}
+
+#[test]
+fn the_server_applies_its_schema_to_an_empty_database_and_again_harmlessly() {
+    let app = TestApp::spawn();
+    let mut client = app.db.client();
+    client
+        .batch_execute(flash_coupons::store::SCHEMA_SQL)
+        .unwrap();
+    client
+        .batch_execute(flash_coupons::store::SCHEMA_SQL)
+        .unwrap();
+    let tables = app.db.count(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name IN ('coupons', 'claims')",
+    );
+    assert_eq!(tables, 2);
+}
+
+#[test]
+fn the_database_refuses_a_second_claim_even_without_the_service() {
+    let app = TestApp::spawn();
+    app.create("RAW", 5);
+    let mut client = app.db.client();
+    client
+        .execute(
+            "INSERT INTO claims (user_id, coupon_name) VALUES ('u', 'RAW')",
+            &[],
+        )
+        .unwrap();
+    let err = client
+        .execute(
+            "INSERT INTO claims (user_id, coupon_name) VALUES ('u', 'RAW')",
+            &[],
+        )
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+}
+
+#[test]
+fn pipelined_and_http_1_0_requests_are_each_answered() {
+    let app = TestApp::spawn();
+    let two = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        statuses(&raw(app.addr(), two.as_bytes(), Duration::from_secs(5))),
+        vec![200, 404]
+    );
+    let old = "GET /healthz HTTP/1.0\r\n\r\n";
+    assert_eq!(
+        statuses(&raw(app.addr(), old.as_bytes(), Duration::from_secs(5))),
+        vec![200]
+    );
+}

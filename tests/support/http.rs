@@ -1,0 +1,108 @@
+//! A small blocking HTTP client for the tests: real requests over TCP.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// One response: status, headers we care about, and the body as JSON.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: Option<String>,
+    pub allow: Option<String>,
+    pub location: Option<String>,
+}
+
+impl Answer {
+    /// The `error.code` of an error answer.
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("")
+    }
+
+    /// Asserts the documented error shape and returns the code.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status, status, "unexpected answer {self:?}");
+        assert_eq!(self.code(), code, "unexpected answer {self:?}");
+        assert!(
+            self.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "no message in {self:?}"
+        );
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/json"),
+            "{self:?}"
+        );
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(60))
+        .build()
+}
+
+pub fn request(method: &str, url: &str, json_body: Option<&str>) -> Answer {
+    request_with(method, url, json_body.map(|b| ("application/json", b)), &[])
+}
+
+pub fn request_with(
+    method: &str,
+    url: &str,
+    body: Option<(&str, &str)>,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut req = agent().request(method, url);
+    for (name, value) in headers {
+        req = req.set(name, value);
+    }
+    let result = match body {
+        Some((content_type, body)) => req.set("Content-Type", content_type).send_string(body),
+        None => req.call(),
+    };
+    let response = match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url} failed at the transport: {e}"),
+    };
+    let status = response.status();
+    let content_type = response.header("Content-Type").map(str::to_owned);
+    let allow = response.header("Allow").map(str::to_owned);
+    let location = response.header("Location").map(str::to_owned);
+    let text = response.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer {
+        status,
+        body,
+        content_type,
+        allow,
+        location,
+    }
+}
+
+/// Sends raw bytes and reads until the server closes or `timeout` passes;
+/// returns everything received.
+pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connecting");
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    stream.write_all(bytes).expect("sending");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The status codes of every response in a raw exchange, in order.
+pub fn statuses(raw: &str) -> Vec<u16> {
+    raw.match_indices("HTTP/1.")
+        .filter_map(|(i, _)| raw.get(i + 9..i + 12)?.parse().ok())
+        .collect()
+}
