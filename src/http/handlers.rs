@@ -4,6 +4,7 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::domain::{Amount, ClaimOutcome, Coupon, CouponName, UserId};
+use crate::store::StoreError;
 
 use super::body::{Fields, json_object};
 use super::error::{ApiError, FieldProblem};
@@ -61,14 +62,23 @@ pub fn create_coupon(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiErr
     Ok(json(201, &CouponBody::from(&coupon)).with_header("Location", location))
 }
 
-pub fn claim(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiError> {
+/// The claim a request asks for, or why it cannot be one.
+pub fn parse_claim(incoming: &Incoming) -> Result<(CouponName, UserId), ApiError> {
     let object = json_object(&incoming.request, &incoming.body)?;
     let fields = Fields::new(object, &["user_id", "coupon_name"])?;
     let user = UserId::parse(fields.text("user_id")?)
         .map_err(|e| ApiError::field("user_id", FieldProblem::Text(e)))?;
     let coupon = CouponName::parse(fields.text("coupon_name")?)
         .map_err(|e| ApiError::field("coupon_name", FieldProblem::Text(e)))?;
-    match ctx.claim(&coupon, user.clone())? {
+    Ok((coupon, user))
+}
+
+pub fn claim_reply(
+    coupon: &CouponName,
+    user: &UserId,
+    outcome: Result<ClaimOutcome, StoreError>,
+) -> Result<Reply, ApiError> {
+    match outcome? {
         ClaimOutcome::Claimed { remaining_amount } => Ok(json(
             200,
             &json!({

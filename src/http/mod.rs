@@ -19,13 +19,49 @@ pub use intake::{Body, Incoming, MAX_BODY_BYTES, take_in};
 pub use response::Reply;
 use router::{Route, route};
 
-/// Answers one request completely, whatever it holds.
+/// Answers one request completely, whatever it holds. A claim is answered
+/// by whichever thread decides it, which may be another worker's.
 pub fn serve(ctx: &Context, incoming: Incoming) {
     let started = Instant::now();
+    let found = route(incoming.request.url());
+    if let (Some(Route::Claim), Method::Post) = (&found, incoming.request.method()) {
+        match handlers::parse_claim(&incoming) {
+            Ok((coupon, user)) => {
+                let (c, u) = (coupon.clone(), user.clone());
+                ctx.claims.submit(
+                    coupon,
+                    user,
+                    Box::new(move |outcome| {
+                        finish(incoming, started, handlers::claim_reply(&c, &u, outcome))
+                    }),
+                );
+            }
+            Err(err) => finish(incoming, started, Err(err)),
+        }
+        return;
+    }
+    let result = dispatch(ctx, found, &incoming);
+    finish(incoming, started, result);
+}
+
+fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<Reply, ApiError> {
+    let found = found.ok_or(ApiError::RouteNotFound)?;
+    match (&found, incoming.request.method()) {
+        (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
+        (Route::Coupons, Method::Post) => handlers::create_coupon(ctx, incoming),
+        (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
+        (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
+        _ => Err(ApiError::MethodNotAllowed {
+            allow: found.allow(),
+        }),
+    }
+}
+
+/// Sends the answer and writes the request's log line.
+fn finish(incoming: Incoming, started: Instant, result: Result<Reply, ApiError>) {
     let method = incoming.request.method().clone();
     let target = loggable(incoming.request.url());
-
-    let reply = dispatch(ctx, &incoming).unwrap_or_else(|err| {
+    let reply = result.unwrap_or_else(|err| {
         if let ApiError::Store(cause) = &err {
             // The cause stays in the log; the client gets only the code.
             match err.status() {
@@ -41,20 +77,6 @@ pub fn serve(ctx: &Context, incoming: Incoming) {
         "{method} {target} {status} {:.3}ms",
         started.elapsed().as_secs_f64() * 1000.0
     );
-}
-
-fn dispatch(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiError> {
-    let found = route(incoming.request.url()).ok_or(ApiError::RouteNotFound)?;
-    match (&found, incoming.request.method()) {
-        (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
-        (Route::Coupons, Method::Post) => handlers::create_coupon(ctx, incoming),
-        (Route::Claim, Method::Post) => handlers::claim(ctx, incoming),
-        (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
-        (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
-        _ => Err(ApiError::MethodNotAllowed {
-            allow: found.allow(),
-        }),
-    }
 }
 
 /// Answers a request that arrived too late to be served: the pool stopped.

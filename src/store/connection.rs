@@ -12,6 +12,8 @@ pub struct Statements {
     pub holders_among: Statement,
     pub insert_claims: Statement,
     pub take_stock: Statement,
+    pub holders_limited: Statement,
+    pub holds: Statement,
 }
 
 impl Statements {
@@ -42,6 +44,11 @@ impl Statements {
             take_stock: client.prepare(
                 "UPDATE coupons SET remaining_amount = remaining_amount - $2 WHERE name = $1",
             )?,
+            holders_limited: client.prepare(
+                "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id LIMIT $2",
+            )?,
+            holds: client
+                .prepare("SELECT 1 FROM claims WHERE coupon_name = $1 AND user_id = $2")?,
         })
     }
 }

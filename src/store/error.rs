@@ -3,7 +3,7 @@ use std::fmt;
 use postgres::error::SqlState;
 
 /// What can go wrong below the HTTP layer, in the words the API needs.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum StoreError {
     /// The database cannot be reached or is refusing work right now.
     Unavailable(String),

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use postgres::{Client, IsolationLevel, NoTls};
 
+pub use claim::BatchResult;
 pub use connection::Conn;
 pub use error::{RetryCause, StoreError};
 pub use retry::{RetryCounts, RetryPolicy};
@@ -132,6 +133,21 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Runs one autocommitted read.
+    fn read<T>(
+        &self,
+        body: impl FnOnce(&mut Client, &connection::Statements) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let Conn { client, stmts } = &mut *conn;
+        body(client, stmts).map_err(|err| match classify(err) {
+            Failure::Fatal(err) => err,
+            Failure::Retry(cause) => {
+                StoreError::Internal(format!("a plain read failed with {}", cause.label()))
+            }
+        })
     }
 
     /// Runs `body` in a READ ONLY REPEATABLE READ transaction: one snapshot,

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod postgres;
+pub mod process;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};

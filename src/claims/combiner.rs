@@ -1,0 +1,165 @@
+//! At most one claim transaction per coupon in flight in this process.
+//!
+//! A flash sale is thousands of claims on one row. One transaction each makes
+//! them abort one another (40001) and throughput falls as clients rise. Here
+//! the first claim on a coupon leads: it runs the transaction, and claims
+//! that arrive meanwhile queue up and go together in the next one. Waiting
+//! claims do not hold a worker: the leader answers them.
+
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use log::error;
+
+use crate::domain::{ClaimOutcome, CouponName, UserId};
+use crate::store::{Store, StoreError};
+
+use super::sold_out::SoldOut;
+
+/// Receives a claim's outcome; it is expected to answer the client.
+pub type Done = Box<dyn FnOnce(Result<ClaimOutcome, StoreError>) + Send>;
+
+/// The most claims decided in one transaction; a longer queue is split.
+pub const MAX_BATCH: usize = 1024;
+
+struct Waiting {
+    user: UserId,
+    done: Done,
+}
+
+pub struct Combiner {
+    /// A coupon is a key here exactly while a leader is running its batches;
+    /// the value is what arrived since the leader took its current batch.
+    queues: Mutex<HashMap<CouponName, Vec<Waiting>>>,
+    stats: BatchStats,
+}
+
+impl Combiner {
+    pub fn new() -> Combiner {
+        Combiner {
+            queues: Mutex::new(HashMap::new()),
+            stats: BatchStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &BatchStats {
+        &self.stats
+    }
+
+    fn queues(&self) -> MutexGuard<'_, HashMap<CouponName, Vec<Waiting>>> {
+        // Nothing panics while holding the lock; recover rather than
+        // spread a poison to every later claim.
+        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn submit(
+        &self,
+        store: &Store,
+        sold_out: &SoldOut,
+        coupon: CouponName,
+        user: UserId,
+        done: Done,
+    ) {
+        {
+            let mut queues = self.queues();
+            if let Some(queue) = queues.get_mut(&coupon) {
+                queue.push(Waiting { user, done });
+                return;
+            }
+            queues.insert(coupon.clone(), Vec::new());
+        }
+        let mut batch = vec![Waiting { user, done }];
+        loop {
+            self.run(store, sold_out, &coupon, batch);
+            let mut queues = self.queues();
+            let Some(queue) = queues.get_mut(&coupon) else {
+                return;
+            };
+            if queue.is_empty() {
+                queues.remove(&coupon);
+                return;
+            }
+            let take = queue.len().min(MAX_BATCH);
+            batch = queue.drain(..take).collect();
+        }
+    }
+
+    fn run(&self, store: &Store, sold_out: &SoldOut, coupon: &CouponName, batch: Vec<Waiting>) {
+        self.stats.record(batch.len());
+        let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
+        let decided = catch_unwind(AssertUnwindSafe(|| store.claim_batch(coupon, &users)))
+            .unwrap_or_else(|_| {
+                Err(StoreError::Internal(
+                    "the claim transaction panicked".into(),
+                ))
+            });
+        let sold_out_now = matches!(&decided, Ok(result) if result.remaining == Some(0));
+        match decided {
+            Ok(result) => {
+                for (waiting, outcome) in batch.into_iter().zip(result.outcomes) {
+                    answer(waiting.done, Ok(outcome));
+                }
+            }
+            Err(err) => {
+                for waiting in batch {
+                    answer(waiting.done, Err(err.clone()));
+                }
+            }
+        }
+        if sold_out_now {
+            sold_out.learn(store, coupon);
+        }
+    }
+}
+
+/// A failing answer must not stop the leader: the claims queued behind it
+/// would never be decided.
+fn answer(done: Done, outcome: Result<ClaimOutcome, StoreError>) {
+    if catch_unwind(AssertUnwindSafe(|| done(outcome))).is_err() {
+        error!("answering a claim panicked");
+    }
+}
+
+/// How many claims went into how many transactions.
+#[derive(Debug, Default)]
+pub struct BatchStats {
+    batches: AtomicU64,
+    claims: AtomicU64,
+    largest: AtomicU64,
+    /// Batches by size: 1, 2-3, 4-7, ... 512-1023, 1024.
+    by_size: [AtomicU64; 11],
+}
+
+impl BatchStats {
+    fn record(&self, size: usize) {
+        let size = size as u64;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.claims.fetch_add(size, Ordering::Relaxed);
+        self.largest.fetch_max(size, Ordering::Relaxed);
+        let bucket = (u64::BITS - 1 - size.max(1).leading_zeros()) as usize;
+        self.by_size[bucket.min(10)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
+    }
+
+    pub fn claims(&self) -> u64 {
+        self.claims.load(Ordering::Relaxed)
+    }
+
+    pub fn largest(&self) -> u64 {
+        self.largest.load(Ordering::Relaxed)
+    }
+
+    /// (upper bound of the bucket, count) pairs, smallest first.
+    pub fn by_size(&self) -> Vec<(u64, u64)> {
+        self.by_size
+            .iter()
+            .enumerate()
+            .map(|(i, n)| ((1u64 << (i + 1)) - 1, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}

@@ -1,0 +1,64 @@
+//! Deciding claims: combining concurrent claims on one coupon into one
+//! transaction, and answering claims on sold-out coupons without a write.
+
+mod combiner;
+mod sold_out;
+
+use crate::domain::{ClaimOutcome, CouponName, UserId};
+use crate::store::{Store, StoreError};
+
+use combiner::Combiner;
+pub use combiner::{BatchStats, Done};
+use sold_out::{SoldOut, Verdict};
+
+/// The claim path, as the HTTP layer sees it.
+pub struct Claims {
+    store: Store,
+    combiner: Combiner,
+    sold_out: SoldOut,
+}
+
+impl Claims {
+    pub fn new(store: Store) -> Claims {
+        Claims {
+            combiner: Combiner::new(),
+            sold_out: SoldOut::new(),
+            store,
+        }
+    }
+
+    /// Decides a claim and calls `done` with the outcome, on this thread or
+    /// on the thread of the claim that leads its batch.
+    pub fn submit(&self, coupon: CouponName, user: UserId, done: Done) {
+        match self.sold_out.verdict(&self.store, &coupon, &user) {
+            Verdict::Known(outcome) => done(outcome),
+            Verdict::Open => self
+                .combiner
+                .submit(&self.store, &self.sold_out, coupon, user, done),
+        }
+    }
+
+    /// Decides one claim and waits for it: for callers without a request.
+    pub fn claim(&self, coupon: CouponName, user: UserId) -> Result<ClaimOutcome, StoreError> {
+        let (send, receive) = crossbeam_channel::bounded(1);
+        self.submit(
+            coupon,
+            user,
+            Box::new(move |outcome| {
+                let _ = send.send(outcome);
+            }),
+        );
+        receive
+            .recv()
+            .unwrap_or_else(|_| Err(StoreError::Internal("a claim was dropped undecided".into())))
+    }
+
+    pub fn batch_stats(&self) -> &BatchStats {
+        self.combiner.stats()
+    }
+
+    /// Sold-out coupons answered from memory, and by an index probe.
+    pub fn sold_out_sizes(&self) -> (usize, usize) {
+        self.sold_out.sizes()
+    }
+}

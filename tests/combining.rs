@@ -1,0 +1,233 @@
+//! Claim combining: concurrent claims on one coupon go together in one
+//! transaction, and every answer is what one-at-a-time processing in some
+//! arrival order would give.
+
+mod support;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use support::process::ServerProcess;
+use support::{Answer, TestApp, TestDb};
+
+fn claim_concurrently(bases: &[String], claims: &[(String, String)]) -> Vec<Answer> {
+    let barrier = Arc::new(Barrier::new(claims.len()));
+    let handles: Vec<_> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, (user, coupon))| {
+            let barrier = Arc::clone(&barrier);
+            let url = format!("{}/api/coupons/claim", bases[i % bases.len()]);
+            let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
+            thread::spawn(move || {
+                barrier.wait();
+                support::http::request("POST", &url, Some(&body))
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// Checks the answers for one coupon against the sequential model: some
+/// arrival order in which each user's first claim takes a unit while stock
+/// lasts, later claims of a holder get 409 and everyone else 400. The order
+/// of the winners is the claim order the coupon reports.
+fn assert_sequential(
+    users: &[&str],
+    answers: &[Answer],
+    earlier_holders: &HashSet<&str>,
+    stock_before: i64,
+    new_holders_in_order: &[String],
+) {
+    let mut by_user: HashMap<&str, Vec<&Answer>> = HashMap::new();
+    for (user, answer) in users.iter().zip(answers) {
+        by_user.entry(user).or_default().push(answer);
+    }
+    let winners: Vec<&str> = new_holders_in_order.iter().map(String::as_str).collect();
+    let newcomers = by_user
+        .keys()
+        .filter(|u| !earlier_holders.contains(*u))
+        .count() as i64;
+    assert_eq!(
+        winners.len() as i64,
+        stock_before.min(newcomers),
+        "units handed out"
+    );
+
+    for (position, winner) in winners.iter().enumerate() {
+        let answers = &by_user[winner];
+        let granted: Vec<_> = answers.iter().filter(|a| a.status == 200).collect();
+        assert_eq!(
+            granted.len(),
+            1,
+            "{winner} must be granted exactly once: {answers:?}"
+        );
+        assert_eq!(
+            granted[0].body["remaining_amount"],
+            stock_before - 1 - position as i64,
+            "the {position}th winner's remaining_amount"
+        );
+        for a in answers.iter().filter(|a| a.status != 200) {
+            a.assert_error(409, "already_claimed");
+        }
+    }
+    for (user, answers) in &by_user {
+        if earlier_holders.contains(user) {
+            answers
+                .iter()
+                .for_each(|a| a.assert_error(409, "already_claimed"));
+        } else if !winners.contains(user) {
+            answers
+                .iter()
+                .for_each(|a| a.assert_error(400, "out_of_stock"));
+        }
+    }
+}
+
+fn holders_in_order(app_db: &TestDb, coupon: &str) -> Vec<String> {
+    app_db
+        .client()
+        .query(
+            "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id",
+            &[&coupon],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+#[test]
+fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_model() {
+    let app = TestApp::spawn();
+    app.create("MIX", 12);
+    for early in ["early_1", "early_2"] {
+        assert_eq!(app.claim(early, "MIX").status, 200);
+    }
+    let earlier: HashSet<&str> = ["early_1", "early_2"].into();
+
+    // Hold the coupon row so that the first claim's transaction waits and
+    // every other claim queues behind it: they then go as one batch.
+    let mut blocker = app.db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.query("SELECT 1 FROM coupons WHERE name = 'MIX' FOR UPDATE", &[])
+        .unwrap();
+
+    let mut users: Vec<String> = Vec::new();
+    for i in 0..30 {
+        users.push(format!("user_{i}"));
+        if i % 3 == 0 {
+            users.push(format!("user_{i}"));
+        }
+    }
+    users.push("early_1".into());
+    users.push("early_2".into());
+    let claims: Vec<(String, String)> = users.iter().map(|u| (u.clone(), "MIX".into())).collect();
+    let base = app.base.clone();
+    let firing = thread::spawn(move || claim_concurrently(&[base], &claims));
+    // Let the claims arrive and queue (a wait, not an assertion on time).
+    thread::sleep(Duration::from_millis(1500));
+    tx.commit().unwrap();
+    let answers = firing.join().unwrap();
+
+    let all = holders_in_order(&app.db, "MIX");
+    assert_eq!(&all[..2], ["early_1", "early_2"]);
+    let user_refs: Vec<&str> = users.iter().map(String::as_str).collect();
+    assert_sequential(&user_refs, &answers, &earlier, 10, &all[2..]);
+    assert_eq!(app.get("/api/coupons/MIX").body["remaining_amount"], 0);
+    app.db.assert_invariant();
+
+    let stats = app.server.context().claims.batch_stats();
+    eprintln!(
+        "{} claims in {} batches, largest {}",
+        stats.claims(),
+        stats.batches(),
+        stats.largest()
+    );
+    assert!(
+        stats.largest() > 1,
+        "the queued claims must have gone as one batch"
+    );
+}
+
+#[test]
+fn claims_on_a_sold_out_coupon_are_answered_without_a_write() {
+    let app = TestApp::spawn();
+    app.create("GONE", 2);
+    assert_eq!(app.claim("a", "GONE").status, 200);
+    assert_eq!(app.claim("b", "GONE").status, 200);
+    app.claim("c", "GONE").assert_error(400, "out_of_stock");
+    let batches = app.server.context().claims.batch_stats().batches();
+    app.claim("a", "GONE").assert_error(409, "already_claimed");
+    app.claim("d", "GONE").assert_error(400, "out_of_stock");
+    app.claim("b", "GONE").assert_error(409, "already_claimed");
+    assert_eq!(
+        app.server.context().claims.batch_stats().batches(),
+        batches,
+        "a sold-out coupon's claims must not start transactions"
+    );
+    assert_eq!(app.server.context().claims.sold_out_sizes(), (1, 0));
+}
+
+#[test]
+fn two_server_processes_on_one_database_share_the_attacks_exactly() {
+    let db = TestDb::new();
+    let one = ServerProcess::spawn(&db.url, &[]);
+    let two = ServerProcess::spawn(&db.url, &[]);
+    let bases = [one.base.clone(), two.base.clone()];
+    for (name, amount) in [("FLASH", 5), ("DIP", 10), ("BIG", 50)] {
+        let created = support::http::request(
+            "POST",
+            &format!("{}/api/coupons", bases[0]),
+            Some(&serde_json::json!({"name": name, "amount": amount}).to_string()),
+        );
+        assert_eq!(created.status, 201);
+    }
+
+    let flash: Vec<_> = (0..50)
+        .map(|i| (format!("u{i}"), "FLASH".to_owned()))
+        .collect();
+    let answers = claim_concurrently(&bases, &flash);
+    assert_eq!(answers.iter().filter(|a| a.status == 200).count(), 5);
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|a| a.status == 400 && a.code() == "out_of_stock")
+            .count(),
+        45
+    );
+
+    let dip: Vec<_> = (0..10)
+        .map(|_| ("same".to_owned(), "DIP".to_owned()))
+        .collect();
+    let answers = claim_concurrently(&bases, &dip);
+    assert_eq!(answers.iter().filter(|a| a.status == 200).count(), 1);
+    assert_eq!(answers.iter().filter(|a| a.status == 409).count(), 9);
+
+    let big: Vec<_> = (0..500)
+        .map(|i| (format!("u{i}"), "BIG".to_owned()))
+        .collect();
+    let answers = claim_concurrently(&bases, &big);
+    assert_eq!(answers.iter().filter(|a| a.status == 200).count(), 50);
+    assert_eq!(answers.iter().filter(|a| a.status == 400).count(), 450);
+
+    assert_eq!(
+        db.count("SELECT count(*) FROM claims WHERE coupon_name = 'FLASH'"),
+        5
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM claims WHERE coupon_name = 'DIP'"),
+        1
+    );
+    assert_eq!(
+        db.count("SELECT count(*) FROM claims WHERE coupon_name = 'BIG'"),
+        50
+    );
+    assert_eq!(
+        db.count("SELECT sum(remaining_amount) FROM coupons WHERE name IN ('FLASH', 'BIG')"),
+        0
+    );
+    db.assert_invariant();
+}
