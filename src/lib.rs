@@ -6,6 +6,7 @@ pub mod config;
 pub mod context;
 pub mod domain;
 pub mod http;
+pub mod listener;
 pub mod server;
 pub mod store;
 pub mod workers;

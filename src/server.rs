@@ -11,6 +11,7 @@ use log::{error, info};
 use crate::config::{Config, describe_database};
 use crate::context::Context;
 use crate::http;
+use crate::listener;
 use crate::store::{Store, StoreError};
 use crate::workers::WorkerPool;
 
@@ -51,7 +52,9 @@ impl Server {
         let store = Store::open(&config.store).map_err(StartError::Database)?;
         let context = Arc::new(Context::new(store));
 
-        let http = tiny_http::Server::http(&config.listen_addr)
+        let listener = listener::bind(&config.listen_addr)
+            .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;
+        let http = tiny_http::Server::from_listener(listener, None)
             .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;
         let addr = http
             .server_addr()
