@@ -14,6 +14,10 @@ use crate::store::StoreSettings;
 pub struct Config {
     pub listen_addr: String,
     pub workers: usize,
+    /// Answers say `Connection: keep-alive` instead of `close`.
+    pub keep_alive: bool,
+    /// Read and write timeout on every client socket.
+    pub idle_timeout: Duration,
     pub log_level: LevelFilter,
     pub store: StoreSettings,
 }
@@ -36,6 +40,7 @@ pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 10;
 pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
+pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 5;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -76,6 +81,24 @@ impl Config {
             10,
             600_000,
         )?);
+        config.idle_timeout = Duration::from_secs(number(
+            &get,
+            "HTTP_IDLE_TIMEOUT_SECS",
+            DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
+            1,
+            3600,
+        )?);
+        if let Some(raw) = get("HTTP_KEEP_ALIVE") {
+            config.keep_alive = match raw.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError(format!(
+                        "HTTP_KEEP_ALIVE must be true or false (got {raw:?})"
+                    )));
+                }
+            };
+        }
         if let Some(level) = get("LOG_LEVEL") {
             config.log_level = LevelFilter::from_str(level.trim()).map_err(|_| {
                 ConfigError(format!(
@@ -91,6 +114,8 @@ impl Config {
         Config {
             listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
             workers: DEFAULT_WORKERS,
+            keep_alive: false,
+            idle_timeout: Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
             log_level: LevelFilter::Info,
             store: StoreSettings {
                 database,

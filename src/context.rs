@@ -7,16 +7,19 @@ use crate::store::Store;
 pub struct Context {
     pub store: Store,
     pub claims: Claims,
+    /// Whether answers may leave the connection open (HTTP_KEEP_ALIVE).
+    pub keep_alive: bool,
 }
 
 /// How long /healthz waits for the database before saying 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Context {
-    pub fn new(store: Store) -> Context {
+    pub fn new(store: Store, keep_alive: bool) -> Context {
         Context {
             claims: Claims::new(store.clone()),
             store,
+            keep_alive,
         }
     }
 

@@ -18,6 +18,9 @@ fn main() -> ExitCode {
     let log_config = ConfigBuilder::new()
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
+        // tiny_http logs each end of an accept loop as an error; the server
+        // restarts them on purpose and logs what matters itself.
+        .add_filter_ignore_str("tiny_http")
         .build();
     let _ = TermLogger::init(
         config.log_level,

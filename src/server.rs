@@ -1,19 +1,29 @@
-//! Wiring: the listener, the acceptor thread, the worker pool and shutdown.
+//! Wiring: the listener, the accept loops, the worker pool and shutdown.
+//!
+//! tiny_http's accept loop ends for good at its first accept error (EMFILE
+//! when descriptors run out, or the timeout our listener carries when no
+//! client connects for a while). So the listener is ours, and a supervisor
+//! starts a new tiny_http server on it whenever the current one's accept
+//! loop ends. Each such generation keeps being served until its connections
+//! have all gone quiet.
 
 use std::fmt;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-use log::{error, info};
+use crossbeam_channel::{Receiver, Sender, unbounded};
+use log::{debug, error, info, warn};
 
 use crate::config::{Config, describe_database};
 use crate::context::Context;
-use crate::http;
+use crate::http::{self, Incoming};
 use crate::listener;
 use crate::store::{Store, StoreError};
-use crate::workers::WorkerPool;
+use crate::workers::{Submitter, WorkerPool};
 
 /// Why the server could not start.
 #[derive(Debug)]
@@ -37,53 +47,73 @@ impl std::error::Error for StartError {}
 /// answers every request already received, and joins the workers.
 pub struct Server {
     addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
     context: Arc<Context>,
-    stopping: Arc<AtomicBool>,
-    acceptor: Option<JoinHandle<()>>,
+    shared: Arc<Shared>,
+    supervisor: Option<JoinHandle<()>>,
+    pool: Option<WorkerPool<Incoming>>,
+}
+
+/// What the supervisor and the generations share.
+struct Shared {
+    stopping: AtomicBool,
+    /// The tiny_http servers still being served, to unblock at shutdown.
+    generations: Mutex<Vec<Arc<tiny_http::Server>>>,
+    /// Accept loops started since start-up (1 + restarts).
+    started: AtomicU64,
+    wake: Sender<ErrorKind>,
 }
 
 impl Server {
     pub fn start(config: &Config) -> Result<Server, StartError> {
+        match listener::raise_descriptor_limit() {
+            Ok(limit) => debug!("open descriptor limit: {limit}"),
+            Err(err) => warn!("cannot raise the open descriptor limit: {err}"),
+        }
         info!(
             "connecting to the database at {}",
             describe_database(&config.store.database)
         );
         let store = Store::open(&config.store).map_err(StartError::Database)?;
-        let context = Arc::new(Context::new(store));
+        let context = Arc::new(Context::new(store, config.keep_alive));
 
-        let listener = listener::bind(&config.listen_addr)
+        let listener = listener::bind(&config.listen_addr, config.idle_timeout)
             .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;
-        let http = tiny_http::Server::from_listener(listener, None)
-            .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;
-        let addr = http
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| StartError::Listen("not a TCP address".into()))?;
-        let http = Arc::new(http);
+        let addr = listener
+            .local_addr()
+            .map_err(|e| StartError::Listen(e.to_string()))?;
 
         let pool_context = Arc::clone(&context);
-        let pool = WorkerPool::new("worker", config.workers, config.workers * 64, move |rq| {
-            http::serve(&pool_context, rq)
+        let pool = WorkerPool::new("worker", config.workers, config.workers * 64, move |job| {
+            http::serve(&pool_context, job)
         })
         .map_err(|e| StartError::Listen(format!("starting workers: {e}")))?;
 
-        let stopping = Arc::new(AtomicBool::new(false));
-        let acceptor = {
-            let http = Arc::clone(&http);
-            let stopping = Arc::clone(&stopping);
+        let (wake, woken) = unbounded();
+        let shared = Arc::new(Shared {
+            stopping: AtomicBool::new(false),
+            generations: Mutex::new(Vec::new()),
+            started: AtomicU64::new(0),
+            wake,
+        });
+        let idle = config.idle_timeout;
+        let first = start_generation(&listener, &shared, pool.submitter(), idle)
+            .map_err(|e| StartError::Listen(format!("starting the accept loop: {e}")))?;
+        drop(first);
+        let supervisor = {
+            let shared = Arc::clone(&shared);
+            let submitter = pool.submitter();
             thread::Builder::new()
-                .name("acceptor".into())
-                .spawn(move || accept(&http, &stopping, pool))
-                .map_err(|e| StartError::Listen(format!("starting the acceptor: {e}")))?
+                .name("supervisor".into())
+                .spawn(move || supervise(&listener, &shared, &woken, &submitter, idle))
+                .map_err(|e| StartError::Listen(format!("starting the supervisor: {e}")))?
         };
         info!("listening on http://{addr} with {} workers", config.workers);
         Ok(Server {
             addr,
-            http,
             context,
-            stopping,
-            acceptor: Some(acceptor),
+            shared,
+            supervisor: Some(supervisor),
+            pool: Some(pool),
         })
     }
 
@@ -95,6 +125,11 @@ impl Server {
         &self.context
     }
 
+    /// Accept loops started so far: 1 plus one per restart.
+    pub fn accept_loops_started(&self) -> u64 {
+        self.shared.started.load(Ordering::SeqCst)
+    }
+
     pub fn shutdown(self) {
         drop(self);
     }
@@ -102,22 +137,101 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.stopping.store(true, Ordering::SeqCst);
-        self.http.unblock();
-        if let Some(acceptor) = self.acceptor.take() {
-            let _ = acceptor.join();
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shared.wake.send(ErrorKind::Interrupted);
+        if let Some(supervisor) = self.supervisor.take() {
+            let _ = supervisor.join();
         }
+        for generation in lock(&self.shared.generations).drain(..) {
+            generation.unblock();
+        }
+        // Answers every request already handed to the pool, then joins.
+        drop(self.pool.take());
         info!("stopped");
     }
 }
 
-/// Hands each request to the pool until shutdown; dropping the pool at the
-/// end waits for the requests already handed over.
-fn accept(http: &tiny_http::Server, stopping: &AtomicBool, pool: WorkerPool<http::Incoming>) {
-    let submitter = pool.submitter();
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Starts a new accept loop whenever the current one ends, pausing when it
+/// ended on a real error (such as EMFILE) rather than an idle timeout.
+fn supervise(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    woken: &Receiver<ErrorKind>,
+    submitter: &Submitter<Incoming>,
+    idle: Duration,
+) {
+    let mut pause = Duration::from_millis(50);
+    while let Ok(kind) = woken.recv() {
+        if shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        let quiet = matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut);
+        if quiet {
+            pause = Duration::from_millis(50);
+        } else {
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        while !shared.stopping.load(Ordering::SeqCst) {
+            match start_generation(listener, shared, submitter.clone(), idle) {
+                Ok(_) => break,
+                Err(err) => {
+                    error!("cannot restart the accept loop: {err}; retrying in {pause:?}");
+                    thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+}
+
+fn start_generation(
+    listener: &TcpListener,
+    shared: &Arc<Shared>,
+    submitter: Submitter<Incoming>,
+    idle: Duration,
+) -> std::io::Result<Arc<tiny_http::Server>> {
+    let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let server = Arc::new(server);
+    lock(&shared.generations).push(Arc::clone(&server));
+    let n = shared.started.fetch_add(1, Ordering::SeqCst) + 1;
+    let generation = Arc::clone(&server);
+    let shared = Arc::clone(shared);
+    thread::Builder::new()
+        .name(format!("accept-{n}"))
+        .spawn(move || pump(&generation, &shared, &submitter, idle))?;
+    Ok(server)
+}
+
+/// Hands each request of one generation to intake. Reports the end of its
+/// accept loop once, then goes on serving the connections it already has
+/// until they have all been quiet long enough to be closed by their timeout.
+fn pump(
+    http: &Arc<tiny_http::Server>,
+    shared: &Shared,
+    submitter: &Submitter<Incoming>,
+    idle: Duration,
+) {
+    // A connection's next request comes within `idle` of its last answer, or
+    // the socket times out; answers take well under this margin.
+    let retire_after = idle + Duration::from_secs(60);
+    let mut accepting = true;
     loop {
-        match http.recv() {
-            Ok(request) => {
+        if shared.stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let next = if accepting {
+            http.recv().map(Some)
+        } else {
+            http.recv_timeout(retire_after)
+        };
+        match next {
+            Ok(Some(request)) => {
                 let submitter = submitter.clone();
                 http::take_in(request, move |incoming| {
                     if let Err(incoming) = submitter.submit(incoming) {
@@ -125,11 +239,19 @@ fn accept(http: &tiny_http::Server, stopping: &AtomicBool, pool: WorkerPool<http
                     }
                 });
             }
-            Err(_) if stopping.load(Ordering::SeqCst) => break,
-            Err(err) => {
-                error!("accepting connections failed: {err}");
-                break;
+            Ok(None) => break,
+            Err(err) if accepting && !shared.stopping.load(Ordering::SeqCst) => {
+                accepting = false;
+                let kind = err.kind();
+                if matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut) {
+                    debug!("accept loop idle; starting a new one");
+                } else {
+                    warn!("accept loop ended: {err}; starting a new one");
+                }
+                let _ = shared.wake.send(kind);
             }
+            Err(_) => break,
         }
     }
+    lock(&shared.generations).retain(|g| !Arc::ptr_eq(g, http));
 }

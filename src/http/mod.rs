@@ -28,20 +28,22 @@ pub fn serve(ctx: &Context, incoming: Incoming) {
         match handlers::parse_claim(&incoming) {
             Ok((coupon, user)) => {
                 let (c, u) = (coupon.clone(), user.clone());
+                let keep_alive = ctx.keep_alive;
                 ctx.claims.submit(
                     coupon,
                     user,
                     Box::new(move |outcome| {
-                        finish(incoming, started, handlers::claim_reply(&c, &u, outcome))
+                        let reply = handlers::claim_reply(&c, &u, outcome);
+                        finish_with(keep_alive, incoming, started, reply)
                     }),
                 );
             }
-            Err(err) => finish(incoming, started, Err(err)),
+            Err(err) => finish(ctx, incoming, started, Err(err)),
         }
         return;
     }
     let result = dispatch(ctx, found, &incoming);
-    finish(incoming, started, result);
+    finish(ctx, incoming, started, result);
 }
 
 fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<Reply, ApiError> {
@@ -58,7 +60,16 @@ fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<
 }
 
 /// Sends the answer and writes the request's log line.
-fn finish(incoming: Incoming, started: Instant, result: Result<Reply, ApiError>) {
+fn finish(ctx: &Context, incoming: Incoming, started: Instant, result: Result<Reply, ApiError>) {
+    finish_with(ctx.keep_alive, incoming, started, result);
+}
+
+fn finish_with(
+    keep_alive: bool,
+    incoming: Incoming,
+    started: Instant,
+    result: Result<Reply, ApiError>,
+) {
     let method = incoming.request.method().clone();
     let target = loggable(incoming.request.url());
     let reply = result.unwrap_or_else(|err| {
@@ -72,7 +83,7 @@ fn finish(incoming: Incoming, started: Instant, result: Result<Reply, ApiError>)
         err.into_reply()
     });
     let status = reply.status;
-    response::send(incoming, reply);
+    response::send(incoming, reply, keep_alive);
     info!(
         "{method} {target} {status} {:.3}ms",
         started.elapsed().as_secs_f64() * 1000.0
@@ -81,7 +92,7 @@ fn finish(incoming: Incoming, started: Instant, result: Result<Reply, ApiError>)
 
 /// Answers a request that arrived too late to be served: the pool stopped.
 pub fn refuse_while_stopping(incoming: Incoming) {
-    response::send(incoming, ApiError::ShuttingDown.into_reply());
+    response::send(incoming, ApiError::ShuttingDown.into_reply(), false);
 }
 
 /// A request target fit for one log line: bounded and escaped.
