@@ -106,3 +106,13 @@ pub fn statuses(raw: &str) -> Vec<u16> {
         .filter_map(|(i, _)| raw.get(i + 9..i + 12)?.parse().ok())
         .collect()
 }
+
+/// The status of a GET, or None on any transport failure within `limit`.
+pub fn try_status(url: &str, limit: Duration) -> Option<u16> {
+    let agent = ureq::AgentBuilder::new().timeout(limit).build();
+    match agent.get(url).call() {
+        Ok(r) => Some(r.status()),
+        Err(ureq::Error::Status(code, _)) => Some(code),
+        Err(_) => None,
+    }
+}

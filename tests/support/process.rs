@@ -19,7 +19,39 @@ impl ServerProcess {
     /// Starts `flash-coupons` on a free loopback port against `database_url`
     /// and waits until it says it listens.
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        ServerProcess::spawn_command(
+            Command::new(env!("CARGO_BIN_EXE_flash-coupons")),
+            database_url,
+            env,
+        )
+    }
+
+    /// The same, with the process's descriptor limit (soft and hard) set
+    /// to `limit`.
+    pub fn spawn_with_fd_limit(
+        database_url: &str,
+        limit: u64,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
+        // SAFETY: setrlimit is async-signal-safe and touches only this child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        ServerProcess::spawn_command(cmd, database_url, env)
+    }
+
+    fn spawn_command(mut cmd: Command, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
         cmd.env_clear()
             .env("DATABASE_URL", database_url)
             .env("LISTEN_ADDR", "127.0.0.1:0")
