@@ -16,6 +16,8 @@ pub struct Config {
     pub workers: usize,
     /// Answers say `Connection: keep-alive` instead of `close`.
     pub keep_alive: bool,
+    /// When set, POST /api/coupons needs `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
     /// Read and write timeout on every client socket.
     pub idle_timeout: Duration,
     pub log_level: LevelFilter,
@@ -99,6 +101,8 @@ impl Config {
                 }
             };
         }
+        // Not trimmed: a token is used exactly as given.
+        config.admin_token = lookup("ADMIN_TOKEN").filter(|t| !t.is_empty());
         if let Some(level) = get("LOG_LEVEL") {
             config.log_level = LevelFilter::from_str(level.trim()).map_err(|_| {
                 ConfigError(format!(
@@ -115,6 +119,7 @@ impl Config {
             listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
             workers: DEFAULT_WORKERS,
             keep_alive: false,
+            admin_token: None,
             idle_timeout: Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
             log_level: LevelFilter::Info,
             store: StoreSettings {

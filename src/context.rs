@@ -9,17 +9,20 @@ pub struct Context {
     pub claims: Claims,
     /// Whether answers may leave the connection open (HTTP_KEEP_ALIVE).
     pub keep_alive: bool,
+    /// When set, creating coupons needs `Authorization: Bearer <token>`.
+    pub admin_token: Option<String>,
 }
 
 /// How long /healthz waits for the database before saying 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Context {
-    pub fn new(store: Store, keep_alive: bool) -> Context {
+    pub fn new(store: Store, keep_alive: bool, admin_token: Option<String>) -> Context {
         Context {
             claims: Claims::new(store.clone()),
             store,
             keep_alive,
+            admin_token,
         }
     }
 

@@ -74,7 +74,11 @@ impl Server {
             describe_database(&config.store.database)
         );
         let store = Store::open(&config.store).map_err(StartError::Database)?;
-        let context = Arc::new(Context::new(store, config.keep_alive));
+        let context = Arc::new(Context::new(
+            store,
+            config.keep_alive,
+            config.admin_token.clone(),
+        ));
 
         let listener = listener::bind(&config.listen_addr, config.idle_timeout)
             .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;

@@ -474,3 +474,38 @@ fn pipelined_and_http_1_0_requests_are_each_answered() {
         vec![200]
     );
 }
+
+#[test]
+fn with_an_admin_token_creating_needs_it_and_claims_stay_open() {
+    let app = TestApp::spawn_with(|c| c.admin_token = Some("s3cret-token".into()));
+    let body = r#"{"name":"GUARDED","amount":2}"#;
+    let url = app.url("/api/coupons");
+    let json = Some(("application/json", body));
+    request_with("POST", &url, json, &[]).assert_error(401, "unauthorized");
+    request_with(
+        "POST",
+        &url,
+        json,
+        &[("Authorization", "Basic s3cret-token")],
+    )
+    .assert_error(401, "unauthorized");
+    request_with("POST", &url, json, &[("Authorization", "Bearer wrong")])
+        .assert_error(403, "forbidden");
+    request_with(
+        "POST",
+        &url,
+        json,
+        &[("Authorization", "Bearer s3cret-token-longer")],
+    )
+    .assert_error(403, "forbidden");
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 0);
+    let created = request_with(
+        "POST",
+        &url,
+        json,
+        &[("Authorization", "Bearer s3cret-token")],
+    );
+    assert_eq!(created.status, 201);
+    assert_eq!(app.claim("u1", "GUARDED").status, 200);
+    assert_eq!(app.get("/api/coupons/GUARDED").status, 200);
+}

@@ -63,6 +63,8 @@ pub enum ApiError {
     AlreadyClaimed,
     OutOfStock,
     ShuttingDown,
+    Unauthorized,
+    Forbidden,
     Store(StoreError),
 }
 
@@ -81,6 +83,8 @@ impl ApiError {
         match self {
             ApiError::RouteNotFound | ApiError::CouponNotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden => 403,
             ApiError::UnsupportedMediaType => 415,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::InvalidJson(_)
@@ -112,6 +116,8 @@ impl ApiError {
             ApiError::AlreadyClaimed => "already_claimed",
             ApiError::OutOfStock => "out_of_stock",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::Forbidden => "forbidden",
             ApiError::Store(StoreError::Busy { .. }) => "busy",
             ApiError::Store(StoreError::Unavailable(_)) => "database_unavailable",
             ApiError::Store(StoreError::Internal(_)) => "internal_error",
@@ -124,6 +130,10 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::RouteNotFound => "There is nothing at this path.".to_owned(),
+            ApiError::Unauthorized => {
+                "Creating coupons needs an Authorization: Bearer token.".to_owned()
+            }
+            ApiError::Forbidden => "That token may not create coupons.".to_owned(),
             ApiError::MethodNotAllowed { allow } => {
                 format!("This path only answers {allow}.")
             }
@@ -166,6 +176,9 @@ impl ApiError {
         let mut reply = json(self.status(), &body);
         if let ApiError::MethodNotAllowed { allow } = self {
             reply = reply.with_header("Allow", allow);
+        }
+        if let ApiError::Unauthorized = self {
+            reply = reply.with_header("WWW-Authenticate", "Bearer");
         }
         if self.status() == 503 {
             reply = reply.with_header("Retry-After", "1");

@@ -1,5 +1,6 @@
 //! HTTP glue: intake, routing, bodies, answers and the request log line.
 
+mod auth;
 mod body;
 mod error;
 mod handlers;
@@ -50,7 +51,10 @@ fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<
     let found = found.ok_or(ApiError::RouteNotFound)?;
     match (&found, incoming.request.method()) {
         (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
-        (Route::Coupons, Method::Post) => handlers::create_coupon(ctx, incoming),
+        (Route::Coupons, Method::Post) => {
+            auth::require_admin(ctx, &incoming.request)?;
+            handlers::create_coupon(ctx, incoming)
+        }
         (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
         (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
         _ => Err(ApiError::MethodNotAllowed {

@@ -1,0 +1,31 @@
+//! The optional admin token that guards coupon creation.
+
+use constant_time_eq::constant_time_eq;
+use tiny_http::Request;
+
+use crate::context::Context;
+
+use super::error::ApiError;
+
+/// With ADMIN_TOKEN set: no credentials is 401, a wrong token is 403. The
+/// comparison takes the same time wherever the first difference is.
+pub fn require_admin(ctx: &Context, request: &Request) -> Result<(), ApiError> {
+    let Some(expected) = &ctx.admin_token else {
+        return Ok(());
+    };
+    let given = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str())
+        .ok_or(ApiError::Unauthorized)?;
+    let (scheme, token) = given.trim().split_once(' ').ok_or(ApiError::Unauthorized)?;
+    if !scheme.eq_ignore_ascii_case("Bearer") {
+        return Err(ApiError::Unauthorized);
+    }
+    if constant_time_eq(token.trim().as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden)
+    }
+}

@@ -1,0 +1,132 @@
+//! Start-up: configuration errors and an unreachable database end the
+//! process with one clear line, and nothing ever prints the password.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::TestApp;
+
+/// Runs the binary with exactly `env`, bounded by `limit`; returns the exit
+/// code and everything it wrote.
+fn run_binary(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
+    cmd.env_clear()
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("starting the binary");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    (status.and_then(|s| s.code()), out)
+}
+
+#[test]
+fn a_missing_database_url_stops_start_up_with_one_line() {
+    let (code, out) = run_binary(&[], Duration::from_secs(10));
+    assert_eq!(code, Some(2), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "{out}");
+    assert!(out.contains("DATABASE_URL"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn a_malformed_setting_stops_start_up_naming_it() {
+    for (key, value) in [
+        ("WORKERS", "lots"),
+        ("DB_POOL_SIZE", "0"),
+        ("CLAIM_MAX_RETRIES", "-1"),
+        ("LOG_LEVEL", "chatty"),
+        ("HTTP_KEEP_ALIVE", "maybe"),
+    ] {
+        let (code, out) = run_binary(
+            &[
+                ("DATABASE_URL", "postgres://u:pw@127.0.0.1:1/db"),
+                (key, value),
+            ],
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, Some(2), "{key}: {out}");
+        assert!(
+            out.starts_with(&format!("flash-coupons: {key}")),
+            "{key}: {out}"
+        );
+    }
+}
+
+#[test]
+fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
+    let port = support::postgres::free_port().unwrap();
+    let url = format!("postgres://app:hunter2secret@127.0.0.1:{port}/coupons");
+    let started = Instant::now();
+    let (code, out) = run_binary(
+        &[("DATABASE_URL", &url), ("DB_STARTUP_TIMEOUT_SECS", "2")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(
+        out.contains("not reachable yet"),
+        "retries are logged: {out}"
+    );
+    assert!(out.contains("start-up failed"), "{out}");
+    assert!(!out.contains("hunter2secret"), "the password leaked: {out}");
+    assert!(!out.contains("panicked"), "{out}");
+}
+
+#[test]
+fn no_answer_carries_sql_text_or_the_connection_string() {
+    let app = TestApp::spawn();
+    // Drop the database under the server: every query now fails inside.
+    let mut admin =
+        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
+            .unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
+        .unwrap();
+    for answer in [
+        app.claim("u", "X"),
+        app.get("/api/coupons/X"),
+        app.create("X", 1),
+        app.get("/healthz"),
+    ] {
+        assert_eq!(answer.status, 503, "{answer:?}");
+        let text = answer.body.to_string();
+        for leak in [
+            "postgres",
+            "SQLSTATE",
+            "database \"",
+            "SELECT",
+            "127.0.0.1",
+            "panicked",
+        ] {
+            assert!(!text.contains(leak), "{leak:?} in {text}");
+        }
+    }
+}
