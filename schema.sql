@@ -23,3 +23,16 @@ CREATE TABLE IF NOT EXISTS claims (
 -- Claim order per coupon, for claimed_by; the unique index above leads with
 -- user_id and cannot serve it.
 CREATE INDEX IF NOT EXISTS claims_coupon_order ON claims (coupon_name, id);
+
+-- Sale windows (optional): claims before starts_at or from expires_at on are
+-- refused. Added after the first release, hence ALTER ... IF NOT EXISTS.
+ALTER TABLE coupons ADD COLUMN IF NOT EXISTS starts_at TIMESTAMPTZ;
+ALTER TABLE coupons ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'coupons_window_ordered') THEN
+        ALTER TABLE coupons ADD CONSTRAINT coupons_window_ordered
+            CHECK (starts_at IS NULL OR expires_at IS NULL OR expires_at > starts_at);
+    END IF;
+END
+$$;

@@ -95,7 +95,10 @@ impl Combiner {
                     "the claim transaction panicked".into(),
                 ))
             });
-        let sold_out_now = matches!(&decided, Ok(result) if result.remaining == Some(0));
+        // Only coupons without a window: a windowed coupon's answer depends on
+        // the database clock, so it is always asked.
+        let sold_out_now =
+            matches!(&decided, Ok(result) if result.remaining == Some(0) && !result.windowed);
         match decided {
             Ok(result) => {
                 for (waiting, outcome) in batch.into_iter().zip(result.outcomes) {

@@ -1,4 +1,4 @@
-use super::UserId;
+use super::{SaleWindow, UserId};
 
 /// A coupon as GET shows it: the counts and who holds it, in claim order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -6,15 +6,19 @@ pub struct Coupon {
     pub name: String,
     pub amount: i32,
     pub remaining_amount: i32,
+    pub window: SaleWindow,
     pub claimed_by: Vec<String>,
 }
 
 /// What one claim came to. The order of the variants is the order of the
-/// checks: an unknown coupon first, then the user's earlier claim, then stock.
+/// checks: an unknown coupon first, then its sale window, then the user's
+/// earlier claim, then stock.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
     Claimed { remaining_amount: i32 },
     CouponNotFound,
+    NotStarted,
+    Expired,
     AlreadyClaimed,
     OutOfStock,
 }

@@ -4,7 +4,9 @@
 mod amount;
 mod coupon;
 mod text;
+mod window;
 
 pub use amount::{Amount, AmountError};
 pub use coupon::{ClaimOutcome, Coupon, decide_in_order};
 pub use text::{CouponName, MAX_TEXT_CHARS, TextError, UserId};
+pub use window::{EndNotAfterStart, SaleWindow, WindowState, format_instant, parse_instant};

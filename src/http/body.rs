@@ -62,6 +62,15 @@ impl Fields {
         }
     }
 
+    /// A string that may be absent or null.
+    pub fn optional_text(&self, field: &'static str) -> Result<Option<&str>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::field(field, FieldProblem::NotAString)),
+        }
+    }
+
     /// A whole number, however large: range checks belong to the domain.
     /// Numbers too large for 64 bits arrive as floats and still count as
     /// whole when they have no fraction.

@@ -63,6 +63,14 @@ pub enum ApiError {
     AlreadyClaimed,
     OutOfStock,
     ShuttingDown,
+    NotStarted,
+    Expired,
+    InvalidLimit,
+    InvalidCursor,
+    WindowOrder,
+    InvalidTimestamp {
+        field: &'static str,
+    },
     Unauthorized,
     Forbidden,
     Store(StoreError),
@@ -83,6 +91,12 @@ impl ApiError {
         match self {
             ApiError::RouteNotFound | ApiError::CouponNotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::NotStarted => 403,
+            ApiError::Expired => 410,
+            ApiError::InvalidLimit
+            | ApiError::InvalidCursor
+            | ApiError::WindowOrder
+            | ApiError::InvalidTimestamp { .. } => 400,
             ApiError::Unauthorized => 401,
             ApiError::Forbidden => 403,
             ApiError::UnsupportedMediaType => 415,
@@ -116,6 +130,12 @@ impl ApiError {
             ApiError::AlreadyClaimed => "already_claimed",
             ApiError::OutOfStock => "out_of_stock",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::NotStarted => "not_started",
+            ApiError::Expired => "expired",
+            ApiError::InvalidLimit => "invalid_limit",
+            ApiError::InvalidCursor => "invalid_cursor",
+            ApiError::WindowOrder => "expires_at_not_after_starts_at",
+            ApiError::InvalidTimestamp { field } => return format!("{field}_not_rfc3339"),
             ApiError::Unauthorized => "unauthorized",
             ApiError::Forbidden => "forbidden",
             ApiError::Store(StoreError::Busy { .. }) => "busy",
@@ -130,6 +150,19 @@ impl ApiError {
     pub fn message(&self) -> String {
         match self {
             ApiError::RouteNotFound => "There is nothing at this path.".to_owned(),
+            ApiError::NotStarted => "The sale of this coupon has not started yet.".to_owned(),
+            ApiError::Expired => "The sale of this coupon has ended.".to_owned(),
+            ApiError::InvalidLimit => format!(
+                "limit must be a whole number from 1 to {}.",
+                super::query::MAX_LIMIT
+            ),
+            ApiError::InvalidCursor => {
+                "after must be a cursor from a previous page of this listing.".to_owned()
+            }
+            ApiError::WindowOrder => "expires_at must be later than starts_at.".to_owned(),
+            ApiError::InvalidTimestamp { field } => {
+                format!("{field} must be an RFC 3339 timestamp such as 2026-11-25T12:00:00Z.")
+            }
             ApiError::Unauthorized => {
                 "Creating coupons needs an Authorization: Bearer token.".to_owned()
             }

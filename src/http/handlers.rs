@@ -1,33 +1,52 @@
+use std::io::{self, Write};
+
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
 use serde_json::json;
 
 use crate::context::Context;
-use crate::domain::{Amount, ClaimOutcome, Coupon, CouponName, UserId};
-use crate::store::StoreError;
+use crate::domain::{
+    Amount, ClaimOutcome, Coupon, CouponName, SaleWindow, UserId, format_instant, parse_instant,
+};
+use crate::store::{Claimers, StoreError};
 
 use super::body::{Fields, json_object};
 use super::error::{ApiError, FieldProblem};
 use super::intake::Incoming;
+use super::query;
 use super::response::{Reply, json};
 
+/// A coupon's fields as every answer shows them. The window's ends appear
+/// only when they were set, so coupons without one look exactly as the spec
+/// says.
 #[derive(Serialize)]
-struct CouponBody<'a> {
+struct CouponFields<'a> {
     name: &'a str,
     amount: i32,
     remaining_amount: i32,
-    claimed_by: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    starts_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
 }
 
-impl<'a> From<&'a Coupon> for CouponBody<'a> {
-    fn from(c: &'a Coupon) -> CouponBody<'a> {
-        CouponBody {
+impl<'a> From<&'a Coupon> for CouponFields<'a> {
+    fn from(c: &'a Coupon) -> CouponFields<'a> {
+        CouponFields {
             name: &c.name,
             amount: c.amount,
             remaining_amount: c.remaining_amount,
-            claimed_by: &c.claimed_by,
+            starts_at: c.window.starts_at().map(format_instant),
+            expires_at: c.window.expires_at().map(format_instant),
         }
     }
+}
+
+#[derive(Serialize)]
+struct CouponBody<'a> {
+    #[serde(flatten)]
+    fields: CouponFields<'a>,
+    claimed_by: &'a [String],
 }
 
 /// Characters escaped in the Location header's path segment.
@@ -46,20 +65,32 @@ const SEGMENT: &AsciiSet = &CONTROLS
 
 pub fn create_coupon(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiError> {
     let object = json_object(&incoming.request, &incoming.body)?;
-    let fields = Fields::new(object, &["name", "amount"])?;
+    let fields = Fields::new(object, &["name", "amount", "starts_at", "expires_at"])?;
     let name = CouponName::parse(fields.text("name")?)
         .map_err(|e| ApiError::field("name", FieldProblem::Text(e)))?;
     let amount = Amount::parse(fields.whole_number("amount")?)
         .map_err(|e| ApiError::field("amount", FieldProblem::Amount(e)))?;
+    let instant = |field: &'static str| -> Result<_, ApiError> {
+        fields
+            .optional_text(field)?
+            .map(|raw| parse_instant(raw).ok_or(ApiError::InvalidTimestamp { field }))
+            .transpose()
+    };
+    let window = SaleWindow::new(instant("starts_at")?, instant("expires_at")?)
+        .map_err(|_| ApiError::WindowOrder)?;
     let coupon = ctx
         .store
-        .create_coupon(&name, amount)?
+        .create_coupon(&name, amount, window)?
         .ok_or(ApiError::CouponExists)?;
     let location = format!(
         "/api/coupons/{}",
         utf8_percent_encode(name.as_str(), SEGMENT)
     );
-    Ok(json(201, &CouponBody::from(&coupon)).with_header("Location", location))
+    let body = CouponBody {
+        fields: CouponFields::from(&coupon),
+        claimed_by: &[],
+    };
+    Ok(json(201, &body).with_header("Location", location))
 }
 
 /// The claim a request asks for, or why it cannot be one.
@@ -88,15 +119,103 @@ pub fn claim_reply(
             }),
         )),
         ClaimOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
+        ClaimOutcome::NotStarted => Err(ApiError::NotStarted),
+        ClaimOutcome::Expired => Err(ApiError::Expired),
         ClaimOutcome::AlreadyClaimed => Err(ApiError::AlreadyClaimed),
         ClaimOutcome::OutOfStock => Err(ApiError::OutOfStock),
     }
 }
 
+/// The spec's coupon body, streamed: claimers are read and written a page
+/// at a time from one snapshot.
 pub fn get_coupon(ctx: &Context, raw_name: &str) -> Result<Reply, ApiError> {
     let name = path_name(raw_name)?;
-    let coupon = ctx.store.coupon(&name)?.ok_or(ApiError::CouponNotFound)?;
-    Ok(json(200, &CouponBody::from(&coupon)))
+    let (coupon, claimers) = ctx
+        .store
+        .coupon_with_claimers(&name)?
+        .ok_or(ApiError::CouponNotFound)?;
+    Ok(Reply::json_stream(
+        200,
+        Box::new(move |out| write_coupon(out, &coupon, claimers)),
+    ))
+}
+
+fn write_coupon(out: &mut dyn Write, coupon: &Coupon, mut claimers: Claimers) -> io::Result<()> {
+    let mut head = serde_json::to_vec(&CouponFields::from(coupon))?;
+    head.pop(); // the closing brace: claimed_by follows
+    out.write_all(&head)?;
+    out.write_all(b",\"claimed_by\":[")?;
+    let mut first = true;
+    loop {
+        let page = claimers.next_page().map_err(io::Error::other)?;
+        if page.is_empty() {
+            break;
+        }
+        for user in page {
+            if !first {
+                out.write_all(b",")?;
+            }
+            first = false;
+            serde_json::to_writer(&mut *out, &user)?;
+        }
+    }
+    out.write_all(b"]}")?;
+    claimers.finish().map_err(io::Error::other)
+}
+
+/// GET /api/coupons/{name}/claims?limit=&after=
+pub fn claims_page(ctx: &Context, raw_name: &str, target: &str) -> Result<Reply, ApiError> {
+    let name = path_name(raw_name)?;
+    let limit = query::limit(target)?;
+    let after = match query::param(target, "after") {
+        None => 0,
+        Some(raw) => query::decode_cursor('c', &raw)?
+            .parse::<i64>()
+            .map_err(|_| ApiError::InvalidCursor)?,
+    };
+    let mut rows = ctx
+        .store
+        .claims_page(&name, after, limit + 1)?
+        .ok_or(ApiError::CouponNotFound)?;
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            rows.last()
+                .map(|r| query::encode_cursor('c', &r.id.to_string()))
+        })
+        .flatten();
+    let claims: Vec<_> = rows
+        .iter()
+        .map(|r| json!({ "user_id": r.user_id, "claimed_at": format_instant(r.claimed_at) }))
+        .collect();
+    Ok(json(200, &page_body("claims", claims, next)))
+}
+
+/// GET /api/coupons?limit=&after=
+pub fn coupons_page(ctx: &Context, target: &str) -> Result<Reply, ApiError> {
+    let limit = query::limit(target)?;
+    let after = match query::param(target, "after") {
+        None => String::new(),
+        Some(raw) => query::decode_cursor('n', &raw)?,
+    };
+    let mut coupons = ctx.store.coupons_page(&after, limit + 1)?;
+    let more = coupons.len() as i64 > limit;
+    coupons.truncate(limit as usize);
+    let next = more
+        .then(|| coupons.last().map(|c| query::encode_cursor('n', &c.name)))
+        .flatten();
+    let items: Vec<_> = coupons.iter().map(CouponFields::from).collect();
+    Ok(json(200, &page_body("coupons", items, next)))
+}
+
+fn page_body<T: Serialize>(key: &str, items: Vec<T>, next: Option<String>) -> serde_json::Value {
+    let mut body = serde_json::Map::new();
+    body.insert(key.to_owned(), json!(items));
+    if let Some(next) = next {
+        body.insert("next".to_owned(), json!(next));
+    }
+    serde_json::Value::Object(body)
 }
 
 pub fn health(ctx: &Context) -> Reply {

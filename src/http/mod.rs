@@ -5,6 +5,7 @@ mod body;
 mod error;
 mod handlers;
 mod intake;
+mod query;
 mod response;
 mod router;
 
@@ -24,6 +25,13 @@ use router::{Route, route};
 /// by whichever thread decides it, which may be another worker's.
 pub fn serve(ctx: &Context, incoming: Incoming) {
     let started = Instant::now();
+    if let Body::Abandoned = incoming.body {
+        // Answered before routing: such a request is never dropped (see intake).
+        let too_large = ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        };
+        return finish(ctx, incoming, started, Err(too_large));
+    }
     let found = route(incoming.request.url());
     if let (Some(Route::Claim), Method::Post) = (&found, incoming.request.method()) {
         match handlers::parse_claim(&incoming) {
@@ -51,12 +59,16 @@ fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<
     let found = found.ok_or(ApiError::RouteNotFound)?;
     match (&found, incoming.request.method()) {
         (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
+        (Route::Coupons, Method::Get) => handlers::coupons_page(ctx, incoming.request.url()),
         (Route::Coupons, Method::Post) => {
             auth::require_admin(ctx, &incoming.request)?;
             handlers::create_coupon(ctx, incoming)
         }
         (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
         (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
+        (Route::CouponClaims(name), Method::Get) => {
+            handlers::claims_page(ctx, name, incoming.request.url())
+        }
         _ => Err(ApiError::MethodNotAllowed {
             allow: found.allow(),
         }),

@@ -5,6 +5,7 @@ pub enum Route {
     Coupons,
     Claim,
     Coupon(String),
+    CouponClaims(String),
 }
 
 /// Matches the path part of a request target (the query is ignored).
@@ -15,8 +16,19 @@ pub fn route(target: &str) -> Option<Route> {
         "/api/coupons" => Some(Route::Coupons),
         "/api/coupons/claim" => Some(Route::Claim),
         _ => {
-            let name = path.strip_prefix("/api/coupons/")?;
-            (!name.is_empty() && !name.contains('/')).then(|| Route::Coupon(name.to_owned()))
+            let rest = path.strip_prefix("/api/coupons/")?;
+            let (name, claims) = match rest.strip_suffix("/claims") {
+                Some(name) => (name, true),
+                None => (rest, false),
+            };
+            if name.is_empty() || name.contains('/') {
+                return None;
+            }
+            Some(if claims {
+                Route::CouponClaims(name.to_owned())
+            } else {
+                Route::Coupon(name.to_owned())
+            })
         }
     }
 }
@@ -25,8 +37,8 @@ impl Route {
     /// The methods this path answers, as the Allow header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Coupon(_) => "GET",
-            Route::Coupons => "POST",
+            Route::Health | Route::Coupon(_) | Route::CouponClaims(_) => "GET",
+            Route::Coupons => "GET, POST",
             // GET here reads the coupon named "claim", which is a valid name.
             Route::Claim => "GET, POST",
         }
@@ -53,6 +65,7 @@ mod tests {
         assert_eq!(route("/"), None);
         assert_eq!(route("/api/coupons/"), None);
         assert_eq!(route("/api/coupons/a/b"), None);
+        assert_eq!(route("/api/coupons//claims"), None);
         assert_eq!(route("/api/couponsX"), None);
     }
 }

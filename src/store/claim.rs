@@ -1,6 +1,8 @@
 use std::collections::HashSet;
 
-use crate::domain::{ClaimOutcome, CouponName, UserId, decide_in_order};
+use time::OffsetDateTime;
+
+use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
 
 use super::{Store, StoreError};
 
@@ -10,6 +12,8 @@ use super::{Store, StoreError};
 pub struct BatchResult {
     pub outcomes: Vec<ClaimOutcome>,
     pub remaining: Option<i32>,
+    /// The coupon has a sale window, so its answers depend on the clock.
+    pub windowed: bool,
 }
 
 impl Store {
@@ -30,9 +34,24 @@ impl Store {
                 return Ok(BatchResult {
                     outcomes: vec![ClaimOutcome::CouponNotFound; users.len()],
                     remaining: None,
+                    windowed: false,
                 });
             };
             let remaining: i32 = row.get(0);
+            let window = SaleWindow::new(row.get(1), row.get(2)).unwrap_or_default();
+            let now: OffsetDateTime = row.get(3);
+            let closed = match window.state_at(now) {
+                WindowState::Open => None,
+                WindowState::NotStarted => Some(ClaimOutcome::NotStarted),
+                WindowState::Expired => Some(ClaimOutcome::Expired),
+            };
+            if let Some(outcome) = closed {
+                return Ok(BatchResult {
+                    outcomes: vec![outcome; users.len()],
+                    remaining: Some(remaining),
+                    windowed: true,
+                });
+            }
             let holders: HashSet<String> = tx
                 .query(&stmts.holders_among, &[&name, &ids])?
                 .iter()
@@ -50,6 +69,7 @@ impl Store {
             Ok(BatchResult {
                 outcomes,
                 remaining: Some(remaining - taken),
+                windowed: !window.is_always_open(),
             })
         })
     }

@@ -14,23 +14,29 @@ pub struct Statements {
     pub take_stock: Statement,
     pub holders_limited: Statement,
     pub holds: Statement,
+    pub claims_page: Statement,
+    pub coupons_page: Statement,
 }
 
 impl Statements {
     fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
         Ok(Statements {
             insert_coupon: client.prepare(
-                "INSERT INTO coupons (name, amount, remaining_amount) VALUES ($1, $2, $2) \
-                 ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO coupons (name, amount, remaining_amount, starts_at, expires_at) \
+                 VALUES ($1, $2, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
             )?,
-            coupon_counts: client
-                .prepare("SELECT amount, remaining_amount FROM coupons WHERE name = $1")?,
+            coupon_counts: client.prepare(
+                "SELECT amount, remaining_amount, starts_at, expires_at FROM coupons WHERE name = $1",
+            )?,
             claimed_by: client
                 .prepare("SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id")?,
             // NO KEY UPDATE: the claim rows' foreign key takes KEY SHARE on
             // this row, which this lock must not block.
+            // now() is the transaction's start on the database clock: the
+            // one clock every server on this database agrees on.
             lock_coupon: client.prepare(
-                "SELECT remaining_amount FROM coupons WHERE name = $1 FOR NO KEY UPDATE",
+                "SELECT remaining_amount, starts_at, expires_at, now() FROM coupons \
+                 WHERE name = $1 FOR NO KEY UPDATE",
             )?,
             holders_among: client.prepare(
                 "SELECT user_id FROM claims WHERE coupon_name = $1 AND user_id = ANY($2)",
@@ -49,6 +55,14 @@ impl Statements {
             )?,
             holds: client
                 .prepare("SELECT 1 FROM claims WHERE coupon_name = $1 AND user_id = $2")?,
+            claims_page: client.prepare(
+                "SELECT id, user_id, claimed_at FROM claims \
+                 WHERE coupon_name = $1 AND id > $2 ORDER BY id LIMIT $3",
+            )?,
+            coupons_page: client.prepare(
+                "SELECT name, amount, remaining_amount, starts_at, expires_at FROM coupons \
+                 WHERE name > $1 ORDER BY name LIMIT $2",
+            )?,
         })
     }
 }

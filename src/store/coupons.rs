@@ -1,6 +1,43 @@
-use crate::domain::{Amount, Coupon, CouponName};
+use postgres::Row;
+use r2d2::PooledConnection;
+use time::OffsetDateTime;
 
+use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
+
+use super::connection::{Conn, Manager};
+use super::error::{Failure, classify};
 use super::{Store, StoreError};
+
+/// Rows fetched per round trip while streaming a coupon's claimers.
+const STREAM_PAGE: i64 = 1000;
+
+/// One claim as the paginated listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRow {
+    pub id: i64,
+    pub user_id: String,
+    pub claimed_at: OffsetDateTime,
+}
+
+fn coupon_from(name: String, row: &Row, first: usize) -> Coupon {
+    let window = SaleWindow::new(row.get(first + 2), row.get(first + 3)).unwrap_or_default();
+    Coupon {
+        name,
+        amount: row.get(first),
+        remaining_amount: row.get(first + 1),
+        window,
+        claimed_by: Vec::new(),
+    }
+}
+
+fn fatal(err: postgres::Error) -> StoreError {
+    match classify(err) {
+        Failure::Fatal(err) => err,
+        Failure::Retry(cause) => {
+            StoreError::Internal(format!("a read-only query failed with {}", cause.label()))
+        }
+    }
+}
 
 impl Store {
     /// Inserts a new coupon with all its stock; `None` when the name is taken.
@@ -8,34 +45,125 @@ impl Store {
         &self,
         name: &CouponName,
         amount: Amount,
+        window: SaleWindow,
     ) -> Result<Option<Coupon>, StoreError> {
         let inserted = self.serializable(|tx, stmts| {
-            tx.execute(&stmts.insert_coupon, &[&name.as_str(), &amount.get()])
+            tx.execute(
+                &stmts.insert_coupon,
+                &[
+                    &name.as_str(),
+                    &amount.get(),
+                    &window.starts_at(),
+                    &window.expires_at(),
+                ],
+            )
         })?;
         Ok((inserted == 1).then(|| Coupon {
             name: name.to_string(),
             amount: amount.get(),
             remaining_amount: amount.get(),
+            window,
             claimed_by: Vec::new(),
         }))
     }
 
-    pub fn coupon(&self, name: &CouponName) -> Result<Option<Coupon>, StoreError> {
+    /// A coupon with its counts, and a stream of its claimers in claim order
+    /// read from the same snapshot, a page at a time: a coupon with a
+    /// million claims is never in memory at once.
+    pub fn coupon_with_claimers(
+        &self,
+        name: &CouponName,
+    ) -> Result<Option<(Coupon, Claimers)>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .map_err(fatal)?;
+        let mut claimers = Claimers {
+            conn,
+            name: name.to_string(),
+            after: 0,
+            open: true,
+        };
+        let Conn { client, stmts } = &mut *claimers.conn;
+        let row = client
+            .query_opt(&stmts.coupon_counts, &[&name.as_str()])
+            .map_err(fatal)?;
+        Ok(row.map(|row| (coupon_from(name.to_string(), &row, 0), claimers)))
+    }
+
+    /// A page of a coupon's claims after the claim `after` (0: from the
+    /// start), or `None` when the coupon does not exist.
+    pub fn claims_page(
+        &self,
+        name: &CouponName,
+        after: i64,
+        limit: i64,
+    ) -> Result<Option<Vec<ClaimRow>>, StoreError> {
         self.snapshot(|tx, stmts| {
-            let Some(row) = tx.query_opt(&stmts.coupon_counts, &[&name.as_str()])? else {
+            if tx
+                .query_opt(&stmts.coupon_counts, &[&name.as_str()])?
+                .is_none()
+            {
                 return Ok(None);
-            };
-            let claimed_by = tx
-                .query(&stmts.claimed_by, &[&name.as_str()])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            Ok(Some(Coupon {
-                name: name.to_string(),
-                amount: row.get(0),
-                remaining_amount: row.get(1),
-                claimed_by,
-            }))
+            }
+            let rows = tx.query(&stmts.claims_page, &[&name.as_str(), &after, &limit])?;
+            Ok(Some(
+                rows.iter()
+                    .map(|r| ClaimRow {
+                        id: r.get(0),
+                        user_id: r.get(1),
+                        claimed_at: r.get(2),
+                    })
+                    .collect(),
+            ))
         })
+    }
+
+    /// A page of coupons in name order after `after` ("" for the start).
+    pub fn coupons_page(&self, after: &str, limit: i64) -> Result<Vec<Coupon>, StoreError> {
+        self.read(|client, stmts| {
+            Ok(client
+                .query(&stmts.coupons_page, &[&after, &limit])?
+                .iter()
+                .map(|r| coupon_from(r.get(0), r, 1))
+                .collect())
+        })
+    }
+}
+
+/// The claimers of one coupon, read a page at a time inside a read-only
+/// transaction that is rolled back if the stream is dropped unfinished.
+pub struct Claimers {
+    conn: PooledConnection<Manager>,
+    name: String,
+    after: i64,
+    open: bool,
+}
+
+impl Claimers {
+    /// The next page of user ids; empty once all have been read.
+    pub fn next_page(&mut self) -> Result<Vec<String>, StoreError> {
+        let Conn { client, stmts } = &mut *self.conn;
+        let rows = client
+            .query(&stmts.claims_page, &[&self.name, &self.after, &STREAM_PAGE])
+            .map_err(fatal)?;
+        if let Some(last) = rows.last() {
+            self.after = last.get(0);
+        }
+        Ok(rows.iter().map(|r| r.get(1)).collect())
+    }
+
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.open = false;
+        self.conn.client.batch_execute("COMMIT").map_err(fatal)
+    }
+}
+
+impl Drop for Claimers {
+    fn drop(&mut self) {
+        if self.open {
+            // The connection goes back to the pool: never inside a transaction.
+            let _ = self.conn.client.batch_execute("ROLLBACK");
+        }
     }
 }

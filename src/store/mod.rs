@@ -17,6 +17,7 @@ use postgres::{Client, IsolationLevel, NoTls};
 
 pub use claim::BatchResult;
 pub use connection::Conn;
+pub use coupons::{ClaimRow, Claimers};
 pub use error::{RetryCause, StoreError};
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::SCHEMA_SQL;
