@@ -7,6 +7,7 @@ pub mod context;
 pub mod domain;
 pub mod http;
 pub mod listener;
+pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod workers;

@@ -126,13 +126,30 @@ fn answer(done: Done, outcome: Result<ClaimOutcome, StoreError>) {
 }
 
 /// How many claims went into how many transactions.
-#[derive(Debug, Default)]
 pub struct BatchStats {
     batches: AtomicU64,
     claims: AtomicU64,
     largest: AtomicU64,
-    /// Batches by size: 1, 2-3, 4-7, ... 512-1023, 1024.
-    by_size: [AtomicU64; 11],
+    /// Batch sizes, for /metrics.
+    pub sizes: prometheus::Histogram,
+}
+
+impl Default for BatchStats {
+    fn default() -> BatchStats {
+        let buckets = (0..=10).map(|i| f64::from(1u32 << i)).collect();
+        let opts = prometheus::HistogramOpts::new(
+            "flash_coupons_claim_batch_size",
+            "Claims decided together in one transaction.",
+        )
+        .buckets(buckets);
+        BatchStats {
+            batches: AtomicU64::new(0),
+            claims: AtomicU64::new(0),
+            largest: AtomicU64::new(0),
+            // The options are constant and valid.
+            sizes: prometheus::Histogram::with_opts(opts).expect("valid histogram options"),
+        }
+    }
 }
 
 impl BatchStats {
@@ -141,8 +158,7 @@ impl BatchStats {
         self.batches.fetch_add(1, Ordering::Relaxed);
         self.claims.fetch_add(size, Ordering::Relaxed);
         self.largest.fetch_max(size, Ordering::Relaxed);
-        let bucket = (u64::BITS - 1 - size.max(1).leading_zeros()) as usize;
-        self.by_size[bucket.min(10)].fetch_add(1, Ordering::Relaxed);
+        self.sizes.observe(size as f64);
     }
 
     pub fn batches(&self) -> u64 {
@@ -157,12 +173,4 @@ impl BatchStats {
         self.largest.load(Ordering::Relaxed)
     }
 
-    /// (upper bound of the bucket, count) pairs, smallest first.
-    pub fn by_size(&self) -> Vec<(u64, u64)> {
-        self.by_size
-            .iter()
-            .enumerate()
-            .map(|(i, n)| ((1u64 << (i + 1)) - 1, n.load(Ordering::Relaxed)))
-            .collect()
-    }
 }

@@ -9,12 +9,15 @@ mod query;
 mod response;
 mod router;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use log::{error, info, warn};
 use tiny_http::Method;
 
 use crate::context::Context;
+use crate::domain::ClaimOutcome;
+use crate::store::StoreError;
 
 pub use error::{ApiError, FieldProblem};
 pub use intake::{Body, Incoming, MAX_BODY_BYTES, take_in};
@@ -23,42 +26,63 @@ use router::{Route, route};
 
 /// Answers one request completely, whatever it holds. A claim is answered
 /// by whichever thread decides it, which may be another worker's.
-pub fn serve(ctx: &Context, incoming: Incoming) {
+pub fn serve(ctx: &Arc<Context>, incoming: Incoming) {
     let started = Instant::now();
+    ctx.metrics.request_started();
     if let Body::Abandoned = incoming.body {
         // Answered before routing: such a request is never dropped (see intake).
         let too_large = ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         };
-        return finish(ctx, incoming, started, Err(too_large));
+        return finish(ctx, incoming, started, "none", Err(too_large));
     }
     let found = route(incoming.request.url());
+    let label = found.as_ref().map_or("none", Route::label);
     if let (Some(Route::Claim), Method::Post) = (&found, incoming.request.method()) {
         match handlers::parse_claim(&incoming) {
             Ok((coupon, user)) => {
                 let (c, u) = (coupon.clone(), user.clone());
-                let keep_alive = ctx.keep_alive;
+                let shared = Arc::clone(ctx);
                 ctx.claims.submit(
                     coupon,
                     user,
                     Box::new(move |outcome| {
+                        shared.metrics.claim_answered(outcome_label(&outcome));
                         let reply = handlers::claim_reply(&c, &u, outcome);
-                        finish_with(keep_alive, incoming, started, reply)
+                        finish(&shared, incoming, started, label, reply)
                     }),
                 );
             }
-            Err(err) => finish(ctx, incoming, started, Err(err)),
+            Err(err) => {
+                ctx.metrics.claim_answered("invalid");
+                finish(ctx, incoming, started, label, Err(err))
+            }
         }
         return;
     }
     let result = dispatch(ctx, found, &incoming);
-    finish(ctx, incoming, started, result);
+    finish(ctx, incoming, started, label, result);
+}
+
+fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
+    match outcome {
+        Ok(ClaimOutcome::Claimed { .. }) => "claimed",
+        Ok(ClaimOutcome::AlreadyClaimed) => "already_claimed",
+        Ok(ClaimOutcome::OutOfStock) => "out_of_stock",
+        Ok(ClaimOutcome::CouponNotFound) => "coupon_not_found",
+        Ok(ClaimOutcome::NotStarted) => "not_started",
+        Ok(ClaimOutcome::Expired) => "expired",
+        Err(StoreError::Busy { .. }) => "busy",
+        Err(StoreError::Unavailable(_)) => "unavailable",
+        Err(StoreError::Internal(_)) => "error",
+    }
 }
 
 fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<Reply, ApiError> {
     let found = found.ok_or(ApiError::RouteNotFound)?;
     match (&found, incoming.request.method()) {
         (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
+        (Route::Metrics, Method::Get) => Ok(handlers::metrics(ctx)),
         (Route::Coupons, Method::Get) => handlers::coupons_page(ctx, incoming.request.url()),
         (Route::Coupons, Method::Post) => {
             auth::require_admin(ctx, &incoming.request)?;
@@ -75,15 +99,12 @@ fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<
     }
 }
 
-/// Sends the answer and writes the request's log line.
-fn finish(ctx: &Context, incoming: Incoming, started: Instant, result: Result<Reply, ApiError>) {
-    finish_with(ctx.keep_alive, incoming, started, result);
-}
-
-fn finish_with(
-    keep_alive: bool,
+/// Sends the answer, and records its log line and metrics.
+fn finish(
+    ctx: &Context,
     incoming: Incoming,
     started: Instant,
+    route: &'static str,
     result: Result<Reply, ApiError>,
 ) {
     let method = incoming.request.method().clone();
@@ -99,10 +120,12 @@ fn finish_with(
         err.into_reply()
     });
     let status = reply.status;
-    response::send(incoming, reply, keep_alive);
+    response::send(incoming, reply, ctx.keep_alive);
+    let took = started.elapsed();
+    ctx.metrics.request_finished(route, status, took);
     info!(
         "{method} {target} {status} {:.3}ms",
-        started.elapsed().as_secs_f64() * 1000.0
+        took.as_secs_f64() * 1000.0
     );
 }
 

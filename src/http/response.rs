@@ -33,6 +33,14 @@ impl Reply {
         self
     }
 
+    pub fn text(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
+        Reply {
+            status,
+            content: Content::Bytes(body),
+            headers: vec![("Content-Type", content_type.to_owned())],
+        }
+    }
+
     /// A JSON answer written as it is produced, never whole in memory.
     pub fn json_stream(status: u16, write: Stream) -> Reply {
         Reply {

@@ -2,6 +2,7 @@
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
     Health,
+    Metrics,
     Coupons,
     Claim,
     Coupon(String),
@@ -13,6 +14,7 @@ pub fn route(target: &str) -> Option<Route> {
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     match path {
         "/healthz" => Some(Route::Health),
+        "/metrics" => Some(Route::Metrics),
         "/api/coupons" => Some(Route::Coupons),
         "/api/coupons/claim" => Some(Route::Claim),
         _ => {
@@ -34,10 +36,22 @@ pub fn route(target: &str) -> Option<Route> {
 }
 
 impl Route {
+    /// The route's name in metrics: a fixed set, never a coupon name.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::Health => "healthz",
+            Route::Metrics => "metrics",
+            Route::Coupons => "coupons",
+            Route::Claim => "claim",
+            Route::Coupon(_) => "coupon",
+            Route::CouponClaims(_) => "coupon_claims",
+        }
+    }
+
     /// The methods this path answers, as the Allow header lists them.
     pub fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Coupon(_) | Route::CouponClaims(_) => "GET",
+            Route::Health | Route::Metrics | Route::Coupon(_) | Route::CouponClaims(_) => "GET",
             Route::Coupons => "GET, POST",
             // GET here reads the coupon named "claim", which is a valid name.
             Route::Claim => "GET, POST",

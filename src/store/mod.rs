@@ -82,6 +82,12 @@ impl Store {
         &self.retries
     }
 
+    /// Pooled connections: (open, idle, most allowed).
+    pub fn pool_state(&self) -> (u32, u32, u32) {
+        let state = self.pool.state();
+        (state.connections, state.idle_connections, self.pool.max_size())
+    }
+
     /// True when a connection can be had and answers a trivial query.
     pub fn ping(&self, timeout: Duration) -> bool {
         match self.pool.get_timeout(timeout) {

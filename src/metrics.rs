@@ -1,0 +1,162 @@
+//! GET /metrics in the Prometheus text format.
+//!
+//! Request metrics are recorded as requests finish; the counters kept
+//! elsewhere (retries, the pool, the sold-out cache) are read when scraped.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::claims::Claims;
+use crate::store::{RetryCause, Store};
+
+pub struct Metrics {
+    registry: Registry,
+    latency: HistogramVec,
+    in_flight: IntGauge,
+    claims: IntCounterVec,
+    retries: IntCounterVec,
+    retries_exhausted: IntGauge,
+    pool: IntGaugeVec,
+    sold_out: IntGaugeVec,
+    /// One scrape at a time: each adds what happened since the last.
+    scrape: Mutex<()>,
+}
+
+// The metric definitions are constants: building them cannot fail, and a
+// failure would be a bug found by the first test.
+fn must<T>(built: prometheus::Result<T>) -> T {
+    built.expect("a valid metric definition")
+}
+
+impl Metrics {
+    pub fn new(claims: &Claims) -> Metrics {
+        let registry = Registry::new();
+        let latency = must(HistogramVec::new(
+            HistogramOpts::new(
+                "flash_coupons_http_request_duration_seconds",
+                "Time from taking a request to writing its answer, by route and status class.",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+            &["route", "status"],
+        ));
+        let in_flight = must(IntGauge::new(
+            "flash_coupons_http_requests_in_flight",
+            "Requests taken and not yet answered.",
+        ));
+        let claims_by_outcome = must(IntCounterVec::new(
+            Opts::new("flash_coupons_claims_total", "Claims answered, by outcome."),
+            &["outcome"],
+        ));
+        let retries = must(IntCounterVec::new(
+            Opts::new(
+                "flash_coupons_claim_retries_total",
+                "Claim transactions run again, by cause.",
+            ),
+            &["cause"],
+        ));
+        let retries_exhausted = must(IntGauge::new(
+            "flash_coupons_claim_retries_exhausted_total",
+            "Claim transactions that gave up at CLAIM_MAX_RETRIES (answered 503 busy).",
+        ));
+        let pool = must(IntGaugeVec::new(
+            Opts::new(
+                "flash_coupons_db_pool_connections",
+                "Database connections: open, idle, in use, and the most allowed.",
+            ),
+            &["state"],
+        ));
+        let sold_out = must(IntGaugeVec::new(
+            Opts::new(
+                "flash_coupons_sold_out_coupons",
+                "Sold-out coupons answered without a transaction, by where holders are looked up.",
+            ),
+            &["holders"],
+        ));
+        for collector in [
+            Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(in_flight.clone()),
+            Box::new(claims_by_outcome.clone()),
+            Box::new(retries.clone()),
+            Box::new(retries_exhausted.clone()),
+            Box::new(pool.clone()),
+            Box::new(sold_out.clone()),
+            Box::new(claims.batch_stats().sizes.clone()),
+        ] {
+            must(registry.register(collector));
+        }
+        Metrics {
+            registry,
+            latency,
+            in_flight,
+            claims: claims_by_outcome,
+            retries,
+            retries_exhausted,
+            pool,
+            sold_out,
+            scrape: Mutex::new(()),
+        }
+    }
+
+    pub fn request_started(&self) {
+        self.in_flight.inc();
+    }
+
+    pub fn request_finished(&self, route: &str, status: u16, took: Duration) {
+        self.in_flight.dec();
+        let class = match status {
+            200..=299 => "2xx",
+            400..=499 => "4xx",
+            500..=599 => "5xx",
+            _ => "other",
+        };
+        self.latency
+            .with_label_values(&[route, class])
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn claim_answered(&self, outcome: &str) {
+        self.claims.with_label_values(&[outcome]).inc();
+    }
+
+    /// The text exposition, with the counters kept elsewhere read now.
+    pub fn render(&self, store: &Store, claims: &Claims) -> String {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let counts = store.retries();
+        for cause in RetryCause::ALL {
+            let counter = self.retries.with_label_values(&[cause.label()]);
+            let seen = counts.get(cause);
+            // Counters only go up: add what happened since the last scrape.
+            counter.inc_by(seen.saturating_sub(counter.get()));
+        }
+        self.retries_exhausted
+            .set(i64::try_from(counts.exhausted()).unwrap_or(i64::MAX));
+        let (open, idle, max) = store.pool_state();
+        for (state, value) in [
+            ("open", open),
+            ("idle", idle),
+            ("in_use", open.saturating_sub(idle)),
+            ("max", max),
+        ] {
+            self.pool.with_label_values(&[state]).set(i64::from(value));
+        }
+        let (in_memory, in_database) = claims.sold_out_sizes();
+        self.sold_out
+            .with_label_values(&["memory"])
+            .set(i64::try_from(in_memory).unwrap_or(i64::MAX));
+        self.sold_out
+            .with_label_values(&["database"])
+            .set(i64::try_from(in_database).unwrap_or(i64::MAX));
+        let mut out = Vec::new();
+        // Encoding gathered families into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,95 @@
+//! GET /metrics: the counters move as requests are answered.
+
+mod support;
+
+use support::TestApp;
+
+fn scrape(app: &TestApp) -> String {
+    let answer = support::http::request_with("GET", &app.url("/metrics"), None, &[]);
+    assert_eq!(answer.status, 200);
+    assert!(answer.content_type.unwrap().starts_with("text/plain"));
+    answer.body.as_str().unwrap().to_owned()
+}
+
+/// The value of the sample whose name and labels are exactly `series`.
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn claim_outcomes_batches_and_request_latencies_are_counted() {
+    let app = TestApp::spawn();
+    let before = scrape(&app);
+    assert_eq!(value(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#), 0.0);
+
+    app.create("M", 2);
+    assert_eq!(app.claim("a", "M").status, 200);
+    assert_eq!(app.claim("b", "M").status, 200);
+    assert_eq!(app.claim("a", "M").status, 409);
+    assert_eq!(app.claim("c", "M").status, 400);
+    assert_eq!(app.claim("c", "NOPE").status, 404);
+    assert_eq!(app.post_json("/api/coupons/claim", "{}").status, 400);
+
+    let after = scrape(&app);
+    for (outcome, n) in [
+        ("claimed", 2.0),
+        ("already_claimed", 1.0),
+        ("out_of_stock", 1.0),
+        ("coupon_not_found", 1.0),
+        ("invalid", 1.0),
+    ] {
+        let series = format!(r#"flash_coupons_claims_total{{outcome="{outcome}"}}"#);
+        assert_eq!(value(&after, &series), n, "{series}\n{after}");
+    }
+    // Two claims were decided in transactions before the coupon sold out
+    // and the 404 in a third; the later ones came from the sold-out cache.
+    assert!(value(&after, "flash_coupons_claim_batch_size_count") >= 3.0, "{after}");
+    assert_eq!(
+        value(&after, r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="2xx"}"#),
+        2.0,
+        "{after}"
+    );
+    assert_eq!(
+        value(&after, r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="4xx"}"#),
+        4.0,
+        "{after}"
+    );
+    assert_eq!(value(&after, r#"flash_coupons_db_pool_connections{state="max"}"#), 8.0);
+    assert!(after.contains("flash_coupons_http_requests_in_flight"));
+    assert!(after.contains(r#"flash_coupons_claim_retries_total{cause="serialization_failure"}"#));
+    assert_eq!(value(&after, r#"flash_coupons_sold_out_coupons{holders="memory"}"#), 1.0);
+}
+
+#[test]
+fn retries_seen_by_the_store_appear_in_metrics() {
+    let app = TestApp::spawn();
+    app.create("R", 1000);
+    // Two servers on one database conflict with each other and retry.
+    let other = flash_coupons::Server::start(&support::test_config(&app.db.url)).unwrap();
+    let bases = [app.base.clone(), format!("http://{}", other.addr())];
+    let threads: Vec<_> = (0..64)
+        .map(|i| {
+            let url = format!("{}/api/coupons/claim", bases[i % 2]);
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"user_id":"u{i}","coupon_name":"R"}}"#);
+                support::http::request("POST", &url, Some(&body)).status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let seen = app.server.context().store.retries().total();
+    let text = scrape(&app);
+    let exported: f64 = text
+        .lines()
+        .filter(|l| l.starts_with("flash_coupons_claim_retries_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert_eq!(exported, seen as f64, "{text}");
+}
