@@ -8,6 +8,11 @@ use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 use flash_coupons::{Config, Server};
 
 fn main() -> ExitCode {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|arg| arg == "attack") {
+        let rest = args.map(|arg| arg.to_string_lossy().into_owned()).collect();
+        return flash_coupons::attack::run(rest);
+    }
     let config = match Config::from_env() {
         Ok(config) => config,
         Err(err) => {

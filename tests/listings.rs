@@ -19,7 +19,10 @@ fn seed_claims(app: &TestApp, coupon: &str, n: i64) {
         )
         .unwrap();
     client
-        .execute("UPDATE coupons SET remaining_amount = 0 WHERE name = $1", &[&coupon])
+        .execute(
+            "UPDATE coupons SET remaining_amount = 0 WHERE name = $1",
+            &[&coupon],
+        )
         .unwrap();
 }
 
@@ -60,7 +63,8 @@ fn the_claims_listing_defaults_to_100_and_refuses_bad_limits_and_cursors() {
         app.get(&format!("/api/coupons/L/claims?after={cursor}"))
             .assert_error(400, "invalid_cursor");
     }
-    app.get("/api/coupons/NOPE/claims").assert_error(404, "coupon_not_found");
+    app.get("/api/coupons/NOPE/claims")
+        .assert_error(404, "coupon_not_found");
     let empty_coupon = app.create("E", 1);
     assert_eq!(empty_coupon.status, 201);
     let empty = app.get("/api/coupons/E/claims").body;
@@ -115,8 +119,15 @@ fn the_streamed_body_is_chunked_for_http_1_1_and_close_delimited_for_1_0() {
     assert_eq!(statuses(&got), vec![200]);
     assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
     assert!(got.ends_with("0\r\n\r\n"), "{got}");
-    let old = raw(app.addr(), b"GET /api/coupons/S HTTP/1.0\r\n\r\n", Duration::from_secs(5));
+    let old = raw(
+        app.addr(),
+        b"GET /api/coupons/S HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    );
     let body = old.split_once("\r\n\r\n").unwrap().1;
     let parsed: Value = serde_json::from_str(body).unwrap();
-    assert_eq!(parsed["claimed_by"], serde_json::json!(["user_1", "user_2", "user_3"]));
+    assert_eq!(
+        parsed["claimed_by"],
+        serde_json::json!(["user_1", "user_2", "user_3"])
+    );
 }

@@ -25,7 +25,10 @@ fn value(text: &str, series: &str) -> f64 {
 fn claim_outcomes_batches_and_request_latencies_are_counted() {
     let app = TestApp::spawn();
     let before = scrape(&app);
-    assert_eq!(value(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#), 0.0);
+    assert_eq!(
+        value(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#),
+        0.0
+    );
 
     app.create("M", 2);
     assert_eq!(app.claim("a", "M").status, 200);
@@ -48,21 +51,39 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
     }
     // Two claims were decided in transactions before the coupon sold out
     // and the 404 in a third; the later ones came from the sold-out cache.
-    assert!(value(&after, "flash_coupons_claim_batch_size_count") >= 3.0, "{after}");
+    assert!(
+        value(&after, "flash_coupons_claim_batch_size_count") >= 3.0,
+        "{after}"
+    );
     assert_eq!(
-        value(&after, r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="2xx"}"#),
+        value(
+            &after,
+            r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="2xx"}"#
+        ),
         2.0,
         "{after}"
     );
     assert_eq!(
-        value(&after, r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="4xx"}"#),
+        value(
+            &after,
+            r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="4xx"}"#
+        ),
         4.0,
         "{after}"
     );
-    assert_eq!(value(&after, r#"flash_coupons_db_pool_connections{state="max"}"#), 8.0);
+    assert_eq!(
+        value(&after, r#"flash_coupons_db_pool_connections{state="max"}"#),
+        8.0
+    );
     assert!(after.contains("flash_coupons_http_requests_in_flight"));
     assert!(after.contains(r#"flash_coupons_claim_retries_total{cause="serialization_failure"}"#));
-    assert_eq!(value(&after, r#"flash_coupons_sold_out_coupons{holders="memory"}"#), 1.0);
+    assert_eq!(
+        value(
+            &after,
+            r#"flash_coupons_sold_out_coupons{holders="memory"}"#
+        ),
+        1.0
+    );
 }
 
 #[test]

@@ -44,14 +44,24 @@ fn a_claim_before_the_start_gets_403_not_started_and_changes_nothing() {
 #[test]
 fn a_claim_just_after_the_start_succeeds() {
     let app = TestApp::spawn();
-    create_windowed(&app, "OPEN", Some(db_time(&app, -0.001)), Some(db_time(&app, 3600.0)));
+    create_windowed(
+        &app,
+        "OPEN",
+        Some(db_time(&app, -0.001)),
+        Some(db_time(&app, 3600.0)),
+    );
     assert_eq!(app.claim("u1", "OPEN").status, 200);
 }
 
 #[test]
 fn a_claim_just_after_the_end_gets_410_expired() {
     let app = TestApp::spawn();
-    create_windowed(&app, "OVER", Some(db_time(&app, -3600.0)), Some(db_time(&app, -0.001)));
+    create_windowed(
+        &app,
+        "OVER",
+        Some(db_time(&app, -3600.0)),
+        Some(db_time(&app, -0.001)),
+    );
     app.claim("u1", "OVER").assert_error(410, "expired");
     assert_eq!(app.db.count("SELECT count(*) FROM claims"), 0);
 }
@@ -59,7 +69,12 @@ fn a_claim_just_after_the_end_gets_410_expired() {
 #[test]
 fn a_window_that_opens_is_decided_by_the_database_clock_as_it_passes() {
     let app = TestApp::spawn();
-    create_windowed(&app, "TICK", Some(db_time(&app, 1.5)), Some(db_time(&app, 4.0)));
+    create_windowed(
+        &app,
+        "TICK",
+        Some(db_time(&app, 1.5)),
+        Some(db_time(&app, 4.0)),
+    );
     app.claim("u1", "TICK").assert_error(403, "not_started");
     std::thread::sleep(std::time::Duration::from_millis(2000));
     assert_eq!(app.claim("u1", "TICK").status, 200);
@@ -93,9 +108,18 @@ fn get_shows_the_window_only_when_it_was_set() {
 fn invalid_windows_are_refused_with_a_code_naming_the_problem() {
     let app = TestApp::spawn();
     let cases = [
-        (json!({"name": "W", "amount": 1, "starts_at": "tomorrow"}), "starts_at_not_rfc3339"),
-        (json!({"name": "W", "amount": 1, "expires_at": "2030-01-01"}), "expires_at_not_rfc3339"),
-        (json!({"name": "W", "amount": 1, "starts_at": 5}), "starts_at_not_a_string"),
+        (
+            json!({"name": "W", "amount": 1, "starts_at": "tomorrow"}),
+            "starts_at_not_rfc3339",
+        ),
+        (
+            json!({"name": "W", "amount": 1, "expires_at": "2030-01-01"}),
+            "expires_at_not_rfc3339",
+        ),
+        (
+            json!({"name": "W", "amount": 1, "starts_at": 5}),
+            "starts_at_not_a_string",
+        ),
         (
             json!({"name": "W", "amount": 1, "starts_at": "2030-01-02T00:00:00Z", "expires_at": "2030-01-01T00:00:00Z"}),
             "expires_at_not_after_starts_at",
@@ -106,9 +130,13 @@ fn invalid_windows_are_refused_with_a_code_naming_the_problem() {
         ),
     ];
     for (body, code) in cases {
-        app.post_json("/api/coupons", &body.to_string()).assert_error(400, code);
+        app.post_json("/api/coupons", &body.to_string())
+            .assert_error(400, code);
     }
     assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 0);
     let nulls = json!({"name": "N", "amount": 1, "starts_at": null, "expires_at": null});
-    assert_eq!(app.post_json("/api/coupons", &nulls.to_string()).status, 201);
+    assert_eq!(
+        app.post_json("/api/coupons", &nulls.to_string()).status,
+        201
+    );
 }

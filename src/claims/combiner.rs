@@ -172,5 +172,4 @@ impl BatchStats {
     pub fn largest(&self) -> u64 {
         self.largest.load(Ordering::Relaxed)
     }
-
 }

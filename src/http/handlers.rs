@@ -221,7 +221,11 @@ fn page_body<T: Serialize>(key: &str, items: Vec<T>, next: Option<String>) -> se
 /// The Prometheus text exposition.
 pub fn metrics(ctx: &Context) -> Reply {
     let text = ctx.metrics.render(&ctx.store, &ctx.claims);
-    Reply::text(200, "text/plain; version=0.0.4; charset=utf-8", text.into_bytes())
+    Reply::text(
+        200,
+        "text/plain; version=0.0.4; charset=utf-8",
+        text.into_bytes(),
+    )
 }
 
 pub fn health(ctx: &Context) -> Reply {

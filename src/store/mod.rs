@@ -85,7 +85,11 @@ impl Store {
     /// Pooled connections: (open, idle, most allowed).
     pub fn pool_state(&self) -> (u32, u32, u32) {
         let state = self.pool.state();
-        (state.connections, state.idle_connections, self.pool.max_size())
+        (
+            state.connections,
+            state.idle_connections,
+            self.pool.max_size(),
+        )
     }
 
     /// True when a connection can be had and answers a trivial query.

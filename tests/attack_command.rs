@@ -1,0 +1,241 @@
+//! `flash-coupons attack`, the real binary, against the real service, a
+//! fake service that answers wrongly, and nothing at all.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Output, Stdio};
+use std::thread;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::TestApp;
+
+/// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
+/// it printed.
+fn attack(args: &[&str]) -> (Option<i32>, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = Command::new(env!("CARGO_BIN_EXE_flash-coupons"))
+        .arg("attack")
+        .args(args)
+        .args(["--timeout-secs", "30", "--deadline-secs", "240"])
+        .env_remove("ADMIN_TOKEN")
+        .env_remove("DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .expect("running flash-coupons attack");
+    (
+        status.code(),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+/// Each output line with its runs of spaces made one, so table rows read
+/// as `400 out_of_stock 45`.
+fn lines(text: &str) -> Vec<String> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect()
+}
+
+fn assert_has_lines(text: &str, wanted: &[&str]) {
+    let lines = lines(text);
+    for want in wanted {
+        assert!(
+            lines.iter().any(|l| l == want),
+            "no line {want:?} in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn an_attack_on_the_real_service_passes_every_check_and_exits_zero() {
+    let app = TestApp::spawn();
+    let (code, stdout, stderr) = attack(&["--url", &app.base, "--users", "300", "--stock", "40"]);
+
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_has_lines(
+        &stdout,
+        &[
+            // Flash Sale Attack: 5 units, 50 users.
+            "200 - 5",
+            "400 out_of_stock 45",
+            "[ok] 200 answers: 5 (expected 5)",
+            "[ok] 400 out_of_stock answers: 45 (expected 45)",
+            "[ok] remaining_amount: 0 (expected 0)",
+            "[ok] claimed_by distinct users: 5 (expected 5)",
+            "[ok] claimed_by is exactly the users answered 200",
+            "PASS Flash Sale Attack",
+            // Double Dip Attack: one user ten times on 10 units.
+            "200 - 1",
+            "409 already_claimed 9",
+            "[ok] 409 already_claimed answers: 9 (expected 9)",
+            "[ok] remaining_amount: 9 (expected 9)",
+            "[ok] claimed_by distinct users: 1 (expected 1)",
+            "PASS Double Dip Attack",
+            // The burst: 300 users on 40 units.
+            "200 - 40",
+            "400 out_of_stock 260",
+            "[ok] 200 answers: 40 (expected 40)",
+            "[ok] 400 out_of_stock answers: 260 (expected 260)",
+            "[ok] claimed_by distinct users: 40 (expected 40)",
+            "PASS Burst",
+            "RESULT: PASS (3 of 3 scenarios passed)",
+        ],
+    );
+    assert!(
+        stdout.contains("req/s") && stdout.contains("latency p50"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("burst: 300/300 done"), "{stderr}");
+
+    // What the service stored agrees: three fresh coupons, 5 + 1 + 40 claims.
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 3);
+    assert_eq!(app.db.count("SELECT count(*) FROM claims"), 46);
+    app.db.assert_invariant();
+}
+
+#[test]
+fn two_runs_against_one_service_use_fresh_coupons_and_both_pass() {
+    let app = TestApp::spawn();
+    for _ in 0..2 {
+        let (code, stdout, stderr) = attack(&["--url", &app.base]);
+        assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+        assert_has_lines(&stdout, &["RESULT: PASS (2 of 2 scenarios passed)"]);
+    }
+    assert_eq!(app.db.count("SELECT count(*) FROM coupons"), 4);
+}
+
+#[test]
+fn a_service_that_grants_every_claim_fails_the_checks_and_exits_one() {
+    let base = fake_service_granting_every_claim();
+    let (code, stdout, stderr) = attack(&["--url", &base, "--users", "20", "--stock", "5"]);
+
+    assert_eq!(code, Some(1), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_has_lines(
+        &stdout,
+        &[
+            "200 - 50",
+            "[FAIL] 200 answers: 50 (expected 5)",
+            "[FAIL] 400 out_of_stock answers: 0 (expected 45)",
+            "[FAIL] 409 already_claimed answers: 0 (expected 9)",
+            "[FAIL] 200 answers: 20 (expected 5)",
+            "RESULT: FAIL (3 of 3 scenarios failed)",
+        ],
+    );
+    let fails: Vec<String> = lines(&stdout)
+        .into_iter()
+        .filter(|l| l.starts_with("FAIL "))
+        .collect();
+    assert_eq!(fails.len(), 3, "{stdout}");
+    assert!(
+        fails[0].starts_with("FAIL Flash Sale Attack: 200 answers: 50 (expected 5);"),
+        "the reason follows the verdict: {fails:?}"
+    );
+}
+
+#[test]
+fn an_unreachable_service_is_reported_and_exits_two() {
+    // A port that was free a moment ago: nothing listens there.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (code, stdout, stderr) = attack(&["--url", &url]);
+
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stderr.contains(&format!("cannot reach {url}")), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stdout.contains("PASS"), "{stdout}");
+}
+
+#[test]
+fn usage_errors_exit_two_and_help_exits_zero() {
+    for args in [
+        &[][..],
+        &["--url", "https://127.0.0.1:1"],
+        &["--url", "http://127.0.0.1:1", "--users", "10"],
+        &["--url", "http://127.0.0.1:1", "--concurrency", "0"],
+        &["--url", "http://127.0.0.1:1", "--what"],
+    ] {
+        let (code, stdout, stderr) = attack(args);
+        assert_eq!(code, Some(2), "{args:?}: {stdout}\n{stderr}");
+        assert!(stderr.contains("usage: flash-coupons attack"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    let (code, stdout, _) = attack(&["--help"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains("usage: flash-coupons attack"), "{stdout}");
+}
+
+/// A fake of the service on 127.0.0.1 that is healthy, creates anything,
+/// and answers every claim 200: a service that oversells.
+fn fake_service_granting_every_claim() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding the fake service");
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            thread::spawn(move || answer_wrongly(stream));
+        }
+    });
+    base
+}
+
+fn answer_wrongly(stream: TcpStream) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut reader = BufReader::new(&stream);
+    let mut request_line = String::new();
+    if reader.read_line(&mut request_line).is_err() {
+        return;
+    }
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':')
+            && name.eq_ignore_ascii_case("content-length")
+        {
+            length = value.trim().parse().unwrap_or(0);
+        }
+    }
+    let mut body = vec![0; length];
+    if reader.read_exact(&mut body).is_err() {
+        return;
+    }
+    let sent: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let (status, answer) = match (method, path) {
+        ("GET", "/healthz") => ("200 OK", json!({ "status": "ok" })),
+        ("POST", "/api/coupons") => (
+            "201 Created",
+            json!({ "name": sent["name"], "amount": sent["amount"],
+                    "remaining_amount": sent["amount"], "claimed_by": [] }),
+        ),
+        ("POST", "/api/coupons/claim") => (
+            "200 OK",
+            json!({ "user_id": sent["user_id"], "coupon_name": sent["coupon_name"],
+                    "remaining_amount": 0 }),
+        ),
+        ("GET", _) => (
+            "200 OK",
+            json!({ "name": "x", "amount": 5, "remaining_amount": 0, "claimed_by": [] }),
+        ),
+        _ => ("404 Not Found", json!({ "error": { "code": "not_found" } })),
+    };
+    let answer = answer.to_string();
+    let _ = write!(
+        &stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+        answer.len()
+    );
+}
