@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{Shutdown, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
@@ -53,11 +53,22 @@ pub struct Server {
     pool: Option<WorkerPool<Incoming>>,
 }
 
+/// One tiny_http server on our listener, and whether its accept loop is
+/// believed to be running.
+struct Generation {
+    http: Arc<tiny_http::Server>,
+    accepting: Arc<AtomicBool>,
+}
+
 /// What the supervisor and the generations share.
 struct Shared {
     stopping: AtomicBool,
+    /// A handle on the listening socket, to stop accepting at shutdown.
+    listener: TcpListener,
+    /// The threads serving each generation, joined at shutdown.
+    pumps: Mutex<Vec<JoinHandle<()>>>,
     /// The tiny_http servers still being served, to unblock at shutdown.
-    generations: Mutex<Vec<Arc<tiny_http::Server>>>,
+    generations: Mutex<Vec<Generation>>,
     /// Accept loops started since start-up (1 + restarts).
     started: AtomicU64,
     wake: Sender<ErrorKind>,
@@ -95,10 +106,15 @@ impl Server {
         let (wake, woken) = unbounded();
         let shared = Arc::new(Shared {
             stopping: AtomicBool::new(false),
+            listener: listener
+                .try_clone()
+                .map_err(|e| StartError::Listen(e.to_string()))?,
+            pumps: Mutex::new(Vec::new()),
             generations: Mutex::new(Vec::new()),
             started: AtomicU64::new(0),
             wake,
         });
+        watch_accept_panics(shared.wake.clone());
         let idle = config.idle_timeout;
         let first = start_generation(&listener, &shared, pool.submitter(), idle)
             .map_err(|e| StartError::Listen(format!("starting the accept loop: {e}")))?;
@@ -140,15 +156,26 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Stops accepting, hands every request tiny_http has already parsed to
+    /// the pool (a request dropped unanswered would get tiny_http's empty
+    /// 500), then lets the pool answer them all and joins it.
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        // Wakes tiny_http's blocked accept() with an error, which ends its
+        // accept loop; connections not yet accepted are refused.
+        let _ = socket2::SockRef::from(&self.shared.listener).shutdown(Shutdown::Read);
         let _ = self.shared.wake.send(ErrorKind::Interrupted);
         if let Some(supervisor) = self.supervisor.take() {
             let _ = supervisor.join();
         }
-        for generation in lock(&self.shared.generations).drain(..) {
-            generation.unblock();
+        for generation in lock(&self.shared.generations).iter() {
+            generation.http.unblock();
         }
+        let pumps: Vec<_> = lock(&self.shared.pumps).drain(..).collect();
+        for pump in pumps {
+            let _ = pump.join();
+        }
+        lock(&self.shared.generations).clear();
         // Answers every request already handed to the pool, then joins.
         drop(self.pool.take());
         info!("stopped");
@@ -172,6 +199,17 @@ fn supervise(
     while let Ok(kind) = woken.recv() {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
+        }
+        if kind == ErrorKind::Other {
+            // tiny_http's accept thread panicked (see `watch_accept_panics`):
+            // its pump cannot tell, so retire the newest generation here.
+            if let Some(newest) = lock(&shared.generations).last() {
+                if !newest.accepting.swap(false, Ordering::SeqCst) {
+                    continue;
+                }
+                warn!("accept loop ended: tiny_http's accept thread panicked; starting a new one");
+                newest.http.unblock();
+            }
         }
         let quiet = matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut);
         if quiet {
@@ -202,13 +240,20 @@ fn start_generation(
     let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let server = Arc::new(server);
-    lock(&shared.generations).push(Arc::clone(&server));
+    let accepting = Arc::new(AtomicBool::new(true));
+    lock(&shared.generations).push(Generation {
+        http: Arc::clone(&server),
+        accepting: Arc::clone(&accepting),
+    });
     let n = shared.started.fetch_add(1, Ordering::SeqCst) + 1;
     let generation = Arc::clone(&server);
-    let shared = Arc::clone(shared);
-    thread::Builder::new()
+    let shared_for_pump = Arc::clone(shared);
+    let handle = thread::Builder::new()
         .name(format!("accept-{n}"))
-        .spawn(move || pump(&generation, &shared, &submitter, idle))?;
+        .spawn(move || pump(&generation, &accepting, &shared_for_pump, &submitter, idle))?;
+    let mut pumps = lock(&shared.pumps);
+    pumps.retain(|p| !p.is_finished());
+    pumps.push(handle);
     Ok(server)
 }
 
@@ -217,6 +262,7 @@ fn start_generation(
 /// until they have all been quiet long enough to be closed by their timeout.
 fn pump(
     http: &Arc<tiny_http::Server>,
+    accepting: &AtomicBool,
     shared: &Shared,
     submitter: &Submitter<Incoming>,
     idle: Duration,
@@ -224,28 +270,32 @@ fn pump(
     // A connection's next request comes within `idle` of its last answer, or
     // the socket times out; answers take well under this margin.
     let retire_after = idle + Duration::from_secs(60);
-    let mut accepting = true;
+    let hand_on = |request: tiny_http::Request| {
+        let submitter = submitter.clone();
+        http::take_in(request, move |incoming| {
+            if let Err(incoming) = submitter.submit(incoming) {
+                http::refuse_while_stopping(incoming);
+            }
+        });
+    };
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
+            drain(http, &hand_on);
             break;
         }
-        let next = if accepting {
+        let next = if accepting.load(Ordering::SeqCst) {
             http.recv().map(Some)
         } else {
             http.recv_timeout(retire_after)
         };
         match next {
-            Ok(Some(request)) => {
-                let submitter = submitter.clone();
-                http::take_in(request, move |incoming| {
-                    if let Err(incoming) = submitter.submit(incoming) {
-                        http::refuse_while_stopping(incoming);
-                    }
-                });
-            }
-            Ok(None) => break,
-            Err(err) if accepting && !shared.stopping.load(Ordering::SeqCst) => {
-                accepting = false;
+            Ok(Some(request)) => hand_on(request),
+            Ok(None) if !shared.stopping.load(Ordering::SeqCst) => break,
+            Ok(None) => {}
+            Err(err)
+                if accepting.load(Ordering::SeqCst) && !shared.stopping.load(Ordering::SeqCst) =>
+            {
+                accepting.store(false, Ordering::SeqCst);
                 let kind = err.kind();
                 if matches!(kind, ErrorKind::WouldBlock | ErrorKind::TimedOut) {
                     debug!("accept loop idle; starting a new one");
@@ -254,8 +304,46 @@ fn pump(
                 }
                 let _ = shared.wake.send(kind);
             }
-            Err(_) => break,
+            // Stopping, or unblocked after the supervisor retired us.
+            Err(_) => {}
         }
     }
-    lock(&shared.generations).retain(|g| !Arc::ptr_eq(g, http));
+    lock(&shared.generations).retain(|g| !Arc::ptr_eq(&g.http, http));
+}
+
+/// Servers to tell when a tiny_http accept thread panics.
+static ACCEPT_WATCHERS: Mutex<Vec<Sender<ErrorKind>>> = Mutex::new(Vec::new());
+
+/// tiny_http 0.12's accept thread unwraps the dup() of each new socket, so
+/// when descriptors run out it panics and ends without a word to recv().
+/// A panic hook is the only place that sees it; it wakes the supervisors.
+fn watch_accept_panics(wake: Sender<ErrorKind>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    lock(&ACCEPT_WATCHERS).push(wake);
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let in_tiny_http = info
+                .location()
+                .is_some_and(|l| l.file().contains("tiny_http"));
+            if in_tiny_http && let Ok(mut watchers) = ACCEPT_WATCHERS.try_lock() {
+                watchers.retain(|w| w.send(ErrorKind::Other).is_ok());
+            }
+            previous(info);
+        }));
+    });
+}
+
+/// Hands on every request tiny_http has parsed, including those its
+/// connection threads finish parsing within a short grace period.
+fn drain(http: &tiny_http::Server, hand_on: &dyn Fn(tiny_http::Request)) {
+    for _ in 0..3 {
+        while let Ok(Some(request)) = http.try_recv() {
+            hand_on(request);
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    while let Ok(Some(request)) = http.try_recv() {
+        hand_on(request);
+    }
 }

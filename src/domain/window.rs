@@ -57,9 +57,18 @@ impl SaleWindow {
     }
 }
 
-/// An RFC 3339 timestamp such as `2026-11-25T12:00:00Z`.
+/// An RFC 3339 timestamp such as `2026-11-25T12:00:00Z`, in UTC, to the
+/// microsecond (what PostgreSQL keeps), and within years 1 to 9999 in UTC
+/// (what both PostgreSQL and RFC 3339 can hold), so that what is stored is
+/// exactly what is shown back.
 pub fn parse_instant(raw: &str) -> Option<OffsetDateTime> {
-    OffsetDateTime::parse(raw, &Rfc3339).ok()
+    let at = OffsetDateTime::parse(raw, &Rfc3339)
+        .ok()?
+        .checked_to_offset(time::UtcOffset::UTC)?;
+    if !(1..=9999).contains(&at.year()) {
+        return None;
+    }
+    at.replace_nanosecond(at.nanosecond() / 1000 * 1000).ok()
 }
 
 /// The RFC 3339 form, in UTC.
@@ -106,6 +115,12 @@ mod tests {
             "2026-11-25T12:00:00Z"
         );
         assert!(parse_instant("2026-11-25 12:00").is_none());
+        assert!(parse_instant("9999-12-31T23:59:59-23:59").is_none());
+        assert!(parse_instant("0000-01-01T00:00:00+23:59").is_none());
+        assert_eq!(
+            format_instant(at("2026-11-25T12:00:00.000000999Z")),
+            "2026-11-25T12:00:00Z"
+        );
         assert!(parse_instant("tomorrow").is_none());
     }
 }

@@ -197,7 +197,10 @@ pub fn coupons_page(ctx: &Context, target: &str) -> Result<Reply, ApiError> {
     let limit = query::limit(target)?;
     let after = match query::param(target, "after") {
         None => String::new(),
-        Some(raw) => query::decode_cursor('n', &raw)?,
+        // Our cursors only ever hold a valid coupon name.
+        Some(raw) => CouponName::parse(&query::decode_cursor('n', &raw)?)
+            .map_err(|_| ApiError::InvalidCursor)?
+            .to_string(),
     };
     let mut coupons = ctx.store.coupons_page(&after, limit + 1)?;
     let more = coupons.len() as i64 > limit;
@@ -232,13 +235,8 @@ pub fn health(ctx: &Context) -> Reply {
     if ctx.database_answers() {
         json(200, &json!({ "status": "ok" }))
     } else {
-        json(
-            503,
-            &json!({ "error": {
-                "code": "database_unavailable",
-                "message": "The database is not answering."
-            }}),
-        )
+        let down = StoreError::Unavailable("the health check got no answer".into());
+        ApiError::Store(down).into_reply()
     }
 }
 

@@ -1,6 +1,8 @@
 //! Test support: a fresh database per test and the real server on port 0.
 #![allow(dead_code)]
 
+pub mod client;
+pub mod cluster;
 pub mod http;
 pub mod postgres;
 pub mod process;

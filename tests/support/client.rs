@@ -1,0 +1,238 @@
+//! A raw HTTP/1.1 client that never panics, for tests that break things on
+//! purpose: it says which step failed (connecting, sending, or getting the
+//! answer), whether an answer was cut off, and how long it all took.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use super::http::Answer;
+
+/// A complete answer: the status line, the headers and the whole body.
+#[derive(Debug, Clone)]
+pub struct Answered {
+    pub answer: Answer,
+    pub retry_after: Option<String>,
+}
+
+impl Answered {
+    pub fn status(&self) -> u16 {
+        self.answer.status
+    }
+
+    pub fn code(&self) -> &str {
+        self.answer.code()
+    }
+}
+
+/// Why no complete answer came.
+#[derive(Debug, Clone)]
+pub enum Failure {
+    /// Nothing was sent: the connection was refused or could not be made.
+    Connect { kind: io::ErrorKind, error: String },
+    /// The request could not be written completely.
+    Send { error: String },
+    /// The request went out, and the connection ended (or failed) before a
+    /// complete answer; `received` bytes of an answer had come.
+    Cut { received: usize, error: String },
+    /// The request went out and nothing ended it within the time limit.
+    TimedOut { received: usize },
+}
+
+impl Failure {
+    /// True when the request never reached the server.
+    pub fn before_sending(&self) -> bool {
+        matches!(self, Failure::Connect { .. })
+    }
+}
+
+/// One request and what became of it.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub result: Result<Answered, Failure>,
+    pub started: Instant,
+    /// When the whole request had been written, if it was.
+    pub sent: Option<Instant>,
+    pub finished: Instant,
+}
+
+impl Exchange {
+    pub fn elapsed(&self) -> Duration {
+        self.finished - self.started
+    }
+
+    pub fn status(&self) -> Option<u16> {
+        self.result.as_ref().ok().map(Answered::status)
+    }
+
+    pub fn answered(&self) -> Option<&Answered> {
+        self.result.as_ref().ok()
+    }
+}
+
+/// Sends one request with `Connection: close` and reads the whole answer,
+/// giving up after `limit` in all.
+pub fn exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    limit: Duration,
+) -> Exchange {
+    let started = Instant::now();
+    let mut sent = None;
+    let result = attempt(addr, method, path, json_body, started + limit, &mut sent);
+    Exchange {
+        result,
+        started,
+        sent,
+        finished: Instant::now(),
+    }
+}
+
+pub fn claim(addr: SocketAddr, user: &str, coupon: &str, limit: Duration) -> Exchange {
+    let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
+    exchange(addr, "POST", "/api/coupons/claim", Some(&body), limit)
+}
+
+pub fn get(addr: SocketAddr, path: &str, limit: Duration) -> Exchange {
+    exchange(addr, "GET", path, None, limit)
+}
+
+fn attempt(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    deadline: Instant,
+    sent: &mut Option<Instant>,
+) -> Result<Answered, Failure> {
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let mut stream = TcpStream::connect_timeout(&addr, left().max(Duration::from_millis(1)))
+        .map_err(|e| Failure::Connect {
+            kind: e.kind(),
+            error: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some(body) = json_body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    stream
+        .write_all(request.as_bytes())
+        .and_then(|()| stream.flush())
+        .map_err(|e| Failure::Send {
+            error: e.to_string(),
+        })?;
+    *sent = Some(Instant::now());
+
+    let mut received = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        if let Some(answered) = parse_complete(&received, false) {
+            return Ok(answered);
+        }
+        let remaining = left();
+        if remaining.is_zero() {
+            return Err(Failure::TimedOut {
+                received: received.len(),
+            });
+        }
+        let _ = stream.set_read_timeout(Some(remaining));
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                return parse_complete(&received, true).ok_or_else(|| Failure::Cut {
+                    received: received.len(),
+                    error: "the connection closed".into(),
+                });
+            }
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Failure::TimedOut {
+                    received: received.len(),
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Err(Failure::Cut {
+                    received: received.len(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The answer in `bytes` if all of it is there: every byte the
+/// Content-Length promised, or every chunk up to the last one. With neither,
+/// the body ends when the connection does (`closed`).
+fn parse_complete(bytes: &[u8], closed: bool) -> Option<Answered> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&bytes[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let rest = &bytes[end + 4..];
+    let body = if let Some(length) = header("content-length") {
+        rest.get(..length.parse().ok()?)?.to_vec()
+    } else if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
+        dechunk(rest)?
+    } else if closed {
+        rest.to_vec()
+    } else {
+        return None;
+    };
+    let text = String::from_utf8_lossy(&body).into_owned();
+    Some(Answered {
+        answer: Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            content_type: header("content-type"),
+            allow: header("allow"),
+            location: header("location"),
+        },
+        retry_after: header("retry-after"),
+    })
+}
+
+/// The body of a chunked message, once its last (empty) chunk is in.
+fn dechunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&bytes[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        bytes = &bytes[line_end + 2..];
+        if size == 0 {
+            // No trailers from this server: the message ends with CRLF.
+            return bytes.starts_with(b"\r\n").then_some(body);
+        }
+        body.extend_from_slice(bytes.get(..size)?);
+        if bytes.get(size..size + 2)? != b"\r\n" {
+            return None;
+        }
+        bytes = &bytes[size + 2..];
+    }
+}

@@ -1,0 +1,245 @@
+//! A PostgreSQL cluster that one test owns outright, so that it may stop,
+//! kill and restart it under a running server: initdb into a temporary
+//! directory (as the postgres user when we are root), a free port, loopback
+//! only. Dropping it stops the cluster and removes the directory.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::postgres::{as_postgres, find_bin_dir, free_port};
+
+/// The database the application gets inside the cluster.
+pub const APP_DB: &str = "app";
+
+pub struct OwnedCluster {
+    bin: PathBuf,
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+    as_root: bool,
+    running: AtomicBool,
+}
+
+impl OwnedCluster {
+    /// initdb, start, and create the application's database.
+    pub fn new() -> OwnedCluster {
+        let bin = find_bin_dir().unwrap_or_else(|| {
+            panic!(
+                "these tests stop and restart a PostgreSQL cluster of their own and need \
+                 PostgreSQL's server programs (initdb, pg_ctl; Debian: apt-get install \
+                 postgresql): initdb was not found on PATH or under /usr/lib/postgresql/*/bin"
+            )
+        });
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "flash-coupons-owned-pg-{}-{stamp}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        // SAFETY: geteuid has no preconditions.
+        let as_root = unsafe { libc::geteuid() } == 0;
+        let port = free_port().expect("a free port for PostgreSQL");
+        let cluster = OwnedCluster {
+            data: dir.join("data"),
+            bin,
+            dir,
+            port,
+            as_root,
+            running: AtomicBool::new(false),
+        };
+        if as_root {
+            // initdb and postgres refuse to run as root.
+            cluster.run(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(&cluster.dir),
+            );
+        }
+        cluster.run(
+            cluster
+                .pg("initdb")
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(&cluster.data),
+        );
+        cluster.start();
+        let mut admin = cluster.connect("postgres");
+        admin
+            .batch_execute(&format!("CREATE DATABASE {APP_DB}"))
+            .expect("creating the application's database");
+        cluster
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The application's database, as a URL for DATABASE_URL.
+    pub fn url(&self) -> String {
+        self.url_for(APP_DB)
+    }
+
+    pub fn url_for(&self, dbname: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    /// A new connection to the application's database.
+    pub fn client(&self) -> postgres::Client {
+        self.connect(APP_DB)
+    }
+
+    fn connect(&self, dbname: &str) -> postgres::Client {
+        postgres::Client::connect(&self.url_for(dbname), postgres::NoTls)
+            .unwrap_or_else(|e| panic!("connecting to the owned cluster ({dbname}): {e}"))
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Starts the cluster and waits until it accepts connections.
+    pub fn start(&self) {
+        let log = self.dir.join("log");
+        self.run(
+            self.pg("pg_ctl")
+                .args(["-w", "-t", "60", "-l"])
+                .arg(&log)
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-o", &self.options(), "start"]),
+        );
+        self.running.store(true, Ordering::SeqCst);
+    }
+
+    /// A clean stop (`pg_ctl stop -m fast`): sessions are ended, open
+    /// transactions roll back, a checkpoint is written.
+    pub fn stop(&self) {
+        self.stop_with("fast");
+    }
+
+    /// An immediate stop (`pg_ctl stop -m immediate`): every process quits
+    /// at once and the next start runs crash recovery, as after a crash.
+    pub fn kill(&self) {
+        self.stop_with("immediate");
+    }
+
+    fn stop_with(&self, mode: &str) {
+        self.run(
+            self.pg("pg_ctl")
+                .args(["-w", "-t", "60", "-m", mode, "-D"])
+                .arg(&self.data)
+                .arg("stop"),
+        );
+        self.running.store(false, Ordering::SeqCst);
+    }
+
+    /// `pg_ctl restart -m mode` (`fast` or `immediate`), waiting until the
+    /// cluster accepts connections again. Returns how long it took.
+    pub fn restart(&self, mode: &str) -> Duration {
+        let began = Instant::now();
+        let log = self.dir.join("log");
+        self.run(
+            self.pg("pg_ctl")
+                .args(["-w", "-t", "60", "-m", mode, "-l"])
+                .arg(&log)
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-o", &self.options(), "restart"]),
+        );
+        self.running.store(true, Ordering::SeqCst);
+        began.elapsed()
+    }
+
+    /// The last `lines` lines of the cluster's log, for failure messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Every coupon's amount equals its remaining stock plus its claims.
+    pub fn assert_invariant(&self) {
+        let rows = self
+            .client()
+            .query(
+                "SELECT c.name, c.amount, c.remaining_amount, count(cl.id) \
+                 FROM coupons c LEFT JOIN claims cl ON cl.coupon_name = c.name \
+                 GROUP BY c.name, c.amount, c.remaining_amount",
+                &[],
+            )
+            .expect("reading the invariant");
+        for row in rows {
+            let (name, amount, remaining, claims): (String, i32, i32, i64) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            assert_eq!(
+                i64::from(amount),
+                i64::from(remaining) + claims,
+                "coupon {name}: amount {amount} != remaining {remaining} + claims {claims}"
+            );
+        }
+    }
+
+    pub fn count(&self, sql: &str) -> i64 {
+        self.client().query_one(sql, &[]).expect(sql).get(0)
+    }
+
+    /// The users holding `coupon`, in claim order.
+    pub fn holders(&self, coupon: &str) -> Vec<String> {
+        self.client()
+            .query(
+                "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id",
+                &[&coupon],
+            )
+            .expect("reading the holders")
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    }
+
+    fn options(&self) -> String {
+        // fsync=off only spares the disk: a stopped or killed postmaster
+        // loses nothing the kernel already has. synchronous_commit stays on,
+        // so a commit acknowledged to the server survives an immediate stop.
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c max_connections=200 \
+             -c shared_buffers=16MB -c fsync=off",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    fn pg(&self, program: &str) -> Command {
+        as_postgres(self.as_root, &self.bin.join(program))
+    }
+
+    fn run(&self, cmd: &mut Command) {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+        if !out.status.success() {
+            panic!(
+                "{cmd:?} failed: {}{}\nlog:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(30)
+            );
+        }
+    }
+}
+
+impl Drop for OwnedCluster {
+    fn drop(&mut self) {
+        if self.data.join("postmaster.pid").exists() {
+            let _ = self
+                .pg("pg_ctl")
+                .args(["-w", "-t", "30", "-m", "immediate", "-D"])
+                .arg(&self.data)
+                .arg("stop")
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
