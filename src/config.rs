@@ -14,8 +14,9 @@ use crate::store::StoreSettings;
 pub struct Config {
     pub listen_addr: String,
     pub workers: usize,
-    /// Answers say `Connection: keep-alive` instead of `close`.
-    pub keep_alive: bool,
+    /// How many answers a connection gets, on average, before the server
+    /// says `Connection: close`: 1 closes after every answer, 0 never.
+    pub keep_alive_requests: u32,
     /// When set, POST /api/coupons needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
     /// Read and write timeout on every client socket.
@@ -43,6 +44,7 @@ pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 10;
 pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 5;
+pub const DEFAULT_HTTP_KEEP_ALIVE_REQUESTS: u32 = 16;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -90,17 +92,13 @@ impl Config {
             1,
             3600,
         )?);
-        if let Some(raw) = get("HTTP_KEEP_ALIVE") {
-            config.keep_alive = match raw.trim().to_ascii_lowercase().as_str() {
-                "1" | "true" | "yes" | "on" => true,
-                "0" | "false" | "no" | "off" => false,
-                _ => {
-                    return Err(ConfigError(format!(
-                        "HTTP_KEEP_ALIVE must be true or false (got {raw:?})"
-                    )));
-                }
-            };
-        }
+        config.keep_alive_requests = number(
+            &get,
+            "HTTP_KEEP_ALIVE_REQUESTS",
+            DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
+            0,
+            1_000_000,
+        )?;
         // Not trimmed: a token is used exactly as given.
         config.admin_token = lookup("ADMIN_TOKEN").filter(|t| !t.is_empty());
         if let Some(level) = get("LOG_LEVEL") {
@@ -118,7 +116,7 @@ impl Config {
         Config {
             listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
             workers: DEFAULT_WORKERS,
-            keep_alive: false,
+            keep_alive_requests: DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
             admin_token: None,
             idle_timeout: Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
             log_level: LevelFilter::Info,

@@ -87,7 +87,7 @@ impl Server {
         let store = Store::open(&config.store).map_err(StartError::Database)?;
         let context = Arc::new(Context::new(
             store,
-            config.keep_alive,
+            config.keep_alive_requests,
             config.admin_token.clone(),
         ));
 

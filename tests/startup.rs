@@ -63,7 +63,7 @@ fn a_malformed_setting_stops_start_up_naming_it() {
         ("DB_POOL_SIZE", "0"),
         ("CLAIM_MAX_RETRIES", "-1"),
         ("LOG_LEVEL", "chatty"),
-        ("HTTP_KEEP_ALIVE", "maybe"),
+        ("HTTP_KEEP_ALIVE_REQUESTS", "maybe"),
     ] {
         let (code, out) = run_binary(
             &[

@@ -120,7 +120,7 @@ fn finish(
         err.into_reply()
     });
     let status = reply.status;
-    response::send(incoming, reply, ctx.keep_alive);
+    response::send(incoming, reply, ctx.keep_alive());
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
     info!(
