@@ -40,7 +40,7 @@ impl std::error::Error for ConfigError {}
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
 pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
-pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 10;
+pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 20;
 pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 5;

@@ -11,6 +11,12 @@ use super::{Store, StoreError};
 /// Rows fetched per round trip while streaming a coupon's claimers.
 const STREAM_PAGE: i64 = 1000;
 
+/// Claim pages must walk the (coupon_name, id) index in order. Right after
+/// a burst of claims the statistics still say a coupon has a few dozen, and
+/// the planner then sorts all of its claims for every page: 25 ms a page
+/// for 82,000 claims here, against 0.4 ms in index order.
+const ORDERED_PAGES: &str = "SET LOCAL enable_sort = off";
+
 /// One claim as the paginated listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRow {
@@ -76,7 +82,9 @@ impl Store {
     ) -> Result<Option<(Coupon, Claimers)>, StoreError> {
         let mut conn = self.conn()?;
         conn.client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ORDERED_PAGES}"
+            ))
             .map_err(fatal)?;
         let mut claimers = Claimers {
             conn,
@@ -106,6 +114,7 @@ impl Store {
             {
                 return Ok(None);
             }
+            tx.batch_execute(ORDERED_PAGES)?;
             let rows = tx.query(&stmts.claims_page, &[&name.as_str(), &after, &limit])?;
             Ok(Some(
                 rows.iter()
