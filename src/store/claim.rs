@@ -52,18 +52,45 @@ impl Store {
                     windowed: true,
                 });
             }
-            let holders: HashSet<String> = tx
-                .query(&stmts.holders_among, &[&name, &ids])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            let (outcomes, granted) =
-                decide_in_order(users, |u| holders.contains(u.as_str()), remaining);
+            let (outcomes, granted) = if remaining > 0 {
+                // Insert every newcomer and let the unique key say who
+                // already holds the coupon, rather than reading for them
+                // first: a read of the key takes SERIALIZABLE predicate
+                // locks on its index pages, and claims on neighbouring
+                // coupons writing there then count as conflicts. Those
+                // inserted past the stock are removed again below.
+                let mut seen = HashSet::new();
+                let distinct: Vec<&str> =
+                    ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+                let inserted: HashSet<String> = tx
+                    .query(&stmts.insert_new_claims, &[&name, &distinct])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let (outcomes, granted) =
+                    decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
+                let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
+                let surplus: Vec<&str> = distinct
+                    .iter()
+                    .copied()
+                    .filter(|u| inserted.contains(*u) && !kept.contains(u))
+                    .collect();
+                if !surplus.is_empty() {
+                    tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
+                }
+                (outcomes, granted)
+            } else {
+                // Sold out: only who holds it matters (409 or 400).
+                let holders: HashSet<String> = tx
+                    .query(&stmts.holders_among, &[&name, &ids])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                decide_in_order(users, |u| holders.contains(u.as_str()), remaining)
+            };
             // Never more than `remaining`, an i32 itself.
             let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
             if taken > 0 {
-                let granted_ids: Vec<&str> = granted.iter().map(|u| u.as_str()).collect();
-                tx.execute(&stmts.insert_claims, &[&name, &granted_ids])?;
                 tx.execute(&stmts.take_stock, &[&name, &taken])?;
             }
             Ok(BatchResult {

@@ -10,7 +10,8 @@ pub struct Statements {
     pub claimed_by: Statement,
     pub lock_coupon: Statement,
     pub holders_among: Statement,
-    pub insert_claims: Statement,
+    pub insert_new_claims: Statement,
+    pub drop_claims: Statement,
     pub take_stock: Statement,
     pub holders_limited: Statement,
     pub holds: Statement,
@@ -42,10 +43,15 @@ impl Statements {
                 "SELECT user_id FROM claims WHERE coupon_name = $1 AND user_id = ANY($2)",
             )?,
             // WITH ORDINALITY keeps the identity column in arrival order,
-            // which is the order claimed_by reports.
-            insert_claims: client.prepare(
+            // which is the order claimed_by reports. Users who already hold
+            // the coupon are skipped by the unique key and not returned.
+            insert_new_claims: client.prepare(
                 "INSERT INTO claims (user_id, coupon_name) \
-                 SELECT u, $1 FROM unnest($2::text[]) WITH ORDINALITY AS t(u, n) ORDER BY n",
+                 SELECT u, $1 FROM unnest($2::text[]) WITH ORDINALITY AS t(u, n) ORDER BY n \
+                 ON CONFLICT (coupon_name, user_id) DO NOTHING RETURNING user_id",
+            )?,
+            drop_claims: client.prepare(
+                "DELETE FROM claims WHERE coupon_name = $1 AND user_id = ANY($2)",
             )?,
             take_stock: client.prepare(
                 "UPDATE coupons SET remaining_amount = remaining_amount - $2 WHERE name = $1",
