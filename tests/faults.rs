@@ -133,20 +133,6 @@ impl Sale {
     }
 }
 
-/// Waits until `done` holds, polling, for at most `limit`.
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 fn create(addr: SocketAddr, name: &str, amount: i64) {
     let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
     let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), HANG);
@@ -258,7 +244,7 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
     .start(&progress);
 
     assert!(
-        wait_for(Duration::from_secs(15), || progress.ok() >= 50),
+        support::wait_for(Duration::from_secs(15), || progress.ok() >= 50),
         "the load never got going"
     );
     let stop_began = Instant::now();
@@ -281,7 +267,7 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
 
     // Recovery without a restart of the service: /healthz, then a claim.
     let mut health_polls = Vec::new();
-    let healthy = wait_for(Duration::from_secs(20), || {
+    let healthy = support::wait_for(Duration::from_secs(20), || {
         let e = client::get(addr, "/healthz", HANG);
         let ok = e.status() == Some(200);
         health_polls.push(e);
@@ -290,7 +276,7 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
     let healthy_at = Instant::now();
     let mut probe_claims = Vec::new();
     let claimed = healthy
-        && wait_for(Duration::from_secs(20), || {
+        && support::wait_for(Duration::from_secs(20), || {
             let n = probe_claims.len();
             let e = client::claim(addr, &format!("probe_{n}"), "LOAD_A", HANG);
             let ok = e.status() == Some(200);
@@ -300,7 +286,7 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
     let recovered_at = Instant::now();
     let ok_at_recovery = progress.ok();
     // The load itself must get 200s again too.
-    let load_recovered = wait_for(Duration::from_secs(10), || {
+    let load_recovered = support::wait_for(Duration::from_secs(10), || {
         progress.ok() >= ok_at_recovery + 50
     });
     progress.stop.store(true, Ordering::SeqCst);
@@ -457,7 +443,7 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
     .start(&progress);
 
     assert!(
-        wait_for(Duration::from_secs(20), || progress.ok() >= 100),
+        support::wait_for(Duration::from_secs(20), || progress.ok() >= 100),
         "the sale never got going"
     );
     let restart_began = Instant::now();
@@ -598,7 +584,7 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     }
     .start(&progress);
     assert!(
-        wait_for(Duration::from_secs(20), || progress.ok() >= 100),
+        support::wait_for(Duration::from_secs(20), || progress.ok() >= 100),
         "the sale never got going"
     );
     first.signal(libc::SIGKILL);

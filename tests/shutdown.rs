@@ -54,19 +54,6 @@ fn relative(at: Option<Instant>, mark: Instant) -> String {
     }
 }
 
-fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        if done() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Sessions on `db` other than the one asking: the server's, while the
 /// test holds no other connection open (or its own are not waiting).
 fn server_sessions(db: &TestDb, waiting_for_a_lock: bool) -> i64 {
@@ -174,7 +161,7 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
     // The claim transaction and the reads wait for the test's locks.
     let held = 1 + HELD_READS as i64;
     assert!(
-        wait_for(Duration::from_secs(10), || server_sessions(&db, true)
+        support::wait_for(Duration::from_secs(10), || server_sessions(&db, true)
             >= held),
         "{name}: expected {held} server sessions waiting for a lock, saw {}",
         server_sessions(&db, true)
@@ -389,7 +376,7 @@ fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500(
         })
         .collect();
     assert!(
-        wait_for(Duration::from_secs(10), || server_sessions(&db, true) >= 1),
+        support::wait_for(Duration::from_secs(10), || server_sessions(&db, true) >= 1),
         "the claim never came to wait for the row"
     );
     thread::sleep(Duration::from_millis(300));

@@ -43,19 +43,7 @@ pub fn flash_sale(client: &Client, run_id: &str) -> Scenario {
     }) {
         return s;
     }
-    let won = FLASH_STOCK as usize;
-    s.check(Check::equal(
-        "200 answers",
-        won,
-        count_status(&s.outcomes, 200),
-    ));
-    s.check(Check::equal(
-        "400 out_of_stock answers",
-        FLASH_USERS - won,
-        count(&s.outcomes, 400, "out_of_stock"),
-    ));
-    let winners = winners(&s, &users);
-    check_coupon(client, &mut s, &name, 0, won, &winners);
+    check_sell_out(client, &mut s, &name, &users, FLASH_STOCK);
     s
 }
 
@@ -117,7 +105,14 @@ pub fn burst(
     }) {
         return s;
     }
-    let won = users.min(stock as usize);
+    check_sell_out(client, &mut s, &name, &ids, stock);
+    s
+}
+
+/// Distinct users claimed `stock` units: the first min(users, stock) get
+/// 200, the rest 400 out_of_stock, and the coupon shows exactly the winners.
+fn check_sell_out(client: &Client, s: &mut Scenario, name: &str, users: &[String], stock: u32) {
+    let won = users.len().min(stock as usize);
     s.check(Check::equal(
         "200 answers",
         won,
@@ -125,19 +120,18 @@ pub fn burst(
     ));
     s.check(Check::equal(
         "400 out_of_stock answers",
-        users - won,
+        users.len() - won,
         count(&s.outcomes, 400, "out_of_stock"),
     ));
-    let winners = winners(&s, &ids);
+    let winners = winners(s, users);
     check_coupon(
         client,
-        &mut s,
-        &name,
+        s,
+        name,
         u64::from(stock) - won as u64,
         won,
         &winners,
     );
-    s
 }
 
 fn create(client: &Client, s: &mut Scenario, name: &str, amount: u32) -> bool {

@@ -49,24 +49,7 @@ impl TestDb {
 
     /// Every coupon's amount equals its remaining stock plus its claims.
     pub fn assert_invariant(&self) {
-        let rows = self
-            .client()
-            .query(
-                "SELECT c.name, c.amount, c.remaining_amount, count(cl.id) \
-                 FROM coupons c LEFT JOIN claims cl ON cl.coupon_name = c.name \
-                 GROUP BY c.name, c.amount, c.remaining_amount",
-                &[],
-            )
-            .expect("reading the invariant");
-        for row in rows {
-            let (name, amount, remaining, claims): (String, i32, i32, i64) =
-                (row.get(0), row.get(1), row.get(2), row.get(3));
-            assert_eq!(
-                i64::from(amount),
-                i64::from(remaining) + claims,
-                "coupon {name}: amount {amount} != remaining {remaining} + claims {claims}"
-            );
-        }
+        assert_invariant(&mut self.client());
     }
 
     pub fn count(&self, sql: &str) -> i64 {
@@ -147,4 +130,39 @@ pub fn test_config(database_url: &str) -> Config {
     config.workers = 8;
     config.store.pool_size = 8;
     config
+}
+
+/// Every coupon's amount equals its remaining stock plus its claims.
+pub fn assert_invariant(client: &mut ::postgres::Client) {
+    let rows = client
+        .query(
+            "SELECT c.name, c.amount, c.remaining_amount, count(cl.id) \
+             FROM coupons c LEFT JOIN claims cl ON cl.coupon_name = c.name \
+             GROUP BY c.name, c.amount, c.remaining_amount",
+            &[],
+        )
+        .expect("reading the invariant");
+    for row in rows {
+        let (name, amount, remaining, claims): (String, i32, i32, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        assert_eq!(
+            i64::from(amount),
+            i64::from(remaining) + claims,
+            "coupon {name}: amount {amount} != remaining {remaining} + claims {claims}"
+        );
+    }
+}
+
+/// Waits until `done` holds, polling, for at most `limit`.
+pub fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
