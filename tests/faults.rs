@@ -587,8 +587,10 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         support::wait_for(Duration::from_secs(20), || progress.ok() >= 100),
         "the sale never got going"
     );
-    first.signal(libc::SIGKILL);
+    // Taken before the signal: a request cut by the kill can finish before
+    // a timestamp taken after it (seen once in CI).
     let killed = Instant::now();
+    first.signal(libc::SIGKILL);
     progress.stop.store(true, Ordering::SeqCst);
     assert!(
         first.wait_exit(Duration::from_secs(10)).is_some(),
