@@ -18,6 +18,7 @@ pub struct Metrics {
     registry: Registry,
     latency: HistogramVec,
     in_flight: IntGauge,
+    claims_waiting: IntGauge,
     claims: IntCounterVec,
     retries: IntCounterVec,
     retries_exhausted: IntGauge,
@@ -51,6 +52,10 @@ impl Metrics {
             "flash_coupons_http_requests_in_flight",
             "Requests taken and not yet answered.",
         ));
+        let claims_waiting = must(IntGauge::new(
+            "flash_coupons_claims_waiting",
+            "Claims queued behind their coupon's running transaction.",
+        ));
         let claims_by_outcome = must(IntCounterVec::new(
             Opts::new("flash_coupons_claims_total", "Claims answered, by outcome."),
             &["outcome"],
@@ -83,6 +88,7 @@ impl Metrics {
         for collector in [
             Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
+            Box::new(claims_waiting.clone()),
             Box::new(claims_by_outcome.clone()),
             Box::new(retries.clone()),
             Box::new(retries_exhausted.clone()),
@@ -96,6 +102,7 @@ impl Metrics {
             registry,
             latency,
             in_flight,
+            claims_waiting,
             claims: claims_by_outcome,
             retries,
             retries_exhausted,
@@ -147,6 +154,8 @@ impl Metrics {
         ] {
             self.pool.with_label_values(&[state]).set(i64::from(value));
         }
+        self.claims_waiting
+            .set(i64::try_from(claims.waiting()).unwrap_or(i64::MAX));
         let (in_memory, in_database) = claims.sold_out_sizes();
         self.sold_out
             .with_label_values(&["memory"])

@@ -69,7 +69,7 @@ struct Shared {
     pumps: Mutex<Vec<JoinHandle<()>>>,
     /// The tiny_http servers still being served, to unblock at shutdown.
     generations: Mutex<Vec<Generation>>,
-    /// Accept loops started since start-up (1 + restarts).
+    /// Accept loops started since start-up, to number their threads.
     started: AtomicU64,
     wake: Sender<ErrorKind>,
 }
@@ -116,9 +116,8 @@ impl Server {
         });
         watch_accept_panics(shared.wake.clone());
         let idle = config.idle_timeout;
-        let first = start_generation(&listener, &shared, pool.submitter(), idle)
+        start_generation(&listener, &shared, pool.submitter(), idle)
             .map_err(|e| StartError::Listen(format!("starting the accept loop: {e}")))?;
-        drop(first);
         let supervisor = {
             let shared = Arc::clone(&shared);
             let submitter = pool.submitter();
@@ -143,11 +142,6 @@ impl Server {
 
     pub fn context(&self) -> &Context {
         &self.context
-    }
-
-    /// Accept loops started so far: 1 plus one per restart.
-    pub fn accept_loops_started(&self) -> u64 {
-        self.shared.started.load(Ordering::SeqCst)
     }
 
     pub fn shutdown(self) {
@@ -220,7 +214,7 @@ fn supervise(
         }
         while !shared.stopping.load(Ordering::SeqCst) {
             match start_generation(listener, shared, submitter.clone(), idle) {
-                Ok(_) => break,
+                Ok(()) => break,
                 Err(err) => {
                     error!("cannot restart the accept loop: {err}; retrying in {pause:?}");
                     thread::sleep(pause);
@@ -236,7 +230,7 @@ fn start_generation(
     shared: &Arc<Shared>,
     submitter: Submitter<Incoming>,
     idle: Duration,
-) -> std::io::Result<Arc<tiny_http::Server>> {
+) -> std::io::Result<()> {
     let server = tiny_http::Server::from_listener(listener.try_clone()?, None)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let server = Arc::new(server);
@@ -254,7 +248,7 @@ fn start_generation(
     let mut pumps = lock(&shared.pumps);
     pumps.retain(|p| !p.is_finished());
     pumps.push(handle);
-    Ok(server)
+    Ok(())
 }
 
 /// Hands each request of one generation to intake. Reports the end of its

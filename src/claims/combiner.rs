@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use log::error;
@@ -33,6 +33,8 @@ pub struct Combiner {
     /// A coupon is a key here exactly while a leader is running its batches;
     /// the value is what arrived since the leader took its current batch.
     queues: Mutex<HashMap<CouponName, Vec<Waiting>>>,
+    /// Claims queued behind a running transaction, over all coupons.
+    waiting: AtomicUsize,
     stats: BatchStats,
 }
 
@@ -40,12 +42,17 @@ impl Combiner {
     pub fn new() -> Combiner {
         Combiner {
             queues: Mutex::new(HashMap::new()),
+            waiting: AtomicUsize::new(0),
             stats: BatchStats::default(),
         }
     }
 
     pub fn stats(&self) -> &BatchStats {
         &self.stats
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::SeqCst)
     }
 
     fn queues(&self) -> MutexGuard<'_, HashMap<CouponName, Vec<Waiting>>> {
@@ -66,6 +73,7 @@ impl Combiner {
             let mut queues = self.queues();
             if let Some(queue) = queues.get_mut(&coupon) {
                 queue.push(Waiting { user, done });
+                self.waiting.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             queues.insert(coupon.clone(), Vec::new());
@@ -83,6 +91,7 @@ impl Combiner {
             }
             let take = queue.len().min(MAX_BATCH);
             batch = queue.drain(..take).collect();
+            self.waiting.fetch_sub(take, Ordering::SeqCst);
         }
     }
 
@@ -127,8 +136,6 @@ fn answer(done: Done, outcome: Result<ClaimOutcome, StoreError>) {
 
 /// How many claims went into how many transactions.
 pub struct BatchStats {
-    batches: AtomicU64,
-    claims: AtomicU64,
     largest: AtomicU64,
     /// Batch sizes, for /metrics.
     pub sizes: prometheus::Histogram,
@@ -143,8 +150,6 @@ impl Default for BatchStats {
         )
         .buckets(buckets);
         BatchStats {
-            batches: AtomicU64::new(0),
-            claims: AtomicU64::new(0),
             largest: AtomicU64::new(0),
             // The options are constant and valid.
             sizes: prometheus::Histogram::with_opts(opts).expect("valid histogram options"),
@@ -155,18 +160,17 @@ impl Default for BatchStats {
 impl BatchStats {
     fn record(&self, size: usize) {
         let size = size as u64;
-        self.batches.fetch_add(1, Ordering::Relaxed);
-        self.claims.fetch_add(size, Ordering::Relaxed);
         self.largest.fetch_max(size, Ordering::Relaxed);
         self.sizes.observe(size as f64);
     }
 
     pub fn batches(&self) -> u64 {
-        self.batches.load(Ordering::Relaxed)
+        self.sizes.get_sample_count()
     }
 
     pub fn claims(&self) -> u64 {
-        self.claims.load(Ordering::Relaxed)
+        // Whole numbers of claims: the sum is exact up to 2^53.
+        self.sizes.get_sample_sum() as u64
     }
 
     pub fn largest(&self) -> u64 {

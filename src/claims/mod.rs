@@ -4,8 +4,8 @@
 mod combiner;
 mod sold_out;
 
-use crate::domain::{ClaimOutcome, CouponName, UserId};
-use crate::store::{Store, StoreError};
+use crate::domain::{CouponName, UserId};
+use crate::store::Store;
 
 use combiner::Combiner;
 pub use combiner::{BatchStats, Done};
@@ -38,19 +38,9 @@ impl Claims {
         }
     }
 
-    /// Decides one claim and waits for it: for callers without a request.
-    pub fn claim(&self, coupon: CouponName, user: UserId) -> Result<ClaimOutcome, StoreError> {
-        let (send, receive) = crossbeam_channel::bounded(1);
-        self.submit(
-            coupon,
-            user,
-            Box::new(move |outcome| {
-                let _ = send.send(outcome);
-            }),
-        );
-        receive
-            .recv()
-            .unwrap_or_else(|_| Err(StoreError::Internal("a claim was dropped undecided".into())))
+    /// Claims queued behind their coupon's running transaction.
+    pub fn waiting(&self) -> usize {
+        self.combiner.waiting()
     }
 
     pub fn batch_stats(&self) -> &BatchStats {

@@ -1,13 +1,12 @@
 use super::{SaleWindow, UserId};
 
-/// A coupon as GET shows it: the counts and who holds it, in claim order.
+/// A coupon's counts and sale window (its holders are streamed separately).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Coupon {
     pub name: String,
     pub amount: i32,
     pub remaining_amount: i32,
     pub window: SaleWindow,
-    pub claimed_by: Vec<String>,
 }
 
 /// What one claim came to. The order of the variants is the order of the

@@ -2,12 +2,12 @@ use postgres::{Client, NoTls, Statement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
-/// Every statement the service runs, prepared once when a connection opens
-/// so that a request never pays for a parse/plan round trip.
+/// Every statement the service runs, parsed once when a connection opens
+/// so that a request never pays for a parse round trip. (Plans are made per
+/// execution: see plan_cache_mode in `Store::open`.)
 pub struct Statements {
     pub insert_coupon: Statement,
     pub coupon_counts: Statement,
-    pub claimed_by: Statement,
     pub lock_coupon: Statement,
     pub holders_among: Statement,
     pub insert_new_claims: Statement,
@@ -29,8 +29,6 @@ impl Statements {
             coupon_counts: client.prepare(
                 "SELECT amount, remaining_amount, starts_at, expires_at FROM coupons WHERE name = $1",
             )?,
-            claimed_by: client
-                .prepare("SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id")?,
             // NO KEY UPDATE: the claim rows' foreign key takes KEY SHARE on
             // this row, which this lock must not block.
             // now() is the transaction's start on the database clock: the

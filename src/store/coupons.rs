@@ -32,7 +32,6 @@ fn coupon_from(name: String, row: &Row, first: usize) -> Coupon {
         amount: row.get(first),
         remaining_amount: row.get(first + 1),
         window,
-        claimed_by: Vec::new(),
     }
 }
 
@@ -69,7 +68,6 @@ impl Store {
             amount: amount.get(),
             remaining_amount: amount.get(),
             window,
-            claimed_by: Vec::new(),
         }))
     }
 
