@@ -409,12 +409,7 @@ fn healthz_answers_503_when_the_database_is_gone() {
     let app = TestApp::spawn();
     assert_eq!(app.get("/healthz").status, 200);
     // Dropping the database under the server makes every new connection fail.
-    let mut admin =
-        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
-            .unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
-        .unwrap();
+    app.db.drop_now().unwrap();
     app.get("/healthz")
         .assert_error(503, "database_unavailable");
     app.claim("u1", "ANY")

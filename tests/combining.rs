@@ -127,8 +127,14 @@ fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_
     let claims: Vec<(String, String)> = users.iter().map(|u| (u.clone(), "MIX".into())).collect();
     let base = app.base.clone();
     let firing = thread::spawn(move || claim_concurrently(&[base], &claims));
-    // Let the claims arrive and queue (a wait, not an assertion on time).
-    thread::sleep(Duration::from_millis(1500));
+    // The first claim leads and waits for the row; every other one queues.
+    let claims_ctx = &app.server.context().claims;
+    let queued = users.len() - 1;
+    assert!(
+        support::wait_for(Duration::from_secs(30), || claims_ctx.waiting() == queued),
+        "expected {queued} claims queued, saw {}",
+        claims_ctx.waiting()
+    );
     tx.commit().unwrap();
     let answers = firing.join().unwrap();
 
@@ -139,17 +145,12 @@ fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_
     assert_eq!(app.get("/api/coupons/MIX").body["remaining_amount"], 0);
     app.db.assert_invariant();
 
+    // The two early claims, the leader alone, then everything queued as one.
     let stats = app.server.context().claims.batch_stats();
-    eprintln!(
-        "{} claims in {} batches, largest {}",
-        stats.claims(),
-        stats.batches(),
-        stats.largest()
-    );
-    assert!(
-        stats.largest() > 1,
-        "the queued claims must have gone as one batch"
-    );
+    assert_eq!(stats.batches(), 4);
+    assert_eq!(stats.largest(), queued as u64);
+    assert_eq!(stats.claims(), users.len() as u64 + 2);
+    assert_eq!(claims_ctx.waiting(), 0);
 }
 
 #[test]

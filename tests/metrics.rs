@@ -3,22 +3,10 @@
 mod support;
 
 use support::TestApp;
+use support::http::metric;
 
 fn scrape(app: &TestApp) -> String {
-    let answer = support::http::request_with("GET", &app.url("/metrics"), None, &[]);
-    assert_eq!(answer.status, 200);
-    assert!(answer.content_type.unwrap().starts_with("text/plain"));
-    answer.body.as_str().unwrap().to_owned()
-}
-
-/// The value of the sample whose name and labels are exactly `series`.
-fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| {
-            let (name, value) = line.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok()).flatten()
-        })
-        .unwrap_or(0.0)
+    support::http::scrape(&app.base)
 }
 
 #[test]
@@ -26,7 +14,7 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
     let app = TestApp::spawn();
     let before = scrape(&app);
     assert_eq!(
-        value(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#),
+        metric(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#),
         0.0
     );
 
@@ -47,16 +35,16 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
         ("invalid", 1.0),
     ] {
         let series = format!(r#"flash_coupons_claims_total{{outcome="{outcome}"}}"#);
-        assert_eq!(value(&after, &series), n, "{series}\n{after}");
+        assert_eq!(metric(&after, &series), n, "{series}\n{after}");
     }
     // Two claims were decided in transactions before the coupon sold out
     // and the 404 in a third; the later ones came from the sold-out cache.
     assert!(
-        value(&after, "flash_coupons_claim_batch_size_count") >= 3.0,
+        metric(&after, "flash_coupons_claim_batch_size_count") >= 3.0,
         "{after}"
     );
     assert_eq!(
-        value(
+        metric(
             &after,
             r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="2xx"}"#
         ),
@@ -64,7 +52,7 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
         "{after}"
     );
     assert_eq!(
-        value(
+        metric(
             &after,
             r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="4xx"}"#
         ),
@@ -72,13 +60,17 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
         "{after}"
     );
     assert_eq!(
-        value(&after, r#"flash_coupons_db_pool_connections{state="max"}"#),
+        metric(&after, r#"flash_coupons_db_pool_connections{state="max"}"#),
         8.0
     );
     assert!(after.contains("flash_coupons_http_requests_in_flight"));
+    assert!(
+        after.contains("\nflash_coupons_claims_waiting 0\n"),
+        "{after}"
+    );
     assert!(after.contains(r#"flash_coupons_claim_retries_total{cause="serialization_failure"}"#));
     assert_eq!(
-        value(
+        metric(
             &after,
             r#"flash_coupons_sold_out_coupons{holders="memory"}"#
         ),

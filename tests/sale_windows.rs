@@ -20,6 +20,18 @@ fn db_time(app: &TestApp, seconds: f64) -> String {
         .get(0)
 }
 
+/// Polls until the database clock has reached `at` (bounded).
+fn wait_for_db_clock(app: &TestApp, at: &str) {
+    let mut client = app.db.client();
+    let reached = support::wait_for(std::time::Duration::from_secs(30), || {
+        client
+            .query_one("SELECT now() >= $1::text::timestamptz", &[&at])
+            .unwrap()
+            .get(0)
+    });
+    assert!(reached, "the database clock never reached {at}");
+}
+
 fn create_windowed(app: &TestApp, name: &str, starts: Option<String>, expires: Option<String>) {
     let mut body = json!({ "name": name, "amount": 10 });
     if let Some(s) = starts {
@@ -69,16 +81,12 @@ fn a_claim_just_after_the_end_gets_410_expired() {
 #[test]
 fn a_window_that_opens_is_decided_by_the_database_clock_as_it_passes() {
     let app = TestApp::spawn();
-    create_windowed(
-        &app,
-        "TICK",
-        Some(db_time(&app, 1.5)),
-        Some(db_time(&app, 4.0)),
-    );
+    let (starts, expires) = (db_time(&app, 2.0), db_time(&app, 4.0));
+    create_windowed(&app, "TICK", Some(starts.clone()), Some(expires.clone()));
     app.claim("u1", "TICK").assert_error(403, "not_started");
-    std::thread::sleep(std::time::Duration::from_millis(2000));
+    wait_for_db_clock(&app, &starts);
     assert_eq!(app.claim("u1", "TICK").status, 200);
-    std::thread::sleep(std::time::Duration::from_millis(2500));
+    wait_for_db_clock(&app, &expires);
     app.claim("u2", "TICK").assert_error(410, "expired");
     // A holder after the end: the window is checked first.
     app.claim("u1", "TICK").assert_error(410, "expired");

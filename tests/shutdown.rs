@@ -166,9 +166,20 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
         "{name}: expected {held} server sessions waiting for a lock, saw {}",
         server_sessions(&db, true)
     );
-    // Let the other claims arrive and queue behind the first (a wait, not a
-    // measurement).
-    thread::sleep(Duration::from_millis(1000));
+    // Every other claim queues behind the first.
+    let queued = (users.len() - 1) as f64;
+    let base = format!("http://{addr}");
+    let waiting = || {
+        support::http::metric(
+            &support::http::scrape(&base),
+            "flash_coupons_claims_waiting",
+        )
+    };
+    assert!(
+        support::wait_for(Duration::from_secs(10), || waiting() == queued),
+        "{name}: expected {queued} claims queued, saw {}",
+        waiting()
+    );
 
     let signalled = Instant::now();
     server.signal(signal);

@@ -104,12 +104,7 @@ fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
 fn no_answer_carries_sql_text_or_the_connection_string() {
     let app = TestApp::spawn();
     // Drop the database under the server: every query now fails inside.
-    let mut admin =
-        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
-            .unwrap();
-    admin
-        .batch_execute(&format!("DROP DATABASE {} WITH (FORCE)", app.db.name))
-        .unwrap();
+    app.db.drop_now().unwrap();
     for answer in [
         app.claim("u", "X"),
         app.get("/api/coupons/X"),

@@ -116,3 +116,28 @@ pub fn try_status(url: &str, limit: Duration) -> Option<u16> {
         Err(_) => None,
     }
 }
+
+/// The text of GET /metrics at `base` (e.g. `http://127.0.0.1:8080`).
+pub fn scrape(base: &str) -> String {
+    let answer = request_with("GET", &format!("{base}/metrics"), None, &[]);
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert!(
+        answer
+            .content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("text/plain")),
+        "{answer:?}"
+    );
+    answer.body.as_str().unwrap_or_default().to_owned()
+}
+
+/// The value of the sample whose name and labels are exactly `series`
+/// (0 when absent, as Prometheus reads a missing counter).
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}

@@ -57,12 +57,19 @@ impl TestDb {
     }
 }
 
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let _ = admin().batch_execute(&format!(
+impl TestDb {
+    /// Drops the database now, under whatever is connected to it.
+    pub fn drop_now(&self) -> Result<(), ::postgres::Error> {
+        admin().batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
-        ));
+        ))
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let _ = self.drop_now();
     }
 }
 
