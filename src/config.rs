@@ -44,7 +44,7 @@ pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 20;
 pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
 pub const DEFAULT_HTTP_IDLE_TIMEOUT_SECS: u64 = 5;
-pub const DEFAULT_HTTP_KEEP_ALIVE_REQUESTS: u32 = 16;
+pub const DEFAULT_HTTP_KEEP_ALIVE_REQUESTS: u32 = 1;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 use support::process::ServerProcess;
 use support::{TestApp, TestDb};
 
-/// Sends one keep-alive request and reads exactly one response, leaving the
-/// connection open. Returns the status, or None when nothing complete came.
+/// Sends one keep-alive request and reads exactly one response, then holds
+/// the connection open as browsers and Go's client do, unless the answer
+/// said `Connection: close` (which they honour). Returns the status, or None
+/// when nothing complete came.
 fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<TcpStream>) {
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, limit) else {
         return (None, None);
@@ -43,7 +45,10 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
                         .unwrap_or(0);
                     if body.len() >= len {
                         let status = text.get(9..12).and_then(|s| s.parse().ok());
-                        return (status, Some(stream));
+                        let close = head
+                            .lines()
+                            .any(|l| l.eq_ignore_ascii_case("Connection: close"));
+                        return (status, (!close).then_some(stream));
                     }
                 }
             }
