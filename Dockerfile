@@ -5,9 +5,13 @@
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /app
 
-# Dependencies get a layer of their own: it is rebuilt only when Cargo.toml or
-# Cargo.lock change. A stub lib and binary stand in for the real sources.
+# Dependencies get a layer of their own: it is rebuilt only when Cargo.toml,
+# Cargo.lock or patches/ change. A stub lib and binary stand in for the real
+# sources. patches/ holds our own chunked_transfer, which Cargo.toml's
+# [patch.crates-io] puts in the crates.io one's place: the manifest does not
+# resolve without it.
 COPY Cargo.toml Cargo.lock ./
+COPY patches ./patches
 RUN mkdir src \
     && echo 'fn main() {}' > src/main.rs \
     && touch src/lib.rs \
