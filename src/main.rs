@@ -1,4 +1,7 @@
 use std::process::ExitCode;
+use std::thread;
+
+use crossbeam_channel::{Receiver, bounded, select};
 
 use log::{error, info};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -35,23 +38,81 @@ fn main() -> ExitCode {
     );
 
     // Registered before start-up so a SIGTERM during it is not lost.
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let signals = match Signals::new([SIGTERM, SIGINT]) {
         Ok(signals) => signals,
         Err(err) => {
             error!("cannot install signal handlers: {err}");
             return ExitCode::FAILURE;
         }
     };
-    let server = match Server::start(&config) {
-        Ok(server) => server,
+    let signals = match forward(signals) {
+        Ok(signals) => signals,
         Err(err) => {
-            error!("start-up failed: {err}");
+            error!("cannot start the signal thread: {err}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(signal) = signals.forever().next() {
+    let server = match start_unless_signalled(config, &signals) {
+        Ok(server) => server,
+        Err(code) => return code,
+    };
+    if let Ok(signal) = signals.recv() {
         info!("signal {signal} received; finishing requests in flight");
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// The signals, as a channel that can be waited on together with others.
+fn forward(mut signals: Signals) -> std::io::Result<Receiver<i32>> {
+    let (sender, receiver) = bounded(4);
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if sender.send(signal).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(receiver)
+}
+
+/// Starts the server on a thread of its own, so that a signal during
+/// start-up (which can wait up to DB_STARTUP_TIMEOUT_SECS for the database)
+/// is acted on at once.
+///
+/// A signal during start-up ends the process with exit code 0, as a signal
+/// after it does: stopping was asked for, and nothing failed or was left
+/// half-done (the schema is applied in one transaction, which PostgreSQL
+/// rolls back when the connection goes), so a supervisor has nothing to
+/// report or retry. Failing to start is exit code 1.
+fn start_unless_signalled(config: Config, signals: &Receiver<i32>) -> Result<Server, ExitCode> {
+    let (sender, started) = bounded(1);
+    let spawned = thread::Builder::new()
+        .name("start-up".into())
+        .spawn(move || {
+            let _ = sender.send(Server::start(&config));
+        });
+    if let Err(err) = spawned {
+        error!("start-up failed: cannot start a thread: {err}");
+        return Err(ExitCode::FAILURE);
+    }
+    select! {
+        recv(started) -> result => match result {
+            Ok(Ok(server)) => Ok(server),
+            Ok(Err(err)) => {
+                error!("start-up failed: {err}");
+                Err(ExitCode::FAILURE)
+            }
+            Err(_) => {
+                error!("start-up failed: the start-up thread panicked");
+                Err(ExitCode::FAILURE)
+            }
+        },
+        recv(signals) -> signal => {
+            info!("signal {} received during start-up; exiting", signal.unwrap_or(0));
+            Err(ExitCode::SUCCESS)
+        }
+    }
 }

@@ -1,6 +1,25 @@
-use postgres::{Client, NoTls, Statement};
+//! One database connection: opened within a bound, every operation on it
+//! under a client-side deadline (see `watchdog`), and r2d2's manager for a
+//! pool of them.
+
+use std::cell::Cell;
+use std::fmt;
+use std::mem::ManuallyDrop;
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use postgres::types::ToSql;
+use postgres::{NoTls, Row, Statement, ToStatement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
+
+use super::watchdog::{Slot, find_socket};
 
 /// Every statement the service runs, parsed once when a connection opens
 /// so that a request never pays for a parse round trip. (Plans are made per
@@ -20,7 +39,7 @@ pub struct Statements {
 }
 
 impl Statements {
-    fn prepare(client: &mut Client) -> Result<Statements, postgres::Error> {
+    fn prepare(client: &mut postgres::Client) -> Result<Statements, postgres::Error> {
         Ok(Statements {
             insert_coupon: client.prepare(
                 "INSERT INTO coupons (name, amount, remaining_amount, starts_at, expires_at) \
@@ -77,34 +96,505 @@ pub struct Conn {
     pub stmts: Statements,
 }
 
-/// r2d2_postgres's manager, extended to prepare the statements on connect.
+/// A `postgres::Client` whose every operation has a deadline: past it, the
+/// watchdog shuts the socket down, the call fails with an I/O error, and
+/// the connection counts as broken (r2d2 then discards it).
+///
+/// Connections whose socket could not be found (Unix sockets; a proxy or NAT
+/// that changes the addresses) run without the deadline.
+pub struct Client {
+    inner: ManuallyDrop<postgres::Client>,
+    slot: Option<Arc<Slot>>,
+    /// The deadline of each operation.
+    timeout: Duration,
+    /// Known to be unusable (cut, closed, or a reply may still be owed).
+    broken: bool,
+    /// The last operation ran out of time and was cut.
+    timed_out: bool,
+}
+
+impl Client {
+    /// Pairs a new connection with its socket and registers it with the
+    /// watchdog.
+    fn guard(mut inner: postgres::Client, timeout: Duration) -> Result<Client, postgres::Error> {
+        let fd = locate(&mut inner)?;
+        Ok(Client {
+            inner: ManuallyDrop::new(inner),
+            slot: fd.and_then(Slot::register),
+            timeout,
+            broken: false,
+            timed_out: false,
+        })
+    }
+
+    /// Runs `op` on the connection with the usual deadline.
+    pub(crate) fn run<T>(
+        &mut self,
+        what: &'static str,
+        op: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        self.run_within(what, self.timeout, op)
+    }
+
+    /// Runs `op` on the connection, cut off after `limit`.
+    pub(crate) fn run_within<T>(
+        &mut self,
+        what: &'static str,
+        limit: Duration,
+        op: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        let Client {
+            inner,
+            slot,
+            broken,
+            timed_out,
+            ..
+        } = self;
+        let mut armed = Armed::new(slot.as_deref(), what, limit, broken);
+        let result = op(inner);
+        *timed_out = armed.finish();
+        if *timed_out || inner.is_closed() {
+            *armed.broken = true;
+        }
+        result
+    }
+
+    /// Whether the last operation failed because it ran out of time.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out
+    }
+
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Not to be used again: r2d2 discards it.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken || self.inner.is_closed() || self.slot.as_ref().is_some_and(|s| s.tripped())
+    }
+
+    /// A round trip that must come back within `timeout`. On failure the
+    /// connection is broken: a timed-out check leaves a reply owed, which
+    /// the connection could only wait for.
+    fn check(&mut self, timeout: Duration) -> Result<(), ConnError> {
+        let began = Instant::now();
+        self.inner.is_valid(timeout).map_err(|err| {
+            self.broken = true;
+            if began.elapsed() >= timeout {
+                ConnError::TimedOut {
+                    doing: "checking a pooled connection",
+                    after: timeout,
+                }
+            } else {
+                ConnError::Db(err)
+            }
+        })
+    }
+
+    pub fn batch_execute(&mut self, query: &str) -> Result<(), postgres::Error> {
+        self.run("a statement", |c| c.batch_execute(query))
+    }
+
+    pub fn query<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.run("a query", |c| c.query(query, params))
+    }
+
+    pub fn query_opt<T>(
+        &mut self,
+        query: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>, postgres::Error>
+    where
+        T: ?Sized + ToStatement,
+    {
+        self.run("a query", |c| c.query_opt(query, params))
+    }
+}
+
+/// An armed deadline, disarmed when the operation ends, also by a panic
+/// (which leaves the connection in an unknown state: broken).
+struct Armed<'a> {
+    slot: Option<&'a Slot>,
+    broken: &'a mut bool,
+    done: bool,
+}
+
+impl<'a> Armed<'a> {
+    fn new(
+        slot: Option<&'a Slot>,
+        what: &'static str,
+        limit: Duration,
+        broken: &'a mut bool,
+    ) -> Armed<'a> {
+        if let Some(slot) = slot {
+            slot.arm(what, limit);
+        }
+        Armed {
+            slot,
+            broken,
+            done: false,
+        }
+    }
+
+    /// True if the watchdog cut the connection.
+    fn finish(&mut self) -> bool {
+        self.done = true;
+        self.slot.is_some_and(Slot::disarm)
+    }
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.finish();
+            *self.broken = true;
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let cut = self.is_broken();
+        // SAFETY: `inner` is taken once, here, and never used again.
+        let inner = unsafe { ManuallyDrop::take(&mut self.inner) };
+        match &self.slot {
+            // Closing politely waits for every reply still owed, which a
+            // stalled database never sends: a broken connection is cut first.
+            Some(slot) => {
+                slot.close(cut);
+                drop(inner);
+            }
+            // No socket to cut: the wait happens on a thread of its own, which
+            // ends when the database answers or the connection fails.
+            None if cut => {
+                let _ = thread::Builder::new()
+                    .name("db-close".into())
+                    .spawn(move || drop(inner));
+            }
+            None => drop(inner),
+        }
+    }
+}
+
+/// The connection's socket in this process, from the two ends the server
+/// sees. `None` over a Unix socket, or when no socket here has those ends.
+fn locate(client: &mut postgres::Client) -> Result<Option<RawFd>, postgres::Error> {
+    static UNIX_NOTED: AtomicBool = AtomicBool::new(false);
+    static UNMATCHED_NOTED: AtomicBool = AtomicBool::new(false);
+    let row = client.query_one(
+        "SELECT inet_client_addr(), inet_client_port(), inet_server_addr(), inet_server_port()",
+        &[],
+    )?;
+    let end = |addr: Option<IpAddr>, port: Option<i32>| {
+        Some(SocketAddr::new(addr?, u16::try_from(port?).ok()?))
+    };
+    let (Some(ours), Some(theirs)) = (end(row.get(0), row.get(1)), end(row.get(2), row.get(3)))
+    else {
+        if !UNIX_NOTED.swap(true, Ordering::Relaxed) {
+            info!(
+                "database connections over a Unix socket have no client-side deadline \
+                 (DB_QUERY_TIMEOUT_MS); statement_timeout still applies"
+            );
+        }
+        return Ok(None);
+    };
+    let fd = find_socket(ours, theirs);
+    if fd.is_none() && !UNMATCHED_NOTED.swap(true, Ordering::Relaxed) {
+        warn!(
+            "cannot find the socket of a database connection (the database sees it as \
+             {ours} -> {theirs}: a proxy or NAT between?); such connections have no \
+             client-side deadline (DB_QUERY_TIMEOUT_MS), only statement_timeout and TCP \
+             keepalives"
+        );
+    }
+    Ok(fd)
+}
+
+/// Why a connection could not be had.
+#[derive(Debug)]
+pub enum ConnError {
+    /// The database refused, failed, or the socket broke.
+    Db(postgres::Error),
+    /// No answer within the bound.
+    TimedOut {
+        doing: &'static str,
+        after: Duration,
+    },
+    /// Earlier attempts still wait for the database; no more are started.
+    Saturated { waiting: usize },
+    /// A thread could not be started.
+    Thread(String),
+}
+
+impl fmt::Display for ConnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnError::Db(err) => match (err.as_db_error(), std::error::Error::source(err)) {
+                (Some(db), _) => write!(f, "{}: {}", db.code().code(), db.message()),
+                (None, Some(cause)) => write!(f, "{err}: {cause}"),
+                (None, None) => write!(f, "{err}"),
+            },
+            ConnError::TimedOut { doing, after } => {
+                write!(
+                    f,
+                    "no answer from the database within {after:.1?} ({doing})"
+                )
+            }
+            ConnError::Saturated { waiting } => write!(
+                f,
+                "{waiting} earlier connection attempts are still waiting for the database to \
+                 answer; not starting another"
+            ),
+            ConnError::Thread(err) => write!(f, "cannot start a thread to connect: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for ConnError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnError::Db(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
+/// Connection attempts of one store that may be running at once, including
+/// those given up on and still waiting for the database (a thread each).
+const MAX_CONNECT_THREADS: usize = 8;
+
+/// Opens connections, each within a bound as a whole.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    inner: Arc<PostgresConnectionManager<NoTls>>,
+    query_timeout: Duration,
+    threads: Arc<AtomicUsize>,
+}
+
+impl Connector {
+    pub(crate) fn new(config: postgres::Config, query_timeout: Duration) -> Connector {
+        Connector {
+            inner: Arc::new(PostgresConnectionManager::new(config, NoTls)),
+            query_timeout,
+            threads: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    pub(crate) fn query_timeout(&self) -> Duration {
+        self.query_timeout
+    }
+
+    /// A new connection, paired with its socket, within `limit` (TCP
+    /// connect, start-up handshake, authentication, and the pairing query).
+    ///
+    /// The driver cannot be interrupted while it connects, so the attempt
+    /// runs on a thread of its own; when it is given up on, the thread ends
+    /// by itself once the database answers or the connection fails (the
+    /// connection is then closed). At most MAX_CONNECT_THREADS such threads
+    /// exist per store: beyond that, attempts fail at once.
+    pub(crate) fn open(&self, limit: Duration) -> Result<Client, ConnError> {
+        self.threads
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < MAX_CONNECT_THREADS).then_some(n + 1)
+            })
+            .map_err(|waiting| ConnError::Saturated { waiting })?;
+        let (sender, receiver) = sync_channel(1);
+        let inner = Arc::clone(&self.inner);
+        let threads = Arc::clone(&self.threads);
+        let timeout = self.query_timeout;
+        let spawned = thread::Builder::new()
+            .name("db-connect".into())
+            .spawn(move || {
+                let result = inner
+                    .connect()
+                    .and_then(|client| Client::guard(client, timeout))
+                    .map_err(ConnError::Db);
+                // Given up on: the connection is dropped (closed) here.
+                let _ = sender.send(result);
+                threads.fetch_sub(1, Ordering::SeqCst);
+            });
+        if let Err(err) = spawned {
+            self.threads.fetch_sub(1, Ordering::SeqCst);
+            return Err(ConnError::Thread(err.to_string()));
+        }
+        match receiver.recv_timeout(limit) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(ConnError::TimedOut {
+                doing: "connecting",
+                after: limit,
+            }),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(ConnError::Thread("the connecting thread panicked".into()))
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// When the check-out running on this thread must end.
+    static CHECKOUT_DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+    /// A connection was handed out unchecked: the deadline had come.
+    static HANDED_UNCHECKED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Below this much time left, a check-out does not start a validity check
+/// (which could only time out, and so discard a healthy connection).
+const MIN_CHECK: Duration = Duration::from_millis(50);
+
+/// A check-out with a deadline, on this thread. r2d2 checks each idle
+/// connection it hands out (`Manager::is_valid`) on the calling thread; the
+/// checks are bounded by what is left of this deadline, so a pool of idle
+/// connections to a stalled database cannot hold a check-out for a check
+/// each.
+pub(crate) struct CheckoutScope {
+    outer: Option<Instant>,
+}
+
+impl CheckoutScope {
+    pub(crate) fn begin(deadline: Instant) -> CheckoutScope {
+        HANDED_UNCHECKED.set(false);
+        CheckoutScope {
+            outer: CHECKOUT_DEADLINE.replace(Some(deadline)),
+        }
+    }
+
+    /// True if r2d2 handed out a connection that could not be checked
+    /// before the deadline.
+    pub(crate) fn handed_unchecked(&self) -> bool {
+        HANDED_UNCHECKED.get()
+    }
+}
+
+impl Drop for CheckoutScope {
+    fn drop(&mut self) {
+        CHECKOUT_DEADLINE.set(self.outer);
+        HANDED_UNCHECKED.set(false);
+    }
+}
+
+/// Connection failures, logged at most once per QUIET (a pool retrying
+/// against a database that is down fails many times a second).
+#[derive(Default)]
+pub(crate) struct FailureLog {
+    state: Mutex<FailureState>,
+}
+
+#[derive(Default)]
+struct FailureState {
+    /// When the current run of failures began, and how many it has had.
+    since: Option<Instant>,
+    failures: u64,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+const QUIET: Duration = Duration::from_secs(10);
+
+impl FailureLog {
+    pub(crate) fn failure(&self, err: &dyn fmt::Display) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        state.since.get_or_insert(now);
+        state.failures += 1;
+        if state.last_logged.is_some_and(|at| now - at < QUIET) {
+            state.unlogged += 1;
+            return;
+        }
+        let unlogged = std::mem::take(&mut state.unlogged);
+        state.last_logged = Some(now);
+        drop(state);
+        if unlogged == 0 {
+            warn!("database connection failed: {err}");
+        } else {
+            warn!(
+                "database connection failed: {err} (and {unlogged} more times since the last \
+                 such line)"
+            );
+        }
+    }
+
+    pub(crate) fn success(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(since) = state.since.take() {
+            let failures = std::mem::take(&mut state.failures);
+            state.last_logged = None;
+            state.unlogged = 0;
+            drop(state);
+            info!(
+                "connected to the database again, after {failures} failed attempts or checks \
+                 over {:.1?}",
+                since.elapsed()
+            );
+        }
+    }
+}
+
+/// r2d2's manager: connections from r2d2_postgres's, opened on a helper
+/// thread within the query timeout as a whole (statements included), and
+/// checked on check-out within what is left of the check-out's time.
 pub struct Manager {
-    inner: PostgresConnectionManager<NoTls>,
+    connector: Connector,
+    failures: Arc<FailureLog>,
 }
 
 impl Manager {
-    pub fn new(config: postgres::Config) -> Manager {
+    pub(crate) fn new(connector: Connector, failures: Arc<FailureLog>) -> Manager {
         Manager {
-            inner: PostgresConnectionManager::new(config, NoTls),
+            connector,
+            failures,
         }
     }
 }
 
 impl ManageConnection for Manager {
     type Connection = Conn;
-    type Error = postgres::Error;
+    type Error = ConnError;
 
-    fn connect(&self) -> Result<Conn, postgres::Error> {
-        let mut client = self.inner.connect()?;
-        let stmts = Statements::prepare(&mut client)?;
+    fn connect(&self) -> Result<Conn, ConnError> {
+        let began = Instant::now();
+        let limit = self.connector.query_timeout;
+        let mut client = self.connector.open(limit)?;
+        // What is left of the bound, and at least a moment to prepare in.
+        let left = limit
+            .saturating_sub(began.elapsed())
+            .max(Duration::from_millis(100));
+        let stmts = client
+            .run_within("preparing statements", left, Statements::prepare)
+            .map_err(|err| {
+                if client.timed_out() {
+                    ConnError::TimedOut {
+                        doing: "preparing statements",
+                        after: limit,
+                    }
+                } else {
+                    ConnError::Db(err)
+                }
+            })?;
+        self.failures.success();
         Ok(Conn { client, stmts })
     }
 
-    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
-        self.inner.is_valid(&mut conn.client)
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), ConnError> {
+        let mut timeout = self.connector.query_timeout;
+        if let Some(deadline) = CHECKOUT_DEADLINE.get() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < MIN_CHECK {
+                HANDED_UNCHECKED.set(true);
+                return Ok(());
+            }
+            timeout = timeout.min(left);
+        }
+        conn.client.check(timeout)
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        self.inner.has_broken(&mut conn.client)
+        conn.client.is_broken()
     }
 }

@@ -7,22 +7,23 @@ mod coupons;
 mod error;
 mod retry;
 mod schema;
+mod watchdog;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
-use postgres::{Client, IsolationLevel, NoTls};
+use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
-pub use connection::Conn;
+pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
 pub use error::{RetryCause, StoreError};
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::SCHEMA_SQL;
 
-use connection::Manager;
+use connection::{CheckoutScope, Connector, FailureLog, Manager};
 use error::{Failure, classify};
 
 /// How the store reaches the database and how hard it tries.
@@ -35,57 +36,62 @@ pub struct StoreSettings {
     pub startup_timeout: Duration,
     /// How long a request waits for a pooled connection before 503.
     pub checkout_timeout: Duration,
+    /// The client-side deadline of every database operation (a transaction,
+    /// one attempt of a retried one, a query, a page of a stream) and of
+    /// opening a connection as a whole. Past it the connection is cut and
+    /// the request gets 503.
+    pub query_timeout: Duration,
 }
+
+/// TCP keepalives and TCP_USER_TIMEOUT, for a real network partition: an
+/// idle pooled connection to a host that vanished is found dead within
+/// about KEEPALIVE_IDLE + TCP_USER_TIMEOUT, and a connection whose sent data
+/// goes unacknowledged that long fails (the watchdog covers a database that
+/// acknowledges and does not answer; these cover one that is gone).
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
+const KEEPALIVE_RETRIES: u32 = 3;
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The least time given to one step of start-up (connecting, applying the
+/// schema), even when less of DB_STARTUP_TIMEOUT_SECS is left.
+const MIN_STARTUP_STEP: Duration = Duration::from_secs(1);
 
 /// The database, as the rest of the service sees it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<Manager>,
+    /// The health probe's own connection: a pool that is all busy with
+    /// work must not read as a database that does not answer.
+    health: Arc<Mutex<Option<Client>>>,
+    connector: Connector,
     retry: RetryPolicy,
     retries: Arc<RetryCounts>,
+    checkout_timeout: Duration,
 }
 
 impl Store {
     /// Connects (waiting for the database up to `startup_timeout`), applies
     /// the schema and fills the pool.
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let mut database = settings.database.clone();
-        database.connect_timeout(settings.checkout_timeout.max(Duration::from_secs(1)));
-        database.keepalives(true);
-        database.keepalives_idle(Duration::from_secs(30));
-        // A claim never needs seconds; a statement stuck that long means a
-        // sick database, and the client is better off with a 503.
-        //
-        // Connections live long, and a generic plan cached while the claims
-        // table was still empty scans it whole: on a fresh database, S1 fell
-        // from 2,709 to 1,313 claims/s between two 5 s runs, and a new server
-        // on the same data did 13,939. Custom plans cost a little planning per
-        // statement instead (seen after: 5,020, 5,057, 7,241 in three runs).
-        //
-        // Options given in DATABASE_URL come last, so they win.
-        let ours = "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
-                    -c plan_cache_mode=force_custom_plan";
-        let options = match database.get_options() {
-            Some(theirs) => format!("{ours} {theirs}"),
-            None => ours.to_owned(),
-        };
-        database.options(&options);
+        let connector = Connector::new(connection_config(settings), settings.query_timeout);
+        start_up(&connector, settings.startup_timeout)?;
 
-        let mut client = connect_with_retry(&database, settings.startup_timeout)?;
-        schema::apply(&mut client)
-            .map_err(|e| StoreError::Internal(format!("applying schema.sql: {e}")))?;
-        drop(client);
-
+        let failures = Arc::new(FailureLog::default());
+        let health = Arc::new(Mutex::new(None));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(0))
             .connection_timeout(settings.checkout_timeout)
-            .error_handler(Box::new(LogPoolErrors))
-            .build(Manager::new(database))?;
+            .error_handler(Box::new(LogPoolErrors(Arc::clone(&failures))))
+            .build(Manager::new(connector.clone(), failures))?;
         Ok(Store {
             pool,
+            health,
+            connector,
             retry: RetryPolicy::new(settings.max_retries),
             retries: Arc::new(RetryCounts::default()),
+            checkout_timeout: settings.checkout_timeout,
         })
     }
 
@@ -103,20 +109,52 @@ impl Store {
         )
     }
 
-    /// True when a connection can be had: the pool checks each one with a
-    /// round trip as it hands it out (or has just opened it).
+    /// True when the database answers a round trip on the probe's own
+    /// connection (opened again when needed), all within `timeout`,
+    /// whatever the database does.
     pub fn ping(&self, timeout: Duration) -> bool {
-        self.pool.get_timeout(timeout).is_ok()
+        let deadline = Instant::now() + timeout;
+        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        if health.as_ref().is_none_or(Client::is_broken) {
+            *health = self.connector.open(timeout).ok();
+        }
+        let Some(client) = health.as_mut() else {
+            return false;
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let answered = client
+            .run_within("the health probe", left, |c| c.simple_query(""))
+            .is_ok();
+        if !answered {
+            *health = None;
+        }
+        answered
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
-        Ok(self.pool.get()?)
+        self.checkout(self.checkout_timeout)
+    }
+
+    /// A pooled connection within `timeout`: waiting for one, opening one,
+    /// and the round trip that checks it, together. A connection that
+    /// could not be checked in time goes back unused.
+    fn checkout(&self, timeout: Duration) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
+        let scope = CheckoutScope::begin(Instant::now() + timeout);
+        let conn = self.pool.get_timeout(timeout)?;
+        if scope.handed_unchecked() {
+            return Err(StoreError::Unavailable(format!(
+                "no database connection answered within {timeout:?}"
+            )));
+        }
+        Ok(conn)
     }
 
     /// Runs `body` in a SERIALIZABLE transaction it opens and commits itself,
     /// from the start again on serialization failures, deadlocks and
     /// claim-uniqueness races, up to the retry bound (the PostgreSQL manual's
     /// advice: retry the complete transaction, including the decisions).
+    /// Each attempt has the query deadline; the pauses between them do not
+    /// count.
     fn serializable<T>(
         &self,
         mut body: impl FnMut(
@@ -128,16 +166,18 @@ impl Store {
         let mut retry = 0;
         loop {
             let Conn { client, stmts } = &mut *conn;
-            let attempt = client
-                .build_transaction()
-                .isolation_level(IsolationLevel::Serializable)
-                .start()
-                .and_then(|mut tx| {
-                    let value = body(&mut tx, stmts)?;
-                    tx.commit()?;
-                    Ok(value)
-                });
-            match attempt.map_err(classify) {
+            let attempt = client.run("a read-write transaction", |inner| {
+                inner
+                    .build_transaction()
+                    .isolation_level(IsolationLevel::Serializable)
+                    .start()
+                    .and_then(|mut tx| {
+                        let value = body(&mut tx, stmts)?;
+                        tx.commit()?;
+                        Ok(value)
+                    })
+            });
+            match attempt.map_err(|err| failure(client, err)) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(err)) => return Err(err),
                 Err(Failure::Retry(cause)) => {
@@ -158,11 +198,12 @@ impl Store {
     /// Runs one autocommitted read.
     fn read<T>(
         &self,
-        body: impl FnOnce(&mut Client, &connection::Statements) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Client, &connection::Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        body(client, stmts).map_err(|err| match classify(err) {
+        let result = client.run("a read", |inner| body(inner, stmts));
+        result.map_err(|err| match failure(client, err) {
             Failure::Fatal(err) => err,
             Failure::Retry(cause) => {
                 StoreError::Internal(format!("a plain read failed with {}", cause.label()))
@@ -181,17 +222,19 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let result = client
-            .build_transaction()
-            .isolation_level(IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .and_then(|mut tx| {
-                let value = body(&mut tx, stmts)?;
-                tx.commit()?;
-                Ok(value)
-            });
-        result.map_err(|err| match classify(err) {
+        let result = client.run("a read-only transaction", |inner| {
+            inner
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .and_then(|mut tx| {
+                    let value = body(&mut tx, stmts)?;
+                    tx.commit()?;
+                    Ok(value)
+                })
+        });
+        result.map_err(|err| match failure(client, err) {
             Failure::Fatal(err) => err,
             Failure::Retry(cause) => StoreError::Internal(format!(
                 "read-only transaction failed with {}",
@@ -201,34 +244,136 @@ impl Store {
     }
 }
 
-fn connect_with_retry(config: &postgres::Config, budget: Duration) -> Result<Client, StoreError> {
-    let deadline = Instant::now() + budget;
+/// Sorts the error of an operation on `client`; one that ran out of time
+/// says so.
+fn failure(client: &Client, err: postgres::Error) -> Failure {
+    if client.timed_out() {
+        return Failure::Fatal(StoreError::Unavailable(format!(
+            "no answer from the database within {:?} (DB_QUERY_TIMEOUT_MS)",
+            client.timeout()
+        )));
+    }
+    classify(err)
+}
+
+/// DATABASE_URL's connection settings with ours added. Settings given in
+/// DATABASE_URL win wherever the driver lets us tell that they were given.
+fn connection_config(settings: &StoreSettings) -> postgres::Config {
+    let mut database = settings.database.clone();
+    if database.get_connect_timeout().is_none() {
+        // The TCP connect only; the whole of opening a connection is bounded
+        // by the query timeout on the caller's side (`Connector::open`).
+        database.connect_timeout(settings.query_timeout);
+    }
+    database.keepalives(true);
+    // The driver's default idle time is two hours: any other value was set.
+    if database.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+        database.keepalives_idle(KEEPALIVE_IDLE);
+    }
+    if database.get_keepalives_interval().is_none() {
+        database.keepalives_interval(KEEPALIVE_INTERVAL);
+    }
+    if database.get_keepalives_retries().is_none() {
+        database.keepalives_retries(KEEPALIVE_RETRIES);
+    }
+    if database.get_tcp_user_timeout().is_none() {
+        database.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    // A claim never needs seconds; a statement stuck that long means a
+    // sick database, and the client is better off with a 503.
+    //
+    // Connections live long, and a generic plan cached while the claims
+    // table was still empty scans it whole: on a fresh database, S1 fell
+    // from 2,709 to 1,313 claims/s between two 5 s runs, and a new server
+    // on the same data did 13,939. Custom plans cost a little planning per
+    // statement instead (seen after: 5,020, 5,057, 7,241 in three runs).
+    //
+    // Options given in DATABASE_URL come last, so they win.
+    let ours = "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
+                -c plan_cache_mode=force_custom_plan";
+    let options = match database.get_options() {
+        Some(theirs) => format!("{ours} {theirs}"),
+        None => ours.to_owned(),
+    };
+    database.options(&options);
+    database
+}
+
+/// Why one start-up attempt failed.
+enum Attempt {
+    /// Worth trying again while time is left (the database is unreachable,
+    /// silent, starting or busy).
+    Again(String),
+    /// Trying again cannot help (the schema does not apply).
+    Fatal(StoreError),
+}
+
+/// Connects and applies the schema, trying again until `budget` is spent.
+/// Every step is bounded (by what is left of the budget, at least
+/// MIN_STARTUP_STEP, at most the query timeout), so this gives up within
+/// the budget plus about two such steps even against a database that
+/// accepts connections and never answers.
+fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
+    let began = Instant::now();
+    let deadline = began + budget;
+    let step = || {
+        deadline.saturating_duration_since(Instant::now()).clamp(
+            MIN_STARTUP_STEP,
+            connector.query_timeout().max(MIN_STARTUP_STEP),
+        )
+    };
     let mut pause = Duration::from_millis(100);
     loop {
-        match config.connect(NoTls) {
-            Ok(client) => {
-                info!("connected to the database");
-                return Ok(client);
-            }
-            Err(err) if Instant::now() + pause < deadline => {
-                warn!("database not reachable yet ({err}); retrying in {pause:?}");
-                thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-            Err(err) => {
-                return Err(StoreError::Unavailable(format!(
-                    "gave up after {budget:?}: {err}"
-                )));
-            }
+        let err = match start_up_once(connector, step) {
+            Ok(()) => return Ok(()),
+            Err(Attempt::Fatal(err)) => return Err(err),
+            Err(Attempt::Again(err)) => err,
+        };
+        if Instant::now() + pause < deadline {
+            warn!("database not reachable yet ({err}); retrying in {pause:?}");
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_secs(2));
+        } else {
+            return Err(StoreError::Unavailable(format!(
+                "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
+                began.elapsed(),
+                budget.as_secs()
+            )));
         }
     }
 }
 
-#[derive(Debug)]
-struct LogPoolErrors;
+fn start_up_once(connector: &Connector, step: impl Fn() -> Duration) -> Result<(), Attempt> {
+    let mut client = connector
+        .open(step())
+        .map_err(|err| Attempt::Again(err.to_string()))?;
+    info!("connected to the database");
+    client
+        .run_within("applying the schema", step(), schema::apply)
+        .map_err(|err| match failure(&client, err) {
+            Failure::Retry(cause) => {
+                Attempt::Again(format!("applying schema.sql: {}", cause.label()))
+            }
+            Failure::Fatal(StoreError::Unavailable(cause)) => {
+                Attempt::Again(format!("applying schema.sql: {cause}"))
+            }
+            Failure::Fatal(err) => {
+                Attempt::Fatal(StoreError::Internal(format!("applying schema.sql: {err}")))
+            }
+        })
+}
 
-impl r2d2::HandleError<postgres::Error> for LogPoolErrors {
-    fn handle_error(&self, err: postgres::Error) {
-        warn!("database connection failed: {err}");
+/// r2d2's failed connects and checks, into the log at a readable rate.
+struct LogPoolErrors(Arc<FailureLog>);
+
+impl std::fmt::Debug for LogPoolErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogPoolErrors")
+    }
+}
+
+impl r2d2::HandleError<ConnError> for LogPoolErrors {
+    fn handle_error(&self, err: ConnError) {
+        self.0.failure(&err);
     }
 }

@@ -20,6 +20,8 @@ pub struct OwnedCluster {
     port: u16,
     as_root: bool,
     running: AtomicBool,
+    /// Its processes are stopped with SIGSTOP (see `pause`).
+    paused: AtomicBool,
 }
 
 impl OwnedCluster {
@@ -50,6 +52,7 @@ impl OwnedCluster {
             port,
             as_root,
             running: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
         };
         if as_root {
             // initdb and postgres refuse to run as root.
@@ -153,6 +156,51 @@ impl OwnedCluster {
         began.elapsed()
     }
 
+    /// Stops every process of the cluster (the postmaster and all its
+    /// children) with SIGSTOP: the kernel still accepts and acknowledges
+    /// TCP for them, but nothing answers, as with a frozen VM or a stalled
+    /// disk. `resume` (or dropping the cluster) lets them go on.
+    pub fn pause(&self) {
+        let postmaster = self
+            .postmaster_pid()
+            .expect("the postmaster's pid (is the cluster running?)");
+        // The postmaster first, so that it forks nothing unseen; then its
+        // children, twice over for any forked meanwhile.
+        signal(postmaster, libc::SIGSTOP);
+        for _ in 0..2 {
+            for child in children_of(postmaster) {
+                signal(child, libc::SIGSTOP);
+            }
+        }
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets the processes stopped by `pause` go on (SIGCONT).
+    pub fn resume(&self) {
+        if let Some(postmaster) = self.postmaster_pid() {
+            for child in children_of(postmaster) {
+                signal(child, libc::SIGCONT);
+            }
+            signal(postmaster, libc::SIGCONT);
+        }
+        self.paused.store(false, Ordering::SeqCst);
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
+    }
+
+    /// The first line of postmaster.pid.
+    fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data.join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The last `lines` lines of the cluster's log, for failure messages.
     pub fn log_tail(&self, lines: usize) -> String {
         let text = std::fs::read_to_string(self.dir.join("log")).unwrap_or_default();
@@ -213,8 +261,36 @@ impl OwnedCluster {
     }
 }
 
+/// The processes whose parent is `parent`, from /proc.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // "pid (comm) state ppid ...": comm may hold spaces and parens.
+            let after_comm = &stat[stat.rfind(')')? + 1..];
+            let ppid: i32 = after_comm.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+fn signal(pid: i32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
 impl Drop for OwnedCluster {
     fn drop(&mut self) {
+        if self.is_paused() {
+            self.resume();
+        }
         if self.data.join("postmaster.pid").exists() {
             let _ = self
                 .pg("pg_ctl")

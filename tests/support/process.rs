@@ -124,3 +124,72 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// The real binary started without waiting for it to listen: for start-ups
+/// that are meant to hang or fail.
+pub struct Starting {
+    pub child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Starting {
+    /// Starts `flash-coupons` against `database_url` (with the same defaults
+    /// as `ServerProcess::spawn`) and collects its stderr.
+    pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Starting {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
+        cmd.env_clear()
+            .env("DATABASE_URL", database_url)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_LEVEL", "info")
+            .env("WORKERS", "8")
+            .env("DB_POOL_SIZE", "8")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("starting flash-coupons");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        {
+            let log = Arc::clone(&log);
+            thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    log.lock().unwrap().push(line);
+                }
+            });
+        }
+        Starting { child, log }
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits up to `limit` for the process to exit; its exit code if it did.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status.code());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
