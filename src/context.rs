@@ -1,10 +1,15 @@
-use std::time::Duration;
+//! What every request handler can reach, shared by all workers.
+
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use crate::claims::Claims;
+use crate::config::Config;
+use crate::http::{Budget, Outgoing};
 use crate::metrics::Metrics;
 use crate::store::Store;
+use crate::workers::Submitter;
 
-/// What every request handler can reach: shared by all workers.
 pub struct Context {
     pub store: Store,
     pub claims: Claims,
@@ -14,20 +19,53 @@ pub struct Context {
     pub keep_alive_requests: u32,
     /// When set, creating coupons needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
+    /// Memory that answers made whole before writing may hold at once.
+    pub budget: Arc<Budget>,
+    writers: Writers,
+    write_timeout: Duration,
+    health: HealthProbe,
+}
+
+/// Where answers go to be written: large ones (see `http::budget`) to
+/// writers of their own, as many as there are large-answer places, so that
+/// one never waits for a writer and slow readers of them hold no other.
+pub struct Writers {
+    pub small: Submitter<Outgoing>,
+    pub large: Submitter<Outgoing>,
+}
+
+/// One health probe at a time: /healthz requests that arrive while one runs
+/// take its result, so a burst of them costs the database one round trip.
+#[derive(Default)]
+struct HealthProbe {
+    state: Mutex<ProbeState>,
+    ended: Condvar,
+}
+
+#[derive(Default)]
+struct ProbeState {
+    running: bool,
+    /// Probes ended so far, and the last one's result.
+    ended: u64,
+    answered: bool,
 }
 
 /// How long /healthz waits for the database before saying 503.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Context {
-    pub fn new(store: Store, keep_alive_requests: u32, admin_token: Option<String>) -> Context {
+    pub fn new(store: Store, config: &Config, writers: Writers) -> Context {
         let claims = Claims::new(store.clone());
         Context {
             metrics: Metrics::new(&claims),
             claims,
             store,
-            keep_alive_requests,
-            admin_token,
+            keep_alive_requests: config.keep_alive_requests,
+            admin_token: config.admin_token.clone(),
+            budget: Budget::new(config.response_buffer_bytes, config.large_answers),
+            writers,
+            write_timeout: config.write_timeout,
+            health: HealthProbe::default(),
         }
     }
 
@@ -43,7 +81,54 @@ impl Context {
         }
     }
 
-    pub fn database_answers(&self) -> bool {
-        self.store.ping(HEALTH_TIMEOUT)
+    /// Hands an answer to the writers; writes it here once they have
+    /// stopped (at the very end of a shutdown).
+    pub fn answer(&self, outgoing: Outgoing) {
+        let writers = if outgoing.reply.is_large() {
+            &self.writers.large
+        } else {
+            &self.writers.small
+        };
+        if let Err(outgoing) = writers.submit(outgoing) {
+            crate::http::write(outgoing, self.write_timeout);
+        }
     }
+
+    pub fn write_timeout(&self) -> Duration {
+        self.write_timeout
+    }
+
+    pub fn database_answers(&self) -> bool {
+        let probe = &self.health;
+        let mut state = lock(&probe.state);
+        if state.running {
+            let this_one = state.ended;
+            let deadline = Instant::now() + HEALTH_TIMEOUT * 2;
+            while state.ended == this_one {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return false;
+                }
+                state = probe
+                    .ended
+                    .wait_timeout(state, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            return state.answered;
+        }
+        state.running = true;
+        drop(state);
+        let answered = self.store.ping(HEALTH_TIMEOUT);
+        let mut state = lock(&probe.state);
+        state.running = false;
+        state.ended += 1;
+        state.answered = answered;
+        probe.ended.notify_all();
+        answered
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Sender, bounded, select};
+use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, select, unbounded};
 use log::error;
 
 pub struct WorkerPool<J: Send + 'static> {
@@ -31,16 +31,33 @@ impl<J> Submitter<J> {
     pub fn submit(&self, job: J) -> Result<(), J> {
         self.0.send(job).map_err(|e| e.into_inner())
     }
+
+    /// Queues a job only if there is room now.
+    pub fn try_submit(&self, job: J) -> Result<(), Refused<J>> {
+        self.0.try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) => Refused::Full(job),
+            TrySendError::Disconnected(job) => Refused::Stopped(job),
+        })
+    }
+}
+
+/// A job [`Submitter::try_submit`] gives back, and why.
+pub enum Refused<J> {
+    /// Every place in the queue is taken.
+    Full(J),
+    /// The pool has stopped.
+    Stopped(J),
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
     /// Starts `size` threads that run `handle` on each job; at most
-    /// `queue` jobs wait for a free thread before `submit` blocks.
-    pub fn new<F>(name: &str, size: usize, queue: usize, handle: F) -> std::io::Result<Self>
+    /// `queue` jobs wait for a free thread before `submit` blocks (`None`:
+    /// no bound).
+    pub fn new<F>(name: &str, size: usize, queue: Option<usize>, handle: F) -> std::io::Result<Self>
     where
         F: Fn(J) + Send + Sync + 'static,
     {
-        let (jobs, receiver) = bounded::<J>(queue);
+        let (jobs, receiver) = queue.map_or_else(unbounded, bounded::<J>);
         let (stop, stopped) = bounded::<()>(0);
         let handle = Arc::new(handle);
         let workers = (0..size)
@@ -106,7 +123,7 @@ mod tests {
     fn dropping_the_pool_runs_every_queued_job_first() {
         let done = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&done);
-        let pool = WorkerPool::new("t", 3, 100, move |n: usize| {
+        let pool = WorkerPool::new("t", 3, Some(100), move |n: usize| {
             thread::sleep(std::time::Duration::from_millis(1));
             counter.fetch_add(n, Ordering::SeqCst);
         })
@@ -124,7 +141,7 @@ mod tests {
     fn a_panicking_job_does_not_kill_its_worker() {
         let done = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&done);
-        let pool = WorkerPool::new("t", 1, 10, move |n: usize| {
+        let pool = WorkerPool::new("t", 1, Some(10), move |n: usize| {
             if n == 0 {
                 panic!("a deliberate panic in a test job");
             }

@@ -101,7 +101,9 @@ fn holders_in_order(app_db: &TestDb, coupon: &str) -> Vec<String> {
 
 #[test]
 fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_model() {
-    let app = TestApp::spawn();
+    // The test holds the coupon's row for as long as the claims take to
+    // queue: the query deadline must not cut the leader's wait meanwhile.
+    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
     app.create("MIX", 12);
     for early in ["early_1", "early_2"] {
         assert_eq!(app.claim(early, "MIX").status, 200);

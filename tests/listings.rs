@@ -108,26 +108,24 @@ fn a_coupon_with_many_claims_is_streamed_whole_and_in_order() {
 }
 
 #[test]
-fn the_streamed_body_is_chunked_for_http_1_1_and_close_delimited_for_1_0() {
+fn the_coupon_body_has_its_length_for_http_1_1_and_1_0_alike() {
     let app = TestApp::spawn();
     seed_claims(&app, "S", 3);
-    let got = raw(
-        app.addr(),
-        b"GET /api/coupons/S HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
-        Duration::from_secs(5),
-    );
-    assert_eq!(statuses(&got), vec![200]);
-    assert!(got.contains("Transfer-Encoding: chunked"), "{got}");
-    assert!(got.ends_with("0\r\n\r\n"), "{got}");
-    let old = raw(
-        app.addr(),
-        b"GET /api/coupons/S HTTP/1.0\r\n\r\n",
-        Duration::from_secs(5),
-    );
-    let body = old.split_once("\r\n\r\n").unwrap().1;
-    let parsed: Value = serde_json::from_str(body).unwrap();
-    assert_eq!(
-        parsed["claimed_by"],
-        serde_json::json!(["user_1", "user_2", "user_3"])
-    );
+    for request in [
+        &b"GET /api/coupons/S HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /api/coupons/S HTTP/1.0\r\n\r\n"[..],
+    ] {
+        let got = raw(app.addr(), request, Duration::from_secs(5));
+        assert_eq!(statuses(&got), vec![200]);
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("Content-Length: {}", body.len())),
+            "{got}"
+        );
+        let parsed: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            parsed["claimed_by"],
+            serde_json::json!(["user_1", "user_2", "user_3"])
+        );
+    }
 }

@@ -7,9 +7,24 @@ use tiny_http::Request;
 use super::error::{ApiError, FieldProblem};
 use super::intake::{Body, MAX_BODY_BYTES};
 
-/// The body as one JSON object, refusing the wrong media type, bodies over
-/// the limit and anything that is not one JSON object.
+/// The body as one JSON object, refusing a body that did not arrive whole,
+/// the wrong media type, bodies over the limit and anything that is not one
+/// JSON object, in that order.
 pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>, ApiError> {
+    // What did not arrive whole cannot be judged by its type or content.
+    let bytes = match body {
+        Body::TimedOut => return Err(ApiError::RequestTimeout),
+        &Body::Incomplete { received, declared } => {
+            return Err(ApiError::IncompleteBody { received, declared });
+        }
+        Body::Read(bytes) => Ok(bytes),
+        Body::TooLarge | Body::Abandoned => Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }),
+        Body::Unreadable(cause) => Err(ApiError::InvalidJson(format!(
+            "the body could not be read ({cause})"
+        ))),
+    };
     let content_type = request
         .headers()
         .iter()
@@ -18,20 +33,7 @@ pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>,
     if !content_type.is_some_and(is_json) {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let bytes = match body {
-        Body::Read(bytes) => bytes,
-        Body::TooLarge | Body::Abandoned => {
-            return Err(ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
-            });
-        }
-        Body::Unreadable(cause) => {
-            return Err(ApiError::InvalidJson(format!(
-                "the body could not be read ({cause})"
-            )));
-        }
-    };
-    match serde_json::from_slice(bytes) {
+    match serde_json::from_slice(bytes?) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::BodyNotObject),
         Err(e) => Err(ApiError::InvalidJson(e.to_string())),

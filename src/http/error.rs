@@ -51,6 +51,16 @@ pub enum ApiError {
         limit: usize,
     },
     InvalidJson(String),
+    /// The client stopped sending its body before the end it promised
+    /// (Content-Length or chunks) for longer than the socket's read timeout
+    /// (HTTP_IDLE_TIMEOUT_SECS).
+    RequestTimeout,
+    /// The client closed its sending side after `received` of the
+    /// `declared` Content-Length bytes.
+    IncompleteBody {
+        received: usize,
+        declared: usize,
+    },
     BodyNotObject,
     UnknownField(String),
     Field {
@@ -63,6 +73,9 @@ pub enum ApiError {
     AlreadyClaimed,
     OutOfStock,
     ShuttingDown,
+    /// Every place for this kind of work is taken (a lane's queue, or the
+    /// memory for large answers); waiting a moment helps.
+    Overloaded,
     NotStarted,
     Expired,
     InvalidLimit,
@@ -101,7 +114,9 @@ impl ApiError {
             ApiError::Forbidden => 403,
             ApiError::UnsupportedMediaType => 415,
             ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::RequestTimeout => 408,
             ApiError::InvalidJson(_)
+            | ApiError::IncompleteBody { .. }
             | ApiError::BodyNotObject
             | ApiError::UnknownField(_)
             | ApiError::Field { .. }
@@ -109,6 +124,7 @@ impl ApiError {
             | ApiError::OutOfStock => 400,
             ApiError::CouponExists | ApiError::AlreadyClaimed => 409,
             ApiError::ShuttingDown
+            | ApiError::Overloaded
             | ApiError::Store(StoreError::Busy { .. } | StoreError::Unavailable(_)) => 503,
             ApiError::Store(StoreError::Internal(_)) => 500,
         }
@@ -121,6 +137,8 @@ impl ApiError {
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::InvalidJson(_) => "invalid_json",
+            ApiError::RequestTimeout => "request_timeout",
+            ApiError::IncompleteBody { .. } => "incomplete_body",
             ApiError::BodyNotObject => "body_not_object",
             ApiError::UnknownField(_) => "unknown_field",
             ApiError::Field { field, problem } => return format!("{field}_{}", problem.reason()),
@@ -130,6 +148,7 @@ impl ApiError {
             ApiError::AlreadyClaimed => "already_claimed",
             ApiError::OutOfStock => "out_of_stock",
             ApiError::ShuttingDown => "shutting_down",
+            ApiError::Overloaded => "overloaded",
             ApiError::NotStarted => "not_started",
             ApiError::Expired => "expired",
             ApiError::InvalidLimit => "invalid_limit",
@@ -179,6 +198,13 @@ impl ApiError {
             ApiError::InvalidJson(detail) => {
                 format!("The request body is not valid JSON: {detail}.")
             }
+            ApiError::RequestTimeout => {
+                "The request body stopped arriving before its end; please send it again, whole."
+                    .to_owned()
+            }
+            ApiError::IncompleteBody { received, declared } => format!(
+                "The request body ended after {received} of the {declared} bytes its Content-Length declares."
+            ),
             ApiError::BodyNotObject => "The request body must be a JSON object.".to_owned(),
             ApiError::UnknownField(name) => {
                 format!("The field {name:?} is not accepted here.")
@@ -192,6 +218,9 @@ impl ApiError {
             ApiError::AlreadyClaimed => "This user has already claimed this coupon.".to_owned(),
             ApiError::OutOfStock => "This coupon has no units left.".to_owned(),
             ApiError::ShuttingDown => "The server is shutting down; please try again.".to_owned(),
+            ApiError::Overloaded => {
+                "The server is at its limit for this kind of request; please try again.".to_owned()
+            }
             ApiError::Store(StoreError::Busy { .. }) => {
                 "The coupon is too busy right now; please try again.".to_owned()
             }

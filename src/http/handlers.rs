@@ -1,4 +1,4 @@
-use std::io::{self, Write};
+use std::io::Write;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, utf8_percent_encode};
 use serde::Serialize;
@@ -11,6 +11,7 @@ use crate::domain::{
 use crate::store::{Claimers, StoreError};
 
 use super::body::{Fields, json_object};
+use super::budget::Buffer;
 use super::error::{ApiError, FieldProblem};
 use super::intake::Incoming;
 use super::query;
@@ -126,41 +127,45 @@ pub fn claim_reply(
     }
 }
 
-/// The spec's coupon body, streamed: claimers are read and written a page
-/// at a time from one snapshot.
+/// The spec's coupon body. Claimers are read a page at a time from one
+/// snapshot into a buffer charged to the response budget; the database
+/// connection goes back to the pool before the first byte is written.
 pub fn get_coupon(ctx: &Context, raw_name: &str) -> Result<Reply, ApiError> {
     let name = path_name(raw_name)?;
     let (coupon, claimers) = ctx
         .store
         .coupon_with_claimers(&name)?
         .ok_or(ApiError::CouponNotFound)?;
-    Ok(Reply::json_stream(
-        200,
-        Box::new(move |out| write_coupon(out, &coupon, claimers)),
-    ))
+    let mut body = ctx.budget.buffer();
+    write_coupon(&mut body, &coupon, claimers)?;
+    let (bytes, reserved) = body.into_parts();
+    Ok(Reply::json_bytes(200, bytes, reserved))
 }
 
-fn write_coupon(out: &mut dyn Write, coupon: &Coupon, mut claimers: Claimers) -> io::Result<()> {
-    let mut head = serde_json::to_vec(&CouponFields::from(coupon))?;
+/// Writing to a [`Buffer`] fails only when the budget is spent.
+fn write_coupon(out: &mut Buffer, coupon: &Coupon, mut claimers: Claimers) -> Result<(), ApiError> {
+    let spent = |_| ApiError::Overloaded;
+    let mut head =
+        serde_json::to_vec(&CouponFields::from(coupon)).map_err(|_| ApiError::Overloaded)?;
     head.pop(); // the closing brace: claimed_by follows
-    out.write_all(&head)?;
-    out.write_all(b",\"claimed_by\":[")?;
+    out.write_all(&head).map_err(spent)?;
+    out.write_all(b",\"claimed_by\":[").map_err(spent)?;
     let mut first = true;
     loop {
-        let page = claimers.next_page().map_err(io::Error::other)?;
+        let page = claimers.next_page()?;
         if page.is_empty() {
             break;
         }
         for user in page {
             if !first {
-                out.write_all(b",")?;
+                out.write_all(b",").map_err(spent)?;
             }
             first = false;
-            serde_json::to_writer(&mut *out, &user)?;
+            serde_json::to_writer(&mut *out, &user).map_err(|_| ApiError::Overloaded)?;
         }
     }
-    out.write_all(b"]}")?;
-    claimers.finish().map_err(io::Error::other)
+    out.write_all(b"]}").map_err(spent)?;
+    Ok(claimers.finish()?)
 }
 
 /// GET /api/coupons/{name}/claims?limit=&after=

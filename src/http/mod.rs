@@ -1,8 +1,19 @@
-//! HTTP glue: intake, routing, bodies, answers and the request log line.
+//! HTTP glue: the gate every request enters by, intake, routing, bodies,
+//! answers and the request log line.
+//!
+//! A request's path: tiny_http parses it; the [`Gate`] starts it when its
+//! connection has nothing else in progress, reads its body off the socket
+//! and puts it on a lane; a worker (or a light thread) runs its handler
+//! ([`serve`]); a claim may be decided by another claim's batch leader; the
+//! answer goes to a writer ([`response`]), whose finished write starts the
+//! connection's next request.
 
 mod auth;
 mod body;
+mod budget;
+mod connections;
 mod error;
+mod gate;
 mod handlers;
 mod intake;
 mod query;
@@ -13,22 +24,28 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use log::{error, info, warn};
-use tiny_http::Method;
 
 use crate::context::Context;
 use crate::domain::ClaimOutcome;
 use crate::store::StoreError;
 
+pub use budget::Budget;
 pub use error::{ApiError, FieldProblem};
-pub use intake::{Body, Incoming, MAX_BODY_BYTES, take_in};
-pub use response::Reply;
-use router::{Route, route};
+pub use gate::{Gate, Job};
+pub use intake::{Body, Incoming, MAX_BODY_BYTES};
+pub use response::{Outgoing, Reply, send as write};
+use router::Endpoint;
 
 /// Answers one request completely, whatever it holds. A claim is answered
 /// by whichever thread decides it, which may be another worker's.
-pub fn serve(ctx: &Arc<Context>, incoming: Incoming) {
-    let started = Instant::now();
+pub fn serve(ctx: &Arc<Context>, job: Job) {
     ctx.metrics.request_started();
+    let Job {
+        incoming,
+        endpoint,
+        label,
+        started,
+    } = job;
     if let Body::Abandoned = incoming.body {
         // Answered before routing: such a request is never dropped (see intake).
         let too_large = ApiError::PayloadTooLarge {
@@ -36,32 +53,34 @@ pub fn serve(ctx: &Arc<Context>, incoming: Incoming) {
         };
         return finish(ctx, incoming, started, "none", Err(too_large));
     }
-    let found = route(incoming.request.url());
-    let label = found.as_ref().map_or("none", Route::label);
-    if let (Some(Route::Claim), Method::Post) = (&found, incoming.request.method()) {
-        match handlers::parse_claim(&incoming) {
-            Ok((coupon, user)) => {
-                let (c, u) = (coupon.clone(), user.clone());
-                let shared = Arc::clone(ctx);
-                ctx.claims.submit(
-                    coupon,
-                    user,
-                    Box::new(move |outcome| {
-                        shared.metrics.claim_answered(outcome_label(&outcome));
-                        let reply = handlers::claim_reply(&c, &u, outcome);
-                        finish(&shared, incoming, started, label, reply)
-                    }),
-                );
-            }
-            Err(err) => {
-                ctx.metrics.claim_answered("invalid");
-                finish(ctx, incoming, started, label, Err(err))
-            }
-        }
-        return;
+    if let Endpoint::Claim = endpoint {
+        return claim(ctx, incoming, started, label);
     }
-    let result = dispatch(ctx, found, &incoming);
+    let result = dispatch(ctx, endpoint, &incoming);
     finish(ctx, incoming, started, label, result);
+}
+
+/// Hands a claim to the claim path; the thread that decides it answers.
+fn claim(ctx: &Arc<Context>, incoming: Incoming, started: Instant, label: &'static str) {
+    match handlers::parse_claim(&incoming) {
+        Ok((coupon, user)) => {
+            let (c, u) = (coupon.clone(), user.clone());
+            let shared = Arc::clone(ctx);
+            ctx.claims.submit(
+                coupon,
+                user,
+                Box::new(move |outcome| {
+                    shared.metrics.claim_answered(outcome_label(&outcome));
+                    let reply = handlers::claim_reply(&c, &u, outcome);
+                    finish(&shared, incoming, started, label, reply)
+                }),
+            );
+        }
+        Err(err) => {
+            ctx.metrics.claim_answered("invalid");
+            finish(ctx, incoming, started, label, Err(err))
+        }
+    }
 }
 
 fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
@@ -78,28 +97,25 @@ fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
     }
 }
 
-fn dispatch(ctx: &Context, found: Option<Route>, incoming: &Incoming) -> Result<Reply, ApiError> {
-    let found = found.ok_or(ApiError::RouteNotFound)?;
-    match (&found, incoming.request.method()) {
-        (Route::Health, Method::Get) => Ok(handlers::health(ctx)),
-        (Route::Metrics, Method::Get) => Ok(handlers::metrics(ctx)),
-        (Route::Coupons, Method::Get) => handlers::coupons_page(ctx, incoming.request.url()),
-        (Route::Coupons, Method::Post) => {
+fn dispatch(ctx: &Context, endpoint: Endpoint, incoming: &Incoming) -> Result<Reply, ApiError> {
+    let target = incoming.request.url();
+    match endpoint {
+        Endpoint::Health => Ok(handlers::health(ctx)),
+        Endpoint::Metrics => Ok(handlers::metrics(ctx)),
+        Endpoint::ListCoupons => handlers::coupons_page(ctx, target),
+        Endpoint::CreateCoupon => {
             auth::require_admin(ctx, &incoming.request)?;
             handlers::create_coupon(ctx, incoming)
         }
-        (Route::Claim, Method::Get) => handlers::get_coupon(ctx, "claim"),
-        (Route::Coupon(name), Method::Get) => handlers::get_coupon(ctx, name),
-        (Route::CouponClaims(name), Method::Get) => {
-            handlers::claims_page(ctx, name, incoming.request.url())
-        }
-        _ => Err(ApiError::MethodNotAllowed {
-            allow: found.allow(),
-        }),
+        Endpoint::Claim => unreachable!("claims take the claim path"),
+        Endpoint::GetCoupon(name) => handlers::get_coupon(ctx, &name),
+        Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, target),
+        Endpoint::NotFound => Err(ApiError::RouteNotFound),
+        Endpoint::MethodNotAllowed { allow } => Err(ApiError::MethodNotAllowed { allow }),
     }
 }
 
-/// Sends the answer, and records its log line and metrics.
+/// Records the answer's log line and metrics, and hands it to a writer.
 fn finish(
     ctx: &Context,
     incoming: Incoming,
@@ -120,18 +136,23 @@ fn finish(
         err.into_reply()
     });
     let status = reply.status;
-    response::send(incoming, reply, ctx.keep_alive());
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
     info!(
         "{method} {target} {status} {:.3}ms",
         took.as_secs_f64() * 1000.0
     );
+    ctx.answer(Outgoing {
+        incoming,
+        reply,
+        keep_alive: ctx.keep_alive(),
+    });
 }
 
-/// Answers a request that arrived too late to be served: the pool stopped.
-pub fn refuse_while_stopping(incoming: Incoming) {
-    response::send(incoming, ApiError::ShuttingDown.into_reply(), false);
+/// Answers a request that no lane could take.
+fn refuse(ctx: &Context, job: Job, err: ApiError) {
+    ctx.metrics.request_started();
+    finish(ctx, job.incoming, job.started, job.label, Err(err));
 }
 
 /// A request target fit for one log line: bounded and escaped.

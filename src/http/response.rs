@@ -1,30 +1,36 @@
-//! Answers, written to the socket by us rather than by tiny_http, so that we
-//! decide the connection's fate: tiny_http drops a `Connection` header set on
-//! its responses, and a kept-alive connection holds one of its threads for as
+//! Answers, and the threads that write them.
+//!
+//! Handlers and claim batch leaders never touch a socket: they make a
+//! [`Reply`] whole in memory and hand it to the writers, threads whose only
+//! job is to wait on clients. Each answer gets a total deadline
+//! (HTTP_WRITE_TIMEOUT_SECS), so a client that reads slowly holds a writer
+//! for that long at most, never a worker, a batch leader or a database
+//! connection.
+//!
+//! The head is ours rather than tiny_http's so that we decide the
+//! connection's fate: tiny_http drops a `Connection` header set on its
+//! responses, and a kept-alive connection holds one of its threads for as
 //! long as the client keeps it.
 
 use std::io::{self, Write};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use log::{debug, warn};
 use serde::Serialize;
 use tiny_http::{Method, Response, StatusCode};
 
+use super::budget::Reserved;
+use super::gate::Turn;
 use super::intake::{Body, Incoming};
-
-/// Writes a body of unknown length.
-pub type Stream = Box<dyn FnOnce(&mut dyn Write) -> io::Result<()> + Send>;
-
-enum Content {
-    Bytes(Vec<u8>),
-    Stream(Stream),
-}
 
 /// A finished answer, before it is written to the socket.
 pub struct Reply {
     pub status: u16,
-    content: Content,
+    body: Vec<u8>,
     headers: Vec<(&'static str, String)>,
+    /// What the body holds of the response budget, given back once it
+    /// has been written.
+    reserved: Option<Reserved>,
 }
 
 impl Reply {
@@ -36,19 +42,33 @@ impl Reply {
     pub fn text(status: u16, content_type: &str, body: Vec<u8>) -> Reply {
         Reply {
             status,
-            content: Content::Bytes(body),
+            body,
             headers: vec![("Content-Type", content_type.to_owned())],
+            reserved: None,
         }
     }
 
-    /// A JSON answer written as it is produced, never whole in memory.
-    pub fn json_stream(status: u16, write: Stream) -> Reply {
+    /// A JSON body made outside [`json`], with the memory it holds.
+    pub fn json_bytes(status: u16, body: Vec<u8>, reserved: Reserved) -> Reply {
         Reply {
-            status,
-            content: Content::Stream(write),
-            headers: vec![("Content-Type", "application/json".to_owned())],
+            reserved: Some(reserved),
+            ..Reply::text(status, "application/json", body)
         }
     }
+}
+
+impl Reply {
+    /// Written by a writer for large answers (see `budget`).
+    pub fn is_large(&self) -> bool {
+        self.reserved.as_ref().is_some_and(Reserved::is_large)
+    }
+}
+
+/// An answer on its way to a writer.
+pub struct Outgoing {
+    pub incoming: Incoming,
+    pub reply: Reply,
+    pub keep_alive: bool,
 }
 
 fn head(
@@ -76,138 +96,158 @@ fn head(
 pub fn json(status: u16, body: &impl Serialize) -> Reply {
     // Serializing our own plain structs and json! values cannot fail.
     let body = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    Reply {
-        status,
-        content: Content::Bytes(body),
-        headers: vec![("Content-Type", "application/json".to_owned())],
-    }
+    Reply::text(status, "application/json", body)
 }
 
-/// Writes the reply and lets the connection close (unless `keep_alive`).
+/// Writes the reply within `timeout` in all, and lets the connection close
+/// (unless `keep_alive`). Runs on a writer; the request's connection turn
+/// ends only after the answer is out, so the next request on it never waits
+/// here for this one.
 ///
 /// A request whose huge body was left unread is answered through `upgrade`
 /// and then leaked on purpose: dropping it would make tiny_http allocate the
 /// declared size to drain it (see `intake`). The cost is that connection's
 /// thread and socket, until the process ends.
-pub fn send(incoming: Incoming, reply: Reply, keep_alive: bool) {
-    let Incoming { request, body } = incoming;
-    if let Body::Abandoned = body {
-        let bytes = match reply.content {
-            Content::Bytes(bytes) => bytes,
-            Content::Stream(_) => Vec::new(),
-        };
-        let mut response = Response::from_data(bytes).with_status_code(StatusCode(reply.status));
-        for (name, value) in &reply.headers {
-            if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
-                response.add_header(header);
-            }
+pub fn send(outgoing: Outgoing, timeout: Duration) {
+    let Outgoing {
+        incoming: Incoming {
+            request,
+            body,
+            turn,
+        },
+        reply,
+        keep_alive,
+    } = outgoing;
+    match body {
+        Body::Abandoned => {
+            warn!("giving up a connection that declared an oversized body");
+            // tiny_http writes the answer; the connection is never dropped.
+            std::mem::forget(request.upgrade("close", tiny_response(reply)));
+            return turn.cut();
         }
-        warn!("giving up a connection that declared an oversized body");
-        std::mem::forget(request.upgrade("close", response));
-        return;
+        Body::TimedOut | Body::Incomplete { .. } | Body::Unreadable(_) => {
+            return answer_unfinished_body(request, reply, turn);
+        }
+        Body::Read(_) | Body::TooLarge => {}
     }
     let http11 = *request.http_version() == (1, 1);
     // Only HTTP/1.1 clients that did not ask to close may keep the
     // connection; tiny_http closes it after the others by itself.
-    let keep_alive = keep_alive
+    // Requests already waiting behind this one on the connection are served
+    // before it closes: a client that pipelined them expects their answers.
+    let keep_alive = (keep_alive || turn.others_waiting())
         && http11
         && !request
             .headers()
             .iter()
             .any(|h| h.field.equiv("Connection") && h.value.as_str().eq_ignore_ascii_case("close"));
     let head_only = *request.method() == Method::Head;
-    let mut writer = request.into_writer();
-    if let Err(err) = write_reply(&mut writer, reply, keep_alive, http11, head_only) {
-        // The client went away or stopped reading, or a stream failed half
-        // way: the client sees a cut-off body, never a wrong one.
-        debug!("writing a response failed: {err}");
+    let mut writer = Deadline {
+        inner: request.into_writer(),
+        until: Instant::now() + timeout,
+    };
+    let written = write_reply(&mut writer, reply, keep_alive, head_only);
+    // The writer first: the next answer on this connection waits for it.
+    drop(writer);
+    match written {
+        // After `Connection: close`, requests the client had already sent
+        // are still answered: it may read them, and dropping them would
+        // leave it guessing which were worked on.
+        Ok(()) => drop(turn),
+        Err(err) => {
+            // The client went away, stopped reading, or read too slowly: it
+            // sees a cut-off body, never a wrong one, and nothing more.
+            debug!("writing a response failed: {err}");
+            turn.cut();
+        }
     }
+}
+
+/// Part of the body may still be on the socket, and tiny_http reads it off
+/// (waiting on the client) when the request is dropped. `respond` writes the
+/// answer before it drops the request, so the client gets its answer at
+/// once; and it runs on a thread of its own, so that the reading holds no
+/// writer. Nothing more is answered on the connection.
+fn answer_unfinished_body(request: tiny_http::Request, reply: Reply, turn: Turn) {
+    let respond = move || {
+        if let Err(err) = request.respond(tiny_response(reply)) {
+            debug!("writing a response failed: {err}");
+        }
+        turn.cut();
+    };
+    let shared = std::sync::Arc::new(std::sync::Mutex::new(Some(respond)));
+    let on_thread = std::sync::Arc::clone(&shared);
+    let spawned = std::thread::Builder::new()
+        .name("unfinished-body".into())
+        .spawn(move || take(&on_thread).map(|respond| respond()));
+    if spawned.is_err() {
+        // No thread to be had: answer here rather than not at all.
+        if let Some(respond) = take(&shared) {
+            respond();
+        }
+    }
+}
+
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock().unwrap_or_else(|p| p.into_inner()).take()
+}
+
+/// The reply as tiny_http writes it, for the few answers it must write.
+fn tiny_response(reply: Reply) -> Response<io::Cursor<Vec<u8>>> {
+    let mut response = Response::from_data(reply.body).with_status_code(StatusCode(reply.status));
+    for (name, value) in &reply.headers {
+        if let Ok(header) = tiny_http::Header::from_bytes(name.as_bytes(), value.as_bytes()) {
+            response.add_header(header);
+        }
+    }
+    response
 }
 
 fn write_reply(
     writer: &mut dyn Write,
     reply: Reply,
     keep_alive: bool,
-    http11: bool,
     head_only: bool,
 ) -> io::Result<()> {
-    let Reply {
-        status,
-        content,
-        headers,
-    } = reply;
-    match content {
-        Content::Bytes(bytes) => {
-            let framing = format!("Content-Length: {}\r\n", bytes.len());
-            writer.write_all(&head(status, &headers, &framing, keep_alive))?;
-            if !head_only {
-                writer.write_all(&bytes)?;
-            }
-        }
-        Content::Stream(write) if http11 => {
-            let framing = "Transfer-Encoding: chunked\r\n";
-            writer.write_all(&head(status, &headers, framing, keep_alive))?;
-            if !head_only {
-                let mut chunked = Chunked::new(writer);
-                write(&mut chunked)?;
-                chunked.finish()?;
-            }
-        }
-        Content::Stream(write) => {
-            // HTTP/1.0 has no chunks: the body ends when the connection
-            // closes, which tiny_http does after a 1.0 request.
-            writer.write_all(&head(status, &headers, "", false))?;
-            if !head_only {
-                write(writer)?;
-            }
-        }
+    let framing = format!("Content-Length: {}\r\n", reply.body.len());
+    writer.write_all(&head(reply.status, &reply.headers, &framing, keep_alive))?;
+    if !head_only {
+        writer.write_all(&reply.body)?;
     }
     writer.flush()
 }
 
-/// Chunked transfer coding over a writer, in chunks of up to 16 KiB.
-struct Chunked<'a> {
-    inner: &'a mut dyn Write,
-    buffer: Vec<u8>,
+/// A writer that gives up once its deadline has passed. Each call writes at
+/// most [`SLICE`] bytes, which reach the socket in one system call (tiny_http
+/// buffers less than that), bounded by the socket's own write timeout; so
+/// the deadline is overrun by one such call at most.
+struct Deadline<W> {
+    inner: W,
+    until: Instant,
 }
 
-const CHUNK: usize = 16 * 1024;
+const SLICE: usize = 4096;
 
-impl<'a> Chunked<'a> {
-    fn new(inner: &'a mut dyn Write) -> Chunked<'a> {
-        Chunked {
-            inner,
-            buffer: Vec::with_capacity(CHUNK),
-        }
-    }
-
-    fn emit(&mut self) -> io::Result<()> {
-        if !self.buffer.is_empty() {
-            write!(self.inner, "{:x}\r\n", self.buffer.len())?;
-            self.inner.write_all(&self.buffer)?;
-            self.inner.write_all(b"\r\n")?;
-            self.buffer.clear();
+impl<W: Write> Deadline<W> {
+    fn check(&self) -> io::Result<()> {
+        if Instant::now() >= self.until {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client did not take its answer in time",
+            ));
         }
         Ok(())
     }
-
-    fn finish(mut self) -> io::Result<()> {
-        self.emit()?;
-        self.inner.write_all(b"0\r\n\r\n")
-    }
 }
 
-impl Write for Chunked<'_> {
+impl<W: Write> Write for Deadline<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buffer.extend_from_slice(data);
-        if self.buffer.len() >= CHUNK {
-            self.emit()?;
-        }
-        Ok(data.len())
+        self.check()?;
+        self.inner.write(&data[..data.len().min(SLICE)])
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.emit()?;
+        self.check()?;
         self.inner.flush()
     }
 }

@@ -1,3 +1,76 @@
+//! The route table: which handler a method and path reach, in one place.
+
+use tiny_http::Method;
+
+/// What a request asks for; [`endpoint`] holds every route of the API.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Health,
+    Metrics,
+    ListCoupons,
+    CreateCoupon,
+    Claim,
+    /// A coupon by its still percent-encoded name.
+    GetCoupon(String),
+    ClaimsPage(String),
+    /// No such path.
+    NotFound,
+    /// The path exists; the method is not one it answers.
+    MethodNotAllowed {
+        allow: &'static str,
+    },
+}
+
+/// Which threads answer a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// The workers, which may wait on the database.
+    Database,
+    /// Threads that never wait on the database beyond the health probe's
+    /// own short deadline, so that /healthz, /metrics and refusals are
+    /// answered while every worker is stuck.
+    Light,
+}
+
+/// The endpoint, and its route's name for metrics and logs.
+pub fn endpoint(method: &Method, target: &str) -> (Endpoint, &'static str) {
+    let Some(found) = route(target) else {
+        return (Endpoint::NotFound, "none");
+    };
+    let label = found.label();
+    let endpoint = match (found, method) {
+        (Route::Health, Method::Get) => Endpoint::Health,
+        (Route::Metrics, Method::Get) => Endpoint::Metrics,
+        (Route::Coupons, Method::Get) => Endpoint::ListCoupons,
+        (Route::Coupons, Method::Post) => Endpoint::CreateCoupon,
+        (Route::Claim, Method::Post) => Endpoint::Claim,
+        // GET here reads the coupon named "claim", which is a valid name.
+        (Route::Claim, Method::Get) => Endpoint::GetCoupon("claim".to_owned()),
+        (Route::Coupon(name), Method::Get) => Endpoint::GetCoupon(name),
+        (Route::CouponClaims(name), Method::Get) => Endpoint::ClaimsPage(name),
+        (found, _) => Endpoint::MethodNotAllowed {
+            allow: found.allow(),
+        },
+    };
+    (endpoint, label)
+}
+
+impl Endpoint {
+    pub fn lane(&self) -> Lane {
+        match self {
+            Endpoint::ListCoupons
+            | Endpoint::CreateCoupon
+            | Endpoint::Claim
+            | Endpoint::GetCoupon(_)
+            | Endpoint::ClaimsPage(_) => Lane::Database,
+            Endpoint::Health
+            | Endpoint::Metrics
+            | Endpoint::NotFound
+            | Endpoint::MethodNotAllowed { .. } => Lane::Light,
+        }
+    }
+}
+
 /// The paths the API answers, with the coupon name still percent-encoded.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
@@ -49,7 +122,7 @@ impl Route {
     }
 
     /// The methods this path answers, as the Allow header lists them.
-    pub fn allow(&self) -> &'static str {
+    fn allow(&self) -> &'static str {
         match self {
             Route::Health | Route::Metrics | Route::Coupon(_) | Route::CouponClaims(_) => "GET",
             Route::Coupons => "GET, POST",
@@ -72,6 +145,21 @@ mod tests {
             route("/api/coupons/A%20B"),
             Some(Route::Coupon("A%20B".into()))
         );
+    }
+
+    #[test]
+    fn methods_pick_the_endpoint_and_only_database_work_goes_to_the_workers() {
+        let (e, label) = endpoint(&Method::Post, "/api/coupons/claim");
+        assert_eq!((e.lane(), label), (Lane::Database, "claim"));
+        let (e, _) = endpoint(&Method::Get, "/api/coupons/claim");
+        assert_eq!(e, Endpoint::GetCoupon("claim".into()));
+        let (e, _) = endpoint(&Method::Delete, "/api/coupons");
+        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "GET, POST" });
+        assert_eq!(e.lane(), Lane::Light);
+        let (e, label) = endpoint(&Method::Get, "/nowhere");
+        assert_eq!((e, label), (Endpoint::NotFound, "none"));
+        assert_eq!(endpoint(&Method::Get, "/healthz").0.lane(), Lane::Light);
+        assert_eq!(endpoint(&Method::Get, "/metrics").0.lane(), Lane::Light);
     }
 
     #[test]

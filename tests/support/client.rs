@@ -116,15 +116,7 @@ fn attempt(
             error: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(body) = json_body {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        ));
-    } else {
-        request.push_str("\r\n");
-    }
+    let request = request_text(method, path, json_body, "Connection: close\r\n");
     let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
     stream
         .write_all(request.as_bytes())
@@ -176,10 +168,116 @@ fn attempt(
     }
 }
 
+/// One HTTP/1.1 request as text; `extra_headers` are whole header lines.
+pub fn request_text(
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    extra_headers: &str,
+) -> String {
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: test\r\n{extra_headers}");
+    if let Some(body) = json_body {
+        request.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    } else {
+        request.push_str("\r\n");
+    }
+    request
+}
+
+/// A claim as request text that leaves its connection open.
+pub fn claim_text(user: &str, coupon: &str) -> String {
+    let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
+    request_text("POST", "/api/coupons/claim", Some(&body), "")
+}
+
+/// Writes `requests` in one send on one connection (pipelined) and reads
+/// their answers in order, giving up after `limit` in all. On failure, the
+/// answers that did come are returned with it.
+pub fn pipelined(
+    addr: SocketAddr,
+    requests: &[String],
+    limit: Duration,
+) -> Result<Vec<Answered>, (Vec<Answered>, Failure)> {
+    let deadline = Instant::now() + limit;
+    let left = || deadline.saturating_duration_since(Instant::now());
+    let mut answers = Vec::new();
+    let mut stream = match TcpStream::connect_timeout(&addr, left().max(Duration::from_millis(1))) {
+        Ok(stream) => stream,
+        Err(e) => {
+            let failure = Failure::Connect {
+                kind: e.kind(),
+                error: e.to_string(),
+            };
+            return Err((answers, failure));
+        }
+    };
+    let all: String = requests.concat();
+    let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    if let Err(e) = stream.write_all(all.as_bytes()) {
+        let failure = Failure::Send {
+            error: e.to_string(),
+        };
+        return Err((answers, failure));
+    }
+    let mut received = Vec::new();
+    let mut buf = [0u8; 8192];
+    while answers.len() < requests.len() {
+        if let Some((answered, used)) = parse_one(&received, false) {
+            answers.push(answered);
+            received.drain(..used);
+            continue;
+        }
+        let remaining = left();
+        if remaining.is_zero() {
+            let failure = Failure::TimedOut {
+                received: received.len(),
+            };
+            return Err((answers, failure));
+        }
+        let _ = stream.set_read_timeout(Some(remaining));
+        match stream.read(&mut buf) {
+            Ok(0) => {
+                let failure = Failure::Cut {
+                    received: received.len(),
+                    error: "the connection closed".into(),
+                };
+                return Err((answers, failure));
+            }
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let failure = if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) {
+                    Failure::TimedOut {
+                        received: received.len(),
+                    }
+                } else {
+                    Failure::Cut {
+                        received: received.len(),
+                        error: e.to_string(),
+                    }
+                };
+                return Err((answers, failure));
+            }
+        }
+    }
+    Ok(answers)
+}
+
 /// The answer in `bytes` if all of it is there: every byte the
 /// Content-Length promised, or every chunk up to the last one. With neither,
 /// the body ends when the connection does (`closed`).
 fn parse_complete(bytes: &[u8], closed: bool) -> Option<Answered> {
+    parse_one(bytes, closed).map(|(answered, _)| answered)
+}
+
+/// The first answer in `bytes` if all of it is there, and the bytes it took.
+fn parse_one(bytes: &[u8], closed: bool) -> Option<(Answered, usize)> {
     let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&bytes[..end]).ok()?;
     let mut lines = head.split("\r\n");
@@ -195,17 +293,18 @@ fn parse_complete(bytes: &[u8], closed: bool) -> Option<Answered> {
             .map(|(_, v)| v.clone())
     };
     let rest = &bytes[end + 4..];
-    let body = if let Some(length) = header("content-length") {
-        rest.get(..length.parse().ok()?)?.to_vec()
+    let (body, used) = if let Some(length) = header("content-length") {
+        let length: usize = length.parse().ok()?;
+        (rest.get(..length)?.to_vec(), length)
     } else if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
         dechunk(rest)?
     } else if closed {
-        rest.to_vec()
+        (rest.to_vec(), rest.len())
     } else {
         return None;
     };
     let text = String::from_utf8_lossy(&body).into_owned();
-    Some(Answered {
+    let answered = Answered {
         answer: Answer {
             status,
             body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
@@ -214,11 +313,14 @@ fn parse_complete(bytes: &[u8], closed: bool) -> Option<Answered> {
             location: header("location"),
         },
         retry_after: header("retry-after"),
-    })
+    };
+    Some((answered, end + 4 + used))
 }
 
-/// The body of a chunked message, once its last (empty) chunk is in.
-fn dechunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
+/// The body of a chunked message, once its last (empty) chunk is in, and
+/// the bytes it took.
+fn dechunk(all: &[u8]) -> Option<(Vec<u8>, usize)> {
+    let mut bytes = all;
     let mut body = Vec::new();
     loop {
         let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
@@ -227,7 +329,8 @@ fn dechunk(mut bytes: &[u8]) -> Option<Vec<u8>> {
         bytes = &bytes[line_end + 2..];
         if size == 0 {
             // No trailers from this server: the message ends with CRLF.
-            return bytes.starts_with(b"\r\n").then_some(body);
+            let used = all.len() - bytes.len() + 2;
+            return bytes.starts_with(b"\r\n").then_some((body, used));
         }
         body.extend_from_slice(bytes.get(..size)?);
         if bytes.get(size..size + 2)? != b"\r\n" {

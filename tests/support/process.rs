@@ -193,3 +193,136 @@ impl Drop for Starting {
         let _ = self.child.wait();
     }
 }
+
+impl ServerProcess {
+    /// The same as `spawn`, run as `uid` (and its gid; no other process
+    /// should use it) with RLIMIT_NPROC, the number of processes and
+    /// threads that uid may have, set to `threads`. Needs root.
+    pub fn spawn_as_user_with_thread_limit(
+        database_url: &str,
+        uid: u32,
+        threads: u64,
+        env: &[(&str, &str)],
+    ) -> ServerProcess {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
+        // SAFETY: setrlimit, setgroups, setgid and setuid are
+        // async-signal-safe and touch only this child.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: threads,
+                    rlim_max: threads,
+                };
+                if libc::setrlimit(libc::RLIMIT_NPROC, &rl) != 0
+                    || libc::setgroups(0, std::ptr::null()) != 0
+                    || libc::setgid(uid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        ServerProcess::spawn_command(cmd, database_url, env)
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The names of the server's threads, as the kernel has them.
+    pub fn thread_names(&self) -> Vec<String> {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return Vec::new();
+        };
+        tasks
+            .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+            .map(|name| name.trim_end().to_owned())
+            .collect()
+    }
+
+    /// The server's threads, as the kernel counts them.
+    pub fn threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid())).map_or(0, |d| d.count())
+    }
+
+    /// Waits up to `limit` until the server holds no client connection and
+    /// at most `threads` threads, and the database `db` has no session left
+    /// inside a transaction; what is still held, if anything.
+    pub fn settled(&self, db: &super::TestDb, threads: usize, limit: Duration) -> Option<String> {
+        let in_transaction = || {
+            db.count(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+                 AND state LIKE 'idle in transaction%'",
+                db.name
+            ))
+        };
+        let done =
+            || self.held_connections() == 0 && self.threads() <= threads && in_transaction() == 0;
+        if super::wait_for(limit, done) {
+            return None;
+        }
+        Some(format!(
+            "client connections {}, threads {} (expected at most {threads}), sessions in a transaction {}",
+            self.held_connections(),
+            self.threads(),
+            in_transaction()
+        ))
+    }
+
+    /// Connections to its own port that the server holds a descriptor of.
+    pub fn held_connections(&self) -> usize {
+        let pid = self.pid();
+        let mut inodes = std::collections::HashSet::new();
+        if let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+            for fd in fds.map_while(Result::ok) {
+                if let Ok(target) = std::fs::read_link(fd.path())
+                    && let Some(inode) = target
+                        .to_str()
+                        .and_then(|t| t.strip_prefix("socket:["))
+                        .and_then(|t| t.strip_suffix(']'))
+                {
+                    inodes.insert(inode.to_owned());
+                }
+            }
+        }
+        let port = format!(":{:04X}", self.addr.port());
+        ["tcp", "tcp6"]
+            .iter()
+            .filter_map(|table| std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok())
+            .flat_map(|text| text.lines().skip(1).map(str::to_owned).collect::<Vec<_>>())
+            .filter(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // local address, state (0A: listening), inode
+                fields.len() > 9
+                    && fields[1].ends_with(&port)
+                    && fields[3] != "0A"
+                    && inodes.contains(fields[9])
+            })
+            .count()
+    }
+}
+
+/// A uid that no process on this machine runs as (RLIMIT_NPROC counts the
+/// threads of every process of a uid).
+pub fn unused_uid() -> u32 {
+    let mut used = std::collections::HashSet::new();
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for proc in procs.map_while(Result::ok) {
+            if let Ok(status) = std::fs::read_to_string(proc.path().join("status"))
+                && let Some(uids) = status.lines().find_map(|l| l.strip_prefix("Uid:"))
+            {
+                used.extend(
+                    uids.split_whitespace()
+                        .filter_map(|u| u.parse::<u32>().ok()),
+                );
+            }
+        }
+    }
+    let base = 50_000 + std::process::id() % 10_000;
+    (0..1_000)
+        .map(|i| base + i)
+        .find(|uid| !used.contains(uid))
+        .expect("a free uid")
+}

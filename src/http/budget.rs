@@ -1,0 +1,192 @@
+//! A bound on the memory and the writers that large answers hold.
+//!
+//! A coupon's body lists every claimer, and it is read from the database
+//! whole before it is written, so that no database connection waits on a
+//! slow reader. Each such body reserves its size here as it grows and gives
+//! it back once written. A body past [`STEP`] is large: it also takes one of
+//! a few large-answer places, each with a writer of its own (see
+//! `response`), so slow readers of large answers never hold the writers
+//! that everything else is answered by. When the memory or the places are
+//! all taken, the request is answered 503 instead.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Bytes reserved at a time as a body grows; also the largest body that is
+/// not large.
+pub const STEP: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Budget {
+    bytes: Limited,
+    large: Limited,
+}
+
+/// A count that may not pass its limit.
+#[derive(Debug)]
+struct Limited {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Limited {
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// What one answer holds of a [`Budget`] until dropped.
+#[derive(Debug)]
+pub struct Reserved {
+    budget: Arc<Budget>,
+    bytes: usize,
+    large: bool,
+}
+
+impl Reserved {
+    /// Whether the answer holds a large-answer place (and so its writer).
+    pub fn is_large(&self) -> bool {
+        self.large
+    }
+}
+
+impl Budget {
+    /// At most `bytes` of bodies at once, and at most `large` bodies over
+    /// [`STEP`].
+    pub fn new(bytes: usize, large: usize) -> Arc<Budget> {
+        let limited = |limit| Limited {
+            used: AtomicUsize::new(0),
+            limit,
+        };
+        Arc::new(Budget {
+            bytes: limited(bytes),
+            large: limited(large),
+        })
+    }
+
+    /// Bytes reserved now, and large answers held, over all answers.
+    pub fn used(&self) -> (usize, usize) {
+        (
+            self.bytes.used.load(Ordering::Relaxed),
+            self.large.used.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A buffer whose growth is charged to this budget.
+    pub fn buffer(self: &Arc<Self>) -> Buffer {
+        Buffer {
+            bytes: Vec::new(),
+            reserved: Reserved {
+                budget: Arc::clone(self),
+                bytes: 0,
+                large: false,
+            },
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.budget.bytes.give_back(self.bytes);
+        if self.large {
+            self.budget.large.give_back(1);
+        }
+    }
+}
+
+/// Bytes in memory, paid for from a [`Budget`]; a write that would go past
+/// the budget fails with [`io::ErrorKind::OutOfMemory`].
+pub struct Buffer {
+    bytes: Vec<u8>,
+    reserved: Reserved,
+}
+
+impl Buffer {
+    pub fn into_parts(self) -> (Vec<u8>, Reserved) {
+        (self.bytes, self.reserved)
+    }
+
+    fn grow(&mut self, needed: usize) -> io::Result<()> {
+        let reserved = &mut self.reserved;
+        let spent = || io::Error::new(io::ErrorKind::OutOfMemory, "the response budget is spent");
+        let becomes_large = needed > STEP && !reserved.large;
+        if becomes_large && !reserved.budget.large.take(1) {
+            return Err(spent());
+        }
+        let more = (needed - reserved.bytes).div_ceil(STEP) * STEP;
+        if !reserved.budget.bytes.take(more) {
+            if becomes_large {
+                reserved.budget.large.give_back(1);
+            }
+            return Err(spent());
+        }
+        reserved.large |= becomes_large;
+        reserved.bytes += more;
+        Ok(())
+    }
+}
+
+impl Write for Buffer {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let needed = self.bytes.len() + data.len();
+        if needed > self.reserved.bytes {
+            self.grow(needed)?;
+        }
+        self.bytes.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_share_the_memory_and_give_it_back_when_dropped() {
+        let budget = Budget::new(3 * STEP, 10);
+        let mut a = budget.buffer();
+        a.write_all(&[0; 100]).unwrap();
+        assert_eq!(budget.used(), (STEP, 0));
+        let mut b = budget.buffer();
+        b.write_all(&vec![0; STEP + 1]).unwrap();
+        assert_eq!(budget.used(), (3 * STEP, 1));
+        let refused = a.write_all(&vec![0; STEP]).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
+        drop(b);
+        assert_eq!(budget.used(), (STEP, 0));
+        let (bytes, reserved) = a.into_parts();
+        assert_eq!(bytes.len(), 100);
+        assert!(!reserved.is_large());
+        drop(reserved);
+        assert_eq!(budget.used(), (0, 0));
+    }
+
+    #[test]
+    fn a_body_past_one_step_needs_a_large_answer_place() {
+        let budget = Budget::new(100 * STEP, 1);
+        let mut a = budget.buffer();
+        a.write_all(&vec![0; 2 * STEP]).unwrap();
+        let mut b = budget.buffer();
+        b.write_all(&vec![0; STEP]).unwrap();
+        let refused = b.write_all(&[0]).unwrap_err();
+        assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
+        let (_, reserved) = a.into_parts();
+        assert!(reserved.is_large());
+        drop(reserved);
+        b.write_all(&[0]).unwrap();
+        assert_eq!(budget.used(), (2 * STEP, 1));
+    }
+}

@@ -1,0 +1,268 @@
+//! The accept loop against what ends it: thread creation failing for a
+//! while, and a request head slower than its accept loop's life. Each test
+//! runs the real binary and looks at its threads and sockets in /proc.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::TestDb;
+use support::http::try_status;
+use support::process::{ServerProcess, unused_uid};
+
+fn raise_own_descriptor_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// The generations (`http-<n>`) that have threads in the server now.
+fn generations(server: &ServerProcess) -> BTreeSet<u64> {
+    server
+        .thread_names()
+        .iter()
+        .filter_map(|name| name.strip_prefix("http-")?.parse().ok())
+        .collect()
+}
+
+/// The threads the server has when idle: its own, and tiny_http's accept
+/// thread and four pool threads for the accepting generation.
+fn idle_size(server: &ServerProcess) -> usize {
+    let names = server.thread_names();
+    names.iter().filter(|n| !n.starts_with("http-")).count() + 5
+}
+
+fn lines_with<'a>(log: &'a [String], text: &str) -> Vec<&'a String> {
+    log.iter().filter(|l| l.contains(text)).collect()
+}
+
+/// Waits (bounded) until the server has no thread of the generations in
+/// `gone`, no more than `threads` threads, and no client connection held.
+fn assert_nothing_left_held(server: &ServerProcess, gone: &BTreeSet<u64>, threads: usize) {
+    let settled = support::wait_for(Duration::from_secs(30), || {
+        generations(server).is_disjoint(gone)
+            && server.thread_names().len() <= threads
+            && server.held_connections() == 0
+    });
+    assert!(
+        settled,
+        "threads or sockets left held: threads {:?} (at most {threads} expected, none of \
+         generations {gone:?}), {} client connections",
+        server.thread_names(),
+        server.held_connections()
+    );
+}
+
+#[test]
+fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_stale_wake_retires_a_healthy_loop()
+ {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the server as a user of its own needs root");
+        return;
+    }
+    raise_own_descriptor_limit();
+    let db = TestDb::new();
+    let uid = unused_uid();
+    // No idle timeout in the way: every generation after the first is
+    // started because one failed.
+    let env = [("LOG_LEVEL", "debug"), ("HTTP_IDLE_TIMEOUT_SECS", "30")];
+    let start = |threads| {
+        let server = ServerProcess::spawn_as_user_with_thread_limit(&db.url, uid, threads, &env);
+        let health = format!("http://{}/healthz", server.addr);
+        assert_eq!(try_status(&health, Duration::from_secs(5)), Some(200));
+        (idle_size(&server), server, health)
+    };
+    // The threads it needs when idle, counted with room to spare...
+    let (baseline, _) = {
+        let (threads, server, _) = start(4096);
+        (threads, drop(server))
+    };
+    // ...then room for 40 more: 200 connections need a thread each.
+    let (threads, server, health) = start(baseline as u64 + 40);
+    eprintln!(
+        "{threads} threads when idle; thread limit {}",
+        baseline + 40
+    );
+    let addr = server.addr;
+    let first = generations(&server);
+
+    let head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nX-Slow: ";
+    let mut held: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    let ran_out = support::wait_for(Duration::from_secs(20), || {
+        !lines_with(&server.log(), "failed to spawn thread").is_empty()
+    });
+    // Trickling for a few seconds, one byte per connection per second.
+    for byte in head.iter().take(3) {
+        held.retain_mut(|s| s.write_all(&[*byte]).is_ok());
+        thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        ran_out,
+        "thread creation never failed, so nothing was tested: {:?}",
+        server.log()
+    );
+    eprintln!(
+        "{} connections held, {} threads",
+        held.len(),
+        server.thread_names().len()
+    );
+
+    // Their threads end as they close, and thread creation works again.
+    drop(held);
+    let closed = Instant::now();
+    let mut status = None;
+    for _ in 0..100 {
+        status = try_status(&health, Duration::from_secs(3));
+        if status == Some(200) || closed.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status,
+        Some(200),
+        "not serving 20 s after threads were back: {:?}",
+        server.log()
+    );
+    eprintln!(
+        "serving again {:?} after the connections closed",
+        closed.elapsed()
+    );
+    // And it stays serving: no stale wake retires the new accept loop.
+    let statuses: Vec<Option<u16>> = (0..20)
+        .map(|_| {
+            thread::sleep(Duration::from_millis(100));
+            try_status(&health, Duration::from_secs(3))
+        })
+        .collect();
+    assert!(
+        statuses.iter().all(|s| *s == Some(200)),
+        "{statuses:?}\n{:?}",
+        server.log()
+    );
+
+    let log = server.log();
+    let ended = lines_with(&log, "accept loop ended");
+    let stale = lines_with(&log, ": a thread panicked:");
+    eprintln!(
+        "{} 'accept loop ended' lines, {} stale panic wakes ignored",
+        ended.len(),
+        stale.len()
+    );
+    // One line per generation that really ended (while threads could not
+    // be created, each new one dies at its start), a warning for the first
+    // of a run of them only: never one per stale wake.
+    let named: BTreeSet<&str> = ended
+        .iter()
+        .filter_map(|l| l.split("(http-").nth(1)?.split(':').next())
+        .collect();
+    assert_eq!(named.len(), ended.len(), "{ended:#?}");
+    assert!((1..=12).contains(&ended.len()), "{ended:#?}");
+    let warned = ended.iter().filter(|l| l.contains("[WARN]")).count();
+    assert_eq!(warned, 1, "{ended:#?}");
+    assert!(
+        !stale.is_empty(),
+        "the poisoned pool's threads never panicked, so no stale wake was tested: {log:?}"
+    );
+    let recovered = log
+        .iter()
+        .position(|l| l.contains("accepting again"))
+        .unwrap_or_else(|| panic!("no 'accepting again' line: {log:?}"));
+    assert!(
+        lines_with(&log[recovered..], "accept loop ended").is_empty(),
+        "an accept loop was retired after it served: {:#?}",
+        &log[recovered..]
+    );
+
+    // Every thread of the failed generations has ended; the one serving
+    // now is back to its idle size.
+    let current = generations(&server);
+    let gone: BTreeSet<u64> = (*first.first().unwrap()..*current.last().unwrap()).collect();
+    assert_nothing_left_held(&server, &gone, baseline);
+}
+
+#[test]
+fn a_request_head_completed_long_after_its_accept_loop_retired_gets_a_real_answer() {
+    let db = TestDb::new();
+    // A short idle timeout retires generations every 3 s without a new
+    // connection; one byte a second keeps the slow head under it.
+    let server = ServerProcess::spawn(
+        &db.url,
+        &[("HTTP_IDLE_TIMEOUT_SECS", "3"), ("LOG_LEVEL", "debug")],
+    );
+    let addr: SocketAddr = server.addr;
+    assert_eq!(
+        try_status(&format!("http://{addr}/healthz"), Duration::from_secs(5)),
+        Some(200)
+    );
+    let baseline = idle_size(&server);
+
+    // 85 bytes at one a second: the head completes after 84 s, past the
+    // 63 s (idle timeout + 60) after which a retired generation's queue
+    // used to be abandoned.
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Slow: ".to_vec();
+    head.resize(81, b's');
+    head.extend_from_slice(b"\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).expect("connecting");
+    stream.write_all(&head[..1]).expect("the first byte");
+    // Its generation is the newest now, or the one started just after.
+    let accepted_by = *generations(&server).last().expect("a generation");
+    let started = Instant::now();
+    for (i, byte) in head.iter().enumerate().skip(1) {
+        thread::sleep(Duration::from_secs(1));
+        stream
+            .write_all(&[*byte])
+            .unwrap_or_else(|e| panic!("byte {i} after {:?}: {e}", started.elapsed()));
+    }
+    eprintln!("head completed after {:?}", started.elapsed());
+    let newest = *generations(&server).last().expect("a generation");
+    assert!(
+        newest >= accepted_by + 2,
+        "the slow connection's generation (http-{accepted_by} or the next) was never \
+         retired: newest is http-{newest}"
+    );
+
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    eprintln!("answer: {text:?} ({read:?})");
+    if !answer.is_empty() {
+        let (status_line, body) = text
+            .split_once("\r\n\r\n")
+            .map_or((&*text, ""), |(h, b)| (h.lines().next().unwrap_or(""), b));
+        assert!(
+            !(status_line.contains(" 500") && body.is_empty()),
+            "tiny_http's empty 500: {text:?}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("not an answer of the service ({e}): {text:?}"));
+        assert!(
+            status_line.starts_with("HTTP/1.1 200") && json["status"] == "ok"
+                || json["error"]["code"].is_string(),
+            "{text:?}"
+        );
+    }
+    drop(stream);
+
+    // Generations come and go every 3 s; those that served the slow client
+    // end, and so do their threads and sockets.
+    let gone: BTreeSet<u64> = (accepted_by..=accepted_by + 1).collect();
+    assert_nothing_left_held(&server, &gone, baseline + 10);
+    let live = generations(&server);
+    assert!(live.len() <= 3, "generations accumulate: {live:?}");
+}

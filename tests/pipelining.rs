@@ -1,0 +1,183 @@
+//! Requests pipelined on one connection: each connection's requests are
+//! worked on one at a time and answered in order, so no answer ever waits
+//! for a request queued behind it.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::thread;
+use std::time::Duration;
+
+use support::TestDb;
+use support::client::{Answered, claim_text, pipelined, request_text};
+use support::process::ServerProcess;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+/// Threads a server may have once its clients are gone, beyond those it had
+/// before (tiny_http's connection threads end with their sockets' read
+/// timeout; a few pool threads linger).
+const THREAD_SLACK: usize = 4;
+
+fn create(addr: SocketAddr, name: &str, amount: i64) {
+    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
+    let created = support::client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
+    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
+}
+
+fn remaining(answer: &Answered) -> i64 {
+    answer.answer.body["remaining_amount"]
+        .as_i64()
+        .unwrap_or(-1)
+}
+
+/// Two claims on one fresh coupon of 2 in one send, on each of `coupons`
+/// coupons at once: from two users (both served, in order) on even ones,
+/// from one user twice (served, then 409) on odd ones. Then a claim from
+/// another client on each, and SIGTERM.
+fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
+    let db = TestDb::new();
+    let mut server = ServerProcess::spawn(&db.url, env);
+    let addr = server.addr;
+    for i in 0..coupons {
+        create(addr, &format!("pair{i}"), 2);
+    }
+    let threads = server.threads();
+    let pairs: Vec<_> = (0..coupons)
+        .map(|i| {
+            thread::spawn(move || {
+                let coupon = format!("pair{i}");
+                let second = if i % 2 == 0 { "b" } else { "a" };
+                let requests = [claim_text("a", &coupon), claim_text(second, &coupon)];
+                (i, pipelined(addr, &requests, LIMIT))
+            })
+        })
+        .collect();
+    for pair in pairs {
+        let (i, answers) = pair.join().unwrap();
+        let answers = answers.unwrap_or_else(|(got, failure)| {
+            panic!("coupon pair{i}: {} answers, then {failure:?}", got.len())
+        });
+        assert_eq!(answers[0].status(), 200, "pair{i}: {answers:?}");
+        assert_eq!(remaining(&answers[0]), 1, "pair{i}: {answers:?}");
+        if i % 2 == 0 {
+            assert_eq!(answers[1].status(), 200, "pair{i}: {answers:?}");
+            assert_eq!(remaining(&answers[1]), 0, "pair{i}: {answers:?}");
+        } else {
+            assert_eq!(
+                (answers[1].status(), answers[1].code()),
+                (409, "already_claimed"),
+                "pair{i}: {answers:?}"
+            );
+        }
+    }
+    for i in 0..coupons {
+        let other = support::client::claim(addr, "other", &format!("pair{i}"), LIMIT);
+        let expected = if i % 2 == 0 { 400 } else { 200 };
+        assert_eq!(other.status(), Some(expected), "pair{i}: {other:?}");
+    }
+    db.assert_invariant();
+    assert_eq!(db.count("SELECT count(*) FROM claims"), 2 * coupons as i64);
+    let held = server.settled(&db, threads + THREAD_SLACK, LIMIT);
+    assert_eq!(held, None);
+    server.signal(libc::SIGTERM);
+    let exit = server.wait_exit(Duration::from_secs(15));
+    assert_eq!(exit, Some(Some(0)), "SIGTERM: {:?}", server.log());
+}
+
+#[test]
+fn sixty_coupons_each_claimed_twice_in_one_send_are_answered_exactly_on_kept_connections() {
+    pipelined_pairs(&[("HTTP_KEEP_ALIVE_REQUESTS", "0")], 60);
+}
+
+#[test]
+fn sixty_coupons_each_claimed_twice_in_one_send_are_answered_exactly_with_default_settings() {
+    pipelined_pairs(&[], 60);
+}
+
+#[test]
+fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
+    let db = TestDb::new();
+    let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
+    let addr = server.addr;
+    create(addr, "big", 30_000);
+    create(addr, "small", 1);
+    db.client()
+        .batch_execute(
+            "INSERT INTO claims (user_id, coupon_name) \
+             SELECT 'user-' || n, 'big' FROM generate_series(1, 20000) AS n; \
+             UPDATE coupons SET remaining_amount = 10000 WHERE name = 'big'",
+        )
+        .unwrap();
+    let requests = [
+        request_text("GET", "/api/coupons/big", None, ""),
+        claim_text("u", "small"),
+    ];
+    let answers = pipelined(addr, &requests, LIMIT)
+        .unwrap_or_else(|(got, failure)| panic!("{} answers, then {failure:?}", got.len()));
+    let claimed_by = answers[0].answer.body["claimed_by"].as_array().unwrap();
+    assert_eq!(claimed_by.len(), 20_000);
+    assert_eq!(claimed_by[0], "user-1");
+    assert_eq!((answers[1].status(), remaining(&answers[1])), (200, 0));
+    assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
+}
+
+#[test]
+fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_answered() {
+    let db = TestDb::new();
+    let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
+    let addr = server.addr;
+    for round in 0..30 {
+        let (x, y) = (format!("x{round}"), format!("y{round}"));
+        create(addr, &x, 2);
+        create(addr, &y, 2);
+        let orders = [
+            [claim_text("u1", &x), claim_text("u1", &y)],
+            [claim_text("u2", &y), claim_text("u2", &x)],
+        ];
+        let both: Vec<_> = orders
+            .into_iter()
+            .map(|requests| thread::spawn(move || pipelined(addr, &requests, LIMIT)))
+            .collect();
+        for answers in both {
+            let answers = answers.join().unwrap().unwrap_or_else(|(got, failure)| {
+                panic!("round {round}: {} answers, then {failure:?}", got.len())
+            });
+            assert!(answers.iter().all(|a| a.status() == 200), "{answers:?}");
+        }
+    }
+    db.assert_invariant();
+    assert_eq!(db.count("SELECT count(*) FROM claims"), 120);
+    assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
+}
+
+#[test]
+fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_and_nothing_unanswered_is_claimed()
+ {
+    let db = TestDb::new();
+    let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
+    let addr = server.addr;
+    create(addr, "flood", 1000);
+    let requests: Vec<String> = (0..400)
+        .map(|n| claim_text(&format!("user{n}"), "flood"))
+        .collect();
+    let answers = match pipelined(addr, &requests, Duration::from_secs(15)) {
+        Ok(all) => all,
+        // Cut off past its allowance: the answers that came are kept.
+        Err((some, _)) => some,
+    };
+    assert!(!answers.is_empty());
+    for (n, answer) in answers.iter().enumerate() {
+        assert_eq!(answer.status(), 200, "answer {n}: {answer:?}");
+        assert_eq!(remaining(answer), 999 - n as i64, "answer {n} out of order");
+    }
+    // Every claim decided was answered: the ones dropped were never run.
+    assert_eq!(
+        db.count("SELECT count(*) FROM claims"),
+        answers.len() as i64
+    );
+    db.assert_invariant();
+    let other = support::client::claim(addr, "after", "flood", LIMIT);
+    assert_eq!(other.status(), Some(200), "{other:?}");
+    assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
+}
