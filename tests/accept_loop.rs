@@ -14,18 +14,6 @@ use support::TestDb;
 use support::http::try_status;
 use support::process::{ServerProcess, unused_uid};
 
-fn raise_own_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
 /// The generations (`http-<n>`) that have threads in the server now.
 fn generations(server: &ServerProcess) -> BTreeSet<u64> {
     server
@@ -70,7 +58,8 @@ fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_
         eprintln!("skipped: running the server as a user of its own needs root");
         return;
     }
-    raise_own_descriptor_limit();
+    flash_coupons::listener::raise_descriptor_limit()
+        .expect("raising this process's descriptor limit");
     let db = TestDb::new();
     let uid = unused_uid();
     // No idle timeout in the way: every generation after the first is

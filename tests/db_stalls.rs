@@ -14,14 +14,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange};
+use support::client::{self, Exchange, tally};
 use support::cluster::OwnedCluster;
 use support::process::{ServerProcess, Starting};
 
@@ -209,19 +209,6 @@ fn create(addr: SocketAddr, name: &str, amount: i64) {
     let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
     let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), CLIENT_LIMIT);
     assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
-/// (status, code) -> how many, for messages; transport failures under 0.
-fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<(u16, String), usize> {
-    let mut counts = BTreeMap::new();
-    for e in exchanges {
-        let key = match &e.result {
-            Ok(a) => (a.status(), a.code().to_owned()),
-            Err(f) => (0, format!("{f:?}").chars().take(60).collect()),
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
 }
 
 fn slowest<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> Duration {

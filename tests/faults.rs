@@ -6,14 +6,14 @@
 
 mod support;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange};
+use support::client::{self, Exchange, tally};
 use support::cluster::OwnedCluster;
 use support::process::ServerProcess;
 
@@ -141,19 +141,6 @@ fn create(addr: SocketAddr, name: &str, amount: i64) {
 
 fn all_attempts(runs: &[UserRun]) -> impl Iterator<Item = &Exchange> {
     runs.iter().flat_map(|r| r.attempts.iter())
-}
-
-/// (status, code) -> how many, for messages; failures under status 0.
-fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<(u16, String), usize> {
-    let mut counts = BTreeMap::new();
-    for e in exchanges {
-        let key = match &e.result {
-            Ok(a) => (a.status(), a.code().to_owned()),
-            Err(f) => (0, format!("{f:?}").chars().take(60).collect()),
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
 }
 
 /// No transport failure, no hang, no 500; every 503 in the documented

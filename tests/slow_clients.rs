@@ -57,21 +57,10 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
     (None, Some(stream))
 }
 
-fn raise_own_descriptor_limit() {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
 #[test]
 fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_answers() {
-    raise_own_descriptor_limit();
+    flash_coupons::listener::raise_descriptor_limit()
+        .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
     let addr = app.addr();
     for round in 0..3 {
@@ -108,7 +97,8 @@ fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_ans
 
 #[test]
 fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
-    raise_own_descriptor_limit();
+    flash_coupons::listener::raise_descriptor_limit()
+        .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
     let addr = app.addr();
     app.create("FLASH", 5);

@@ -2,6 +2,7 @@
 //! purpose: it says which step failed (connecting, sending, or getting the
 //! answer), whether an answer was cut off, and how long it all took.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -46,6 +47,19 @@ impl Failure {
     pub fn before_sending(&self) -> bool {
         matches!(self, Failure::Connect { .. })
     }
+}
+
+/// (status, code) -> how many, for messages; failures under status 0.
+pub fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<(u16, String), usize> {
+    let mut counts = BTreeMap::new();
+    for e in exchanges {
+        let key = match &e.result {
+            Ok(a) => (a.status(), a.code().to_owned()),
+            Err(f) => (0, format!("{f:?}").chars().take(60).collect()),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// One request and what became of it.
