@@ -30,6 +30,9 @@ pub struct Config {
     /// Answers over 64 KiB in flight at once, each with its own writer.
     pub large_answers: usize,
     pub log_level: LevelFilter,
+    /// On SIGTERM or SIGINT, how long /healthz fails while everything else
+    /// is served, before the server stops accepting (0: stop at once).
+    pub shutdown_drain: Duration,
     pub store: StoreSettings,
 }
 
@@ -64,6 +67,10 @@ pub const DEFAULT_HTTP_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_HTTP_WRITERS: usize = 64;
 pub const DEFAULT_HTTP_LARGE_ANSWERS: usize = 8;
 pub const DEFAULT_RESPONSE_BUFFER_MB: usize = 256;
+/// No drain: the binary alone stops accepting as soon as it is signalled.
+/// Deployments behind a load balancer set it to a few health-check
+/// intervals.
+pub const DEFAULT_SHUTDOWN_DRAIN_SECS: u64 = 0;
 
 impl Config {
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -147,6 +154,13 @@ impl Config {
             0,
             1_000_000,
         )?;
+        config.shutdown_drain = Duration::from_secs(number(
+            &get,
+            "SHUTDOWN_DRAIN_SECS",
+            DEFAULT_SHUTDOWN_DRAIN_SECS,
+            0,
+            3600,
+        )?);
         // Not trimmed: a token is used exactly as given.
         config.admin_token = lookup("ADMIN_TOKEN").filter(|t| !t.is_empty());
         if let Some(level) = get("LOG_LEVEL") {
@@ -172,6 +186,7 @@ impl Config {
             response_buffer_bytes: DEFAULT_RESPONSE_BUFFER_MB << 20,
             large_answers: DEFAULT_HTTP_LARGE_ANSWERS,
             log_level: LevelFilter::Info,
+            shutdown_drain: Duration::from_secs(DEFAULT_SHUTDOWN_DRAIN_SECS),
             store: StoreSettings {
                 database,
                 pool_size: DEFAULT_DB_POOL_SIZE,
@@ -288,6 +303,24 @@ mod tests {
             assert!(
                 err.to_string()
                     .starts_with("DB_QUERY_TIMEOUT_MS must be a whole number from 100 to 600000"),
+                "{bad}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_shutdown_drain_defaults_to_none_and_is_bounded() {
+        let c = config(&[URL]).unwrap();
+        assert_eq!(c.shutdown_drain, Duration::ZERO);
+        let c = config(&[URL, ("SHUTDOWN_DRAIN_SECS", "3")]).unwrap();
+        assert_eq!(c.shutdown_drain, Duration::from_secs(3));
+        let c = config(&[URL, ("SHUTDOWN_DRAIN_SECS", "")]).unwrap();
+        assert_eq!(c.shutdown_drain, Duration::ZERO);
+        for bad in ["-1", "3601", "3s", "0.5"] {
+            let err = config(&[URL, ("SHUTDOWN_DRAIN_SECS", bad)]).unwrap_err();
+            assert!(
+                err.to_string()
+                    .starts_with("SHUTDOWN_DRAIN_SECS must be a whole number from 0 to 3600"),
                 "{bad}: {err}"
             );
         }

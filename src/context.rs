@@ -1,5 +1,6 @@
 //! What every request handler can reach, shared by all workers.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,10 @@ pub struct Context {
     writers: Writers,
     write_timeout: Duration,
     health: HealthProbe,
+    /// Set from a shutdown signal until the server stops accepting
+    /// (SHUTDOWN_DRAIN_SECS): /healthz fails so that a load balancer stops
+    /// sending here, while everything else is served as usual.
+    draining: AtomicBool,
 }
 
 /// Where answers go to be written: large ones (see `http::budget`) to
@@ -66,14 +71,31 @@ impl Context {
             writers,
             write_timeout: config.write_timeout,
             health: HealthProbe::default(),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// From now on /healthz says 503 and every answer closes its
+    /// connection; everything else is served as before.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Whether this answer may leave its connection open. Closing at random
     /// (once in `keep_alive_requests` answers on average) needs no state per
     /// connection, and bounds how long a connection holds one of tiny_http's
     /// threads while others wait for one (see README, tiny_http).
+    ///
+    /// While draining, none may: a client that keeps its connection would
+    /// go on being served here after the load balancer has moved on.
     pub fn keep_alive(&self) -> bool {
+        if self.draining() {
+            return false;
+        }
         match self.keep_alive_requests {
             0 => true,
             1 => false,

@@ -1,5 +1,6 @@
 use std::process::ExitCode;
 use std::thread;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, select};
 
@@ -52,15 +53,55 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let drain = config.shutdown_drain;
     let server = match start_unless_signalled(config, &signals) {
         Ok(server) => server,
         Err(code) => return code,
     };
     if let Ok(signal) = signals.recv() {
-        info!("signal {signal} received; finishing requests in flight");
+        if drain.is_zero() {
+            info!("signal {signal} received; finishing requests in flight");
+        } else {
+            drain_then_log(&server, &signals, signal, drain);
+        }
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// The drain period (SHUTDOWN_DRAIN_SECS): /healthz fails while everything
+/// else is served as usual, so that a load balancer checking it stops
+/// sending here before the server stops accepting. A second signal ends it
+/// at once.
+fn drain_then_log(server: &Server, signals: &Receiver<i32>, signal: i32, drain: Duration) {
+    server.start_draining();
+    info!(
+        "signal {signal} received; draining for {}s (/healthz answers 503, everything else is \
+         served) before stopping; a second signal stops at once",
+        drain.as_secs()
+    );
+    let began = Instant::now();
+    select! {
+        recv(signals) -> again => match again {
+            Ok(again) => info!(
+                "signal {again} received; drain ended after {:.1?}; no longer accepting, \
+                 finishing requests in flight",
+                began.elapsed()
+            ),
+            // The signal thread is gone: nothing can cut the drain short.
+            Err(_) => {
+                thread::sleep(drain.saturating_sub(began.elapsed()));
+                info!(
+                    "drain ended after {:.1?}; no longer accepting, finishing requests in flight",
+                    began.elapsed()
+                );
+            }
+        },
+        default(drain) => info!(
+            "drain ended after {:.1?}; no longer accepting, finishing requests in flight",
+            began.elapsed()
+        ),
+    }
 }
 
 /// The signals, as a channel that can be waited on together with others.

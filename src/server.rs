@@ -331,6 +331,14 @@ impl Server {
         &self.context
     }
 
+    /// The first step of a shutdown with a drain period: /healthz answers
+    /// 503 from now on, so that a load balancer checking it stops sending
+    /// here, while every request is still accepted and served. Dropping the
+    /// server (or [`Server::shutdown`]) then does the rest.
+    pub fn start_draining(&self) {
+        self.context.start_draining();
+    }
+
     pub fn shutdown(self) {
         drop(self);
     }

@@ -5,6 +5,11 @@
 //! the first claim on a coupon leads: it runs the transaction, and claims
 //! that arrive meanwhile queue up and go together in the next one. Waiting
 //! claims do not hold a worker: the leader answers them.
+//!
+//! Across server processes on one database, the store serializes a coupon's
+//! claim transactions with an advisory lock (`Store::claim_batch`); claims
+//! that queue here while the leader waits for another server's batch join
+//! the leader's batch once its turn comes.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -89,27 +94,40 @@ impl Combiner {
                 queues.remove(&coupon);
                 return;
             }
-            let take = queue.len().min(MAX_BATCH);
-            batch = queue.drain(..take).collect();
-            self.waiting.fetch_sub(take, Ordering::SeqCst);
+            drop(queues);
+            batch = self.take_queued(&coupon, MAX_BATCH);
         }
     }
 
     fn run(&self, store: &Store, sold_out: &SoldOut, coupon: &CouponName, batch: Vec<Waiting>) {
-        self.stats.record(batch.len());
+        let mut batch = batch;
         let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
-        let decided = catch_unwind(AssertUnwindSafe(|| store.claim_batch(coupon, &users)))
-            .unwrap_or_else(|_| {
-                Err(StoreError::Internal(
-                    "the claim transaction panicked".into(),
-                ))
-            });
+        // Claims that arrived while the batch waited for another server's
+        // batch on the same coupon: they join it rather than wait a turn.
+        let mut late: Vec<Waiting> = Vec::new();
+        let decided = catch_unwind(AssertUnwindSafe(|| {
+            store.claim_batch(coupon, users, || {
+                let room = MAX_BATCH.saturating_sub(batch.len() + late.len());
+                let joined = self.take_queued(coupon, room);
+                let users = joined.iter().map(|w| w.user.clone()).collect();
+                late.extend(joined);
+                users
+            })
+        }))
+        .unwrap_or_else(|_| {
+            Err(StoreError::Internal(
+                "the claim transaction panicked".into(),
+            ))
+        });
+        batch.extend(late);
+        self.stats.record(batch.len());
         // Only coupons without a window: a windowed coupon's answer depends on
         // the database clock, so it is always asked.
         let sold_out_now =
             matches!(&decided, Ok(result) if result.remaining == Some(0) && !result.windowed);
         match decided {
             Ok(result) => {
+                debug_assert_eq!(result.outcomes.len(), batch.len());
                 for (waiting, outcome) in batch.into_iter().zip(result.outcomes) {
                     answer(waiting.done, Ok(outcome));
                 }
@@ -123,6 +141,18 @@ impl Combiner {
         if sold_out_now {
             sold_out.learn(store, coupon);
         }
+    }
+
+    /// Up to `room` of the claims queued behind `coupon`'s leader, oldest
+    /// first, taken off the queue.
+    fn take_queued(&self, coupon: &CouponName, room: usize) -> Vec<Waiting> {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(coupon) else {
+            return Vec::new();
+        };
+        let take = queue.len().min(room);
+        self.waiting.fetch_sub(take, Ordering::SeqCst);
+        queue.drain(..take).collect()
     }
 }
 

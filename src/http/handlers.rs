@@ -236,7 +236,13 @@ pub fn metrics(ctx: &Context) -> Reply {
     )
 }
 
+/// 200 while the database answers; 503 `shutting_down` while the server
+/// drains before stopping (without asking the database), so that a load
+/// balancer stops sending here; 503 `database_unavailable` otherwise.
 pub fn health(ctx: &Context) -> Reply {
+    if ctx.draining() {
+        return ApiError::ShuttingDown.into_reply();
+    }
     if ctx.database_answers() {
         json(200, &json!({ "status": "ok" }))
     } else {

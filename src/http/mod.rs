@@ -139,8 +139,9 @@ fn finish(
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
     info!(
-        "{method} {target} {status} {:.3}ms",
-        took.as_secs_f64() * 1000.0
+        "{method} {target} {status} {:.3}ms client={}",
+        took.as_secs_f64() * 1000.0,
+        client(&incoming.request)
     );
     ctx.answer(Outgoing {
         incoming,
@@ -153,6 +154,34 @@ fn finish(
 fn refuse(ctx: &Context, job: Job, err: ApiError) {
     ctx.metrics.request_started();
     finish(ctx, job.incoming, job.started, job.label, Err(err));
+}
+
+/// Who sent a request, for its log line: the peer's address, and before it,
+/// when the request carries `X-Forwarded-For`, the last address in it (the
+/// one our own proxy appended; those before it are the client's say):
+/// `203.0.113.5 via 127.0.0.1:4567`. An entry that is not an address is
+/// shown quoted, bounded and escaped like the target.
+fn client(request: &tiny_http::Request) -> String {
+    let peer = request
+        .remote_addr()
+        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
+    let forwarded = request
+        .headers()
+        .iter()
+        .rfind(|h| h.field.equiv("X-Forwarded-For"))
+        .and_then(|h| h.value.as_str().rsplit(',').next())
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty());
+    match forwarded {
+        None => peer,
+        Some(entry) if is_address(entry) => format!("{entry} via {peer}"),
+        Some(entry) => format!("\"{}\" via {peer}", loggable(entry)),
+    }
+}
+
+/// An IP address, with or without a port.
+fn is_address(text: &str) -> bool {
+    text.parse::<std::net::IpAddr>().is_ok() || text.parse::<std::net::SocketAddr>().is_ok()
 }
 
 /// A request target fit for one log line: bounded and escaped.

@@ -20,14 +20,31 @@ impl Store {
     /// Decides and records a batch of claims on one coupon in one
     /// SERIALIZABLE transaction. The outcomes are, claim for claim, what
     /// handling them one at a time in the given order would give.
+    ///
+    /// Each attempt holds the coupon's claim lock (see [`claim_lock_key`])
+    /// from before its transaction begins until after it ends, so that one
+    /// coupon's claim transactions run one at a time over every server on
+    /// the database, as the combiner makes them do within one process. When
+    /// an attempt had to wait for the lock (another server's batch held
+    /// it), `late` is asked for the claims that arrived meanwhile, and they
+    /// join the batch after the others: one transaction per turn of this
+    /// server, however long the turn took to come. The outcomes are in the
+    /// order of `users` and then of what `late` gave.
     pub fn claim_batch(
         &self,
         coupon: &CouponName,
-        users: &[UserId],
+        users: Vec<UserId>,
+        mut late: impl FnMut() -> Vec<UserId>,
     ) -> Result<BatchResult, StoreError> {
         let name = coupon.as_str();
-        let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
-        self.serializable(|tx, stmts| {
+        let mut users = users;
+        let key = claim_lock_key(coupon);
+        self.serializable_under_lock(key, |tx, stmts, waited| {
+            if waited {
+                users.extend(late());
+            }
+            let users = users.as_slice();
+            let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
             // Locking the coupon row first makes claims on one coupon queue
             // here instead of each doing its reads and then aborting.
             let Some(row) = tx.query_opt(&stmts.lock_coupon, &[&name])? else {
@@ -121,5 +138,123 @@ impl Store {
                 .query_opt(&stmts.holds, &[&coupon.as_str(), &user.as_str()])?
                 .is_some())
         })
+    }
+}
+
+impl Store {
+    /// Runs `body` in a SERIALIZABLE transaction, each attempt with the
+    /// session-level advisory lock `key` held around it, retried like
+    /// [`Store::serializable`].
+    ///
+    /// The lock is taken before BEGIN: the transaction's snapshot is taken by
+    /// its first statement, after the wait, so it sees every transaction that
+    /// held the lock before. (Taken inside the transaction, after the
+    /// snapshot, the lock would make conflicts more likely, not fewer.) It
+    /// is released after COMMIT or ROLLBACK, in the same message as the
+    /// COMMIT: outside a transaction, where idle_in_transaction_session_timeout
+    /// does not reach, a session holds it only for the round trip from the
+    /// lock to BEGIN. The wait for it is part of the attempt, under the
+    /// attempt's deadline (DB_QUERY_TIMEOUT_MS): a wait behind another
+    /// server's batch takes milliseconds. The lock is tried first, and only
+    /// waited for when another session holds it: `body` learns which.
+    ///
+    /// Coupon creation does not take it: a coupon row is inserted once, and
+    /// no claim transaction writes a row that creation reads.
+    ///
+    /// A connection that may still hold the lock never goes back to the
+    /// pool: when releasing it fails, the connection is discarded, and the
+    /// database releases the lock when the session ends (also when the
+    /// deadline cuts the connection, or `body` panics).
+    fn serializable_under_lock<T>(
+        &self,
+        key: i64,
+        mut body: impl FnMut(
+            &mut postgres::Client,
+            &super::connection::Statements,
+            bool,
+        ) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let commit = format!("COMMIT; SELECT pg_advisory_unlock({key})");
+        let roll_back = format!("ROLLBACK; SELECT pg_advisory_unlock({key})");
+        let unlock = format!("SELECT pg_advisory_unlock({key})");
+        self.retrying(|client, stmts| {
+            let mut unreleased = false;
+            let result = client.run("a read-write transaction", |inner| {
+                // An error here (the wait cut short) leaves the lock not held.
+                let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get(0);
+                let mut committing = false;
+                let result = inner
+                    .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .and_then(|()| body(inner, stmts, waited))
+                    .and_then(|value| {
+                        committing = true;
+                        inner.batch_execute(&commit).map(|()| value)
+                    });
+                if result.is_err() {
+                    // End the transaction, unless the COMMIT did (a failed
+                    // COMMIT rolls back, and skips the unlock after it), and
+                    // release the lock.
+                    let release = if committing { &unlock } else { &roll_back };
+                    unreleased = inner.is_closed() || inner.batch_execute(release).is_err();
+                }
+                result
+            });
+            if unreleased {
+                client.discard();
+            }
+            result
+        })
+    }
+}
+
+/// The advisory lock key of `coupon`'s claim transactions: FNV-1a (64-bit)
+/// of "flash-coupons claim " and the name's UTF-8 bytes, as a signed 64-bit
+/// integer. Every server on one database must compute the same key for the
+/// same coupon, whatever its build: this function is fixed, never to be
+/// changed (a rolling upgrade would otherwise run two keys for one coupon at
+/// once), and it depends on nothing that a Rust or PostgreSQL upgrade may
+/// change. Two coupons sharing a key only take turns with each other, which
+/// is safe; with 64 bits that takes about four billion coupons to be likely.
+pub(crate) fn claim_lock_key(coupon: &CouponName) -> i64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let hash = b"flash-coupons claim "
+        .iter()
+        .chain(coupon.as_str().as_bytes())
+        .fold(OFFSET, |hash, &byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(PRIME)
+        });
+    // Bit for bit: PostgreSQL's keys are signed.
+    hash as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> i64 {
+        claim_lock_key(&CouponName::parse(name).unwrap())
+    }
+
+    /// The keys are part of the protocol between servers: these values
+    /// must never change.
+    #[test]
+    fn claim_lock_keys_are_fixed() {
+        let fnv = |bytes: &[u8]| {
+            bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+            })
+        };
+        // The published FNV-1a 64 test vectors.
+        assert_eq!(fnv(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv(b"a"), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(fnv(b"foobar"), 0x8594_4171_f739_67e8);
+        assert_eq!(
+            key("PROMO_SUPER") as u64,
+            fnv(b"flash-coupons claim PROMO_SUPER")
+        );
+        assert_eq!(key("PROMO_SUPER"), 8_186_231_974_101_291_596);
+        assert_ne!(key("PROMO_SUPER"), key("PROMO_SUPEr"));
+        assert_ne!(key("é"), key("e"));
     }
 }

@@ -36,6 +36,7 @@ pub struct Statements {
     pub holds: Statement,
     pub claims_page: Statement,
     pub coupons_page: Statement,
+    pub claim_lock: Statement,
 }
 
 impl Statements {
@@ -85,6 +86,14 @@ impl Statements {
             coupons_page: client.prepare(
                 "SELECT name, amount, remaining_amount, starts_at, expires_at FROM coupons \
                  WHERE name > $1 ORDER BY name LIMIT $2",
+            )?,
+            // A session-level lock, taken before a claim transaction begins
+            // and released after it ends (see `Store::claim_batch`); true
+            // when it had to be waited for. CASE evaluates the blocking lock
+            // only when the try failed, so the lock is taken once.
+            claim_lock: client.prepare(
+                "SELECT CASE WHEN pg_try_advisory_lock($1) THEN false \
+                 ELSE pg_advisory_lock($1)::text IS NOT NULL END",
             )?,
         })
     }
@@ -166,6 +175,13 @@ impl Client {
 
     pub(crate) fn timeout(&self) -> Duration {
         self.timeout
+    }
+
+    /// Marks the connection as not to be used again, so that r2d2 discards
+    /// it (and the database ends its session, releasing whatever session
+    /// locks it still held) instead of handing it out.
+    pub(crate) fn discard(&mut self) {
+        self.broken = true;
     }
 
     /// Not to be used again: r2d2 discards it.

@@ -162,11 +162,8 @@ impl Store {
             &connection::Statements,
         ) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn()?;
-        let mut retry = 0;
-        loop {
-            let Conn { client, stmts } = &mut *conn;
-            let attempt = client.run("a read-write transaction", |inner| {
+        self.retrying(|client, stmts| {
+            client.run("a read-write transaction", |inner| {
                 inner
                     .build_transaction()
                     .isolation_level(IsolationLevel::Serializable)
@@ -176,12 +173,34 @@ impl Store {
                         tx.commit()?;
                         Ok(value)
                     })
-            });
-            match attempt.map_err(|err| failure(client, err)) {
+            })
+        })
+    }
+
+    /// Runs `attempt` on one pooled connection, again after a pause when it
+    /// fails with a serialization failure, a deadlock or a claim-uniqueness
+    /// race, up to the retry bound; counts the retries.
+    fn retrying<T>(
+        &self,
+        mut attempt: impl FnMut(&mut Client, &connection::Statements) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn()?;
+        let mut retry = 0;
+        loop {
+            let Conn { client, stmts } = &mut *conn;
+            let result = attempt(client, stmts);
+            match result.map_err(|err| failure(client, err)) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(err)) => return Err(err),
                 Err(Failure::Retry(cause)) => {
                     self.retries.record(cause);
+                    if client.is_broken() {
+                        // It could not be cleaned up for another attempt.
+                        return Err(StoreError::Unavailable(format!(
+                            "the connection was discarded after {}",
+                            cause.label()
+                        )));
+                    }
                     if retry >= self.retry.max_retries {
                         self.retries.record_exhausted();
                         return Err(StoreError::Busy {
