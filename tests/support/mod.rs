@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod edge;
 pub mod http;
 pub mod postgres;
 pub mod process;
