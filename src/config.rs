@@ -27,7 +27,7 @@ pub struct Config {
     pub writers: usize,
     /// Memory that answers read whole before writing may hold at once.
     pub response_buffer_bytes: usize,
-    /// Answers over 64 KiB in flight at once, each with its own writer.
+    /// Answers over 1 MiB in flight at once, each with its own writer.
     pub large_answers: usize,
     pub log_level: LevelFilter,
     /// On SIGTERM or SIGINT, how long /healthz fails while everything else

@@ -3,7 +3,7 @@
 //! A coupon's body lists every claimer, and it is read from the database
 //! whole before it is written, so that no database connection waits on a
 //! slow reader. Each such body reserves its size here as it grows and gives
-//! it back once written. A body past [`STEP`] is large: it also takes one of
+//! it back once written. A body past [`LARGE`] is large: it also takes one of
 //! a few large-answer places, each with a writer of its own (see
 //! `response`), so slow readers of large answers never hold the writers
 //! that everything else is answered by. When the memory or the places are
@@ -13,9 +13,14 @@ use std::io::{self, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// Bytes reserved at a time as a body grows; also the largest body that is
-/// not large.
+/// Bytes reserved at a time as a body grows.
 pub const STEP: usize = 64 * 1024;
+
+/// The largest body that is not large. Smaller answers fit in the kernel's
+/// socket buffers of a normal connection and leave their writer at once; at
+/// 64 KiB, 64 clients reading a 79 KB coupon body at full speed already ran
+/// out of large-answer places (bench/run S5: 22 of 630 answered 503).
+pub const LARGE: usize = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Budget {
@@ -61,7 +66,7 @@ impl Reserved {
 
 impl Budget {
     /// At most `bytes` of bodies at once, and at most `large` bodies over
-    /// [`STEP`].
+    /// [`LARGE`].
     pub fn new(bytes: usize, large: usize) -> Arc<Budget> {
         let limited = |limit| Limited {
             used: AtomicUsize::new(0),
@@ -118,7 +123,7 @@ impl Buffer {
     fn grow(&mut self, needed: usize) -> io::Result<()> {
         let reserved = &mut self.reserved;
         let spent = || io::Error::new(io::ErrorKind::OutOfMemory, "the response budget is spent");
-        let becomes_large = needed > STEP && !reserved.large;
+        let becomes_large = needed > LARGE && !reserved.large;
         if becomes_large && !reserved.budget.large.take(1) {
             return Err(spent());
         }
@@ -156,13 +161,13 @@ mod tests {
 
     #[test]
     fn buffers_share_the_memory_and_give_it_back_when_dropped() {
-        let budget = Budget::new(3 * STEP, 10);
+        let budget = Budget::new(LARGE + 2 * STEP, 10);
         let mut a = budget.buffer();
         a.write_all(&[0; 100]).unwrap();
         assert_eq!(budget.used(), (STEP, 0));
         let mut b = budget.buffer();
-        b.write_all(&vec![0; STEP + 1]).unwrap();
-        assert_eq!(budget.used(), (3 * STEP, 1));
+        b.write_all(&vec![0; LARGE + 1]).unwrap();
+        assert_eq!(budget.used(), (LARGE + 2 * STEP, 1));
         let refused = a.write_all(&vec![0; STEP]).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
         drop(b);
@@ -175,18 +180,18 @@ mod tests {
     }
 
     #[test]
-    fn a_body_past_one_step_needs_a_large_answer_place() {
-        let budget = Budget::new(100 * STEP, 1);
+    fn a_body_past_one_mib_needs_a_large_answer_place() {
+        let budget = Budget::new(100 * LARGE, 1);
         let mut a = budget.buffer();
-        a.write_all(&vec![0; 2 * STEP]).unwrap();
+        a.write_all(&vec![0; LARGE + STEP]).unwrap();
         let mut b = budget.buffer();
-        b.write_all(&vec![0; STEP]).unwrap();
+        b.write_all(&vec![0; LARGE]).unwrap();
         let refused = b.write_all(&[0]).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
         let (_, reserved) = a.into_parts();
         assert!(reserved.is_large());
         drop(reserved);
         b.write_all(&[0]).unwrap();
-        assert_eq!(budget.used(), (2 * STEP, 1));
+        assert_eq!(budget.used(), (LARGE + STEP, 1));
     }
 }
