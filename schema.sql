@@ -39,3 +39,151 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Released claims (DELETE /api/coupons/{name}/claims/{user_id}): the claim
+-- row leaves `claims` and is kept here, with when it was claimed and when
+-- it was given back. No foreign key: history outlives its coupon, and
+-- `TRUNCATE claims, coupons` must keep working.
+CREATE TABLE IF NOT EXISTS claim_releases (
+    id          BIGINT      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    coupon_name TEXT        NOT NULL,
+    user_id     TEXT        NOT NULL,
+    claimed_at  TIMESTAMPTZ NOT NULL,
+    released_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS claim_releases_coupon_order ON claim_releases (coupon_name, id);
+
+-- Freshness of what servers remember about sold-out coupons. Each server
+-- LISTENs on flash_coupons_stock and forgets a coupon when a commit may
+-- have given it stock or taken a holder away; the payload is the coupon's
+-- name, or '' (never a valid name) for "everything". These triggers see
+-- every such write, the service's own (releases) and anyone else's (an
+-- operator's restock, a restore, a test harness's TRUNCATE), and nothing
+-- the claim path does per claim: the claim's UPDATE only lowers
+-- remaining_amount, which the WHEN below skips, and inserting claims has
+-- no trigger. Notifications go out when the writing transaction commits;
+-- PostgreSQL folds repeats within one transaction into one.
+CREATE OR REPLACE FUNCTION flash_coupons_notify_stock(names TEXT[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    one TEXT;
+BEGIN
+    -- Many coupons at once (a bulk load or delete), or a name too long
+    -- for a payload (never one the service accepts): everything.
+    IF cardinality(names) > 100 OR EXISTS (
+        SELECT 1 FROM unnest(names) AS n WHERE octet_length(n) > 1000
+    ) THEN
+        PERFORM pg_notify('flash_coupons_stock', '');
+        RETURN;
+    END IF;
+    FOREACH one IN ARRAY names LOOP
+        PERFORM pg_notify('flash_coupons_stock', one);
+    END LOOP;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_coupons_added() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flash_coupons_notify_stock(ARRAY(SELECT name FROM born));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_coupons_removed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flash_coupons_notify_stock(ARRAY(SELECT name FROM gone));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_coupon_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flash_coupons_notify_stock(ARRAY[OLD.name, NEW.name]);
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_claims_removed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flash_coupons_notify_stock(ARRAY(SELECT DISTINCT coupon_name FROM gone));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_claims_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM flash_coupons_notify_stock(ARRAY(
+        SELECT coupon_name FROM gone UNION SELECT coupon_name FROM moved
+    ));
+    RETURN NULL;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION flash_coupons_everything_changed() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('flash_coupons_stock', '');
+    RETURN NULL;
+END
+$$;
+
+-- Created once (CREATE OR REPLACE TRIGGER needs PostgreSQL 14; and a server
+-- starting beside running ones should not lock the tables every time).
+DO $$
+BEGIN
+    -- Once per statement, with the rows it touched: a bulk load or delete
+    -- costs one notification per coupon (or one in all), not a call per row.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'coupons'::regclass AND tgname = 'coupons_added') THEN
+        CREATE TRIGGER coupons_added AFTER INSERT ON coupons
+            REFERENCING NEW TABLE AS born
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_coupons_added();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'coupons'::regclass AND tgname = 'coupons_removed') THEN
+        CREATE TRIGGER coupons_removed AFTER DELETE ON coupons
+            REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_coupons_removed();
+    END IF;
+    -- Per row, and never for the claim path's decrement: only stock rising,
+    -- or a change of name, amount or sale window.
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'coupons'::regclass AND tgname = 'coupons_stock_raised') THEN
+        CREATE TRIGGER coupons_stock_raised AFTER UPDATE ON coupons
+            FOR EACH ROW
+            WHEN (NEW.remaining_amount > OLD.remaining_amount
+                  OR NEW.amount IS DISTINCT FROM OLD.amount
+                  OR NEW.name IS DISTINCT FROM OLD.name
+                  OR NEW.starts_at IS DISTINCT FROM OLD.starts_at
+                  OR NEW.expires_at IS DISTINCT FROM OLD.expires_at)
+            EXECUTE FUNCTION flash_coupons_coupon_changed();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'coupons'::regclass AND tgname = 'coupons_truncated') THEN
+        CREATE TRIGGER coupons_truncated AFTER TRUNCATE ON coupons
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_everything_changed();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'claims'::regclass AND tgname = 'claims_removed') THEN
+        CREATE TRIGGER claims_removed AFTER DELETE ON claims
+            REFERENCING OLD TABLE AS gone
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_claims_removed();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'claims'::regclass AND tgname = 'claims_changed') THEN
+        CREATE TRIGGER claims_changed AFTER UPDATE ON claims
+            REFERENCING OLD TABLE AS gone NEW TABLE AS moved
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_claims_changed();
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger
+                   WHERE tgrelid = 'claims'::regclass AND tgname = 'claims_truncated') THEN
+        CREATE TRIGGER claims_truncated AFTER TRUNCATE ON claims
+            FOR EACH STATEMENT EXECUTE FUNCTION flash_coupons_everything_changed();
+    END IF;
+END
+$$;

@@ -18,7 +18,8 @@ pub struct Context {
     /// Mean answers per connection before `Connection: close`
     /// (HTTP_KEEP_ALIVE_REQUESTS; 1: always close, 0: never).
     pub keep_alive_requests: u32,
-    /// When set, creating coupons needs `Authorization: Bearer <token>`.
+    /// When set, creating coupons needs `Authorization: Bearer <token>`;
+    /// releasing claims always needs it (without it, nobody may).
     pub admin_token: Option<String>,
     /// Memory that answers made whole before writing may hold at once.
     pub budget: Arc<Budget>,

@@ -7,8 +7,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::claims::Claims;
@@ -20,10 +20,14 @@ pub struct Metrics {
     in_flight: IntGauge,
     claims_waiting: IntGauge,
     claims: IntCounterVec,
+    releases: IntCounterVec,
     retries: IntCounterVec,
     retries_exhausted: IntGauge,
     pool: IntGaugeVec,
     sold_out: IntGaugeVec,
+    listener_connected: IntGauge,
+    listener_connects: IntCounter,
+    stock_notifications: IntCounter,
     /// One scrape at a time: each adds what happened since the last.
     scrape: Mutex<()>,
 }
@@ -60,6 +64,13 @@ impl Metrics {
             Opts::new("flash_coupons_claims_total", "Claims answered, by outcome."),
             &["outcome"],
         ));
+        let releases = must(IntCounterVec::new(
+            Opts::new(
+                "flash_coupons_releases_total",
+                "Claim releases (DELETE /api/coupons/{name}/claims/{user_id}) answered, by outcome.",
+            ),
+            &["outcome"],
+        ));
         let retries = must(IntCounterVec::new(
             Opts::new(
                 "flash_coupons_claim_retries_total",
@@ -85,15 +96,32 @@ impl Metrics {
             ),
             &["holders"],
         ));
+        let listener_connected = must(IntGauge::new(
+            "flash_coupons_freshness_listener_connected",
+            "1 while the freshness listener's LISTEN connection is up and answered a round trip \
+             within the last second (sold-out coupons may be answered from memory), else 0.",
+        ));
+        let listener_connects = must(IntCounter::new(
+            "flash_coupons_freshness_listener_connects_total",
+            "Connections the freshness listener has LISTENed on (each forgets every sold-out coupon).",
+        ));
+        let stock_notifications = must(IntCounter::new(
+            "flash_coupons_freshness_notifications_total",
+            "Stock notifications heard (a coupon, or every coupon, forgotten).",
+        ));
         for collector in [
             Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
             Box::new(claims_waiting.clone()),
             Box::new(claims_by_outcome.clone()),
+            Box::new(releases.clone()),
             Box::new(retries.clone()),
             Box::new(retries_exhausted.clone()),
             Box::new(pool.clone()),
             Box::new(sold_out.clone()),
+            Box::new(listener_connected.clone()),
+            Box::new(listener_connects.clone()),
+            Box::new(stock_notifications.clone()),
             Box::new(claims.batch_stats().sizes.clone()),
         ] {
             must(registry.register(collector));
@@ -104,10 +132,14 @@ impl Metrics {
             in_flight,
             claims_waiting,
             claims: claims_by_outcome,
+            releases,
             retries,
             retries_exhausted,
             pool,
             sold_out,
+            listener_connected,
+            listener_connects,
+            stock_notifications,
             scrape: Mutex::new(()),
         }
     }
@@ -131,6 +163,10 @@ impl Metrics {
 
     pub fn claim_answered(&self, outcome: &str) {
         self.claims.with_label_values(&[outcome]).inc();
+    }
+
+    pub fn release_answered(&self, outcome: &str) {
+        self.releases.with_label_values(&[outcome]).inc();
     }
 
     /// The text exposition, with the counters kept elsewhere read now.
@@ -163,6 +199,15 @@ impl Metrics {
         self.sold_out
             .with_label_values(&["database"])
             .set(i64::try_from(in_database).unwrap_or(i64::MAX));
+        let freshness = claims.freshness();
+        self.listener_connected.set(i64::from(freshness.fresh));
+        // Counters only go up: add what happened since the last scrape.
+        for (counter, seen) in [
+            (&self.listener_connects, freshness.connects),
+            (&self.stock_notifications, freshness.notifications),
+        ] {
+            counter.inc_by(seen.saturating_sub(counter.get()));
+        }
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

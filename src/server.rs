@@ -61,7 +61,7 @@ use crate::config::{Config, describe_database};
 use crate::context::{Context, Writers};
 use crate::http::{self, Gate, Job, Outgoing};
 use crate::listener;
-use crate::store::{Store, StoreError};
+use crate::store::{StockListener, Store, StoreError};
 use crate::workers::WorkerPool;
 
 /// The shortest pause before starting an accept loop after a failure.
@@ -116,6 +116,8 @@ pub struct Server {
     retired_pump: Option<JoinHandle<()>>,
     reaper: Option<JoinHandle<()>>,
     lanes: Option<Lanes>,
+    /// The freshness listener (see `store::freshness`): stopped last.
+    freshness: Option<StockListener>,
     /// This server's entry in the panic hook's list.
     watcher: u64,
 }
@@ -239,6 +241,11 @@ impl Server {
             },
         ));
 
+        let freshness = context
+            .store
+            .listen_for_stock(context.claims.stock_events())
+            .map_err(|e| StartError::Listen(format!("starting the db-listener thread: {e}")))?;
+
         let listener = listener::bind(&config.listen_addr, config.idle_timeout)
             .map_err(|e| StartError::Listen(format!("{}: {e}", config.listen_addr)))?;
         let addr = listener
@@ -284,6 +291,7 @@ impl Server {
             retired_pump: None,
             reaper: None,
             lanes: Some(lanes),
+            freshness: Some(freshness),
         };
         let (reaper, reaped) = unbounded::<tiny_http::Server>();
         server.reaper = Some(spawn("reaper", move || reaped.iter().for_each(drop))?);
@@ -387,6 +395,7 @@ impl Drop for Server {
             drop(writers);
             drop(large_writers);
         }
+        drop(self.freshness.take());
         info!("stopped");
     }
 }

@@ -9,7 +9,9 @@
 //! Across server processes on one database, the store serializes a coupon's
 //! claim transactions with an advisory lock (`Store::claim_batch`); claims
 //! that queue here while the leader waits for another server's batch join
-//! the leader's batch once its turn comes.
+//! the leader's batch once its turn comes. Releases (`Claims::release`) take
+//! the same lock and not this queue: the database orders them with the
+//! batches, and nothing queued here depends on stock.
 
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};

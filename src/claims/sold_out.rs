@@ -1,16 +1,45 @@
 //! Claims on a sold-out coupon, answered without a write.
 //!
-//! Stock never rises in this service, and every claim row is inserted in
-//! the same transaction that takes a unit. So once a coupon is seen at 0,
-//! its holders are final: a holder gets 409 and anyone else 400, from memory
-//! when the holders are few enough, from one index probe otherwise.
+//! Every claim row is inserted in the same transaction that takes a unit, so
+//! while a coupon stays at 0 its holders are final: a holder gets 409 and
+//! anyone else 400, from memory when the holders are few enough, from one
+//! index probe otherwise.
+//!
+//! Stock can rise again, though: a release gives a unit back (and takes a
+//! holder away), and so can anyone's SQL (a restock, a restore, a TRUNCATE
+//! and a new coupon of the same name). So what is remembered is dropped
+//! whenever such a commit may have happened:
+//!
+//! - a release by this process drops its coupon before it is answered
+//!   ([`SoldOut::forget`]);
+//! - the freshness listener (`store::freshness`) passes on what the
+//!   database's triggers notify, for any process's commits and anyone
+//!   else's ([`StockEvents::changed`]);
+//! - memory answers only while the listener has confirmed its connection
+//!   within the last second ([`StockEvents::confirmed_until`]): before it
+//!   first listens, while it has lost its connection or while that
+//!   connection does not answer, every claim is decided by a transaction;
+//!   and on every new connection everything is forgotten, since
+//!   notifications may have been missed in between.
+//!
+//! Learning that a coupon is sold out races with all of these: the holders
+//! are read after the transaction that saw 0, and a unit may have come back
+//! in between, its notification arriving before or after the read. So the
+//! read checks the stock itself, in the same snapshot as the holders, and a
+//! learning is registered before the read starts: forgetting the coupon (or
+//! everything) meanwhile spoils it, and a spoiled learning stores nothing.
+//! A release that commits before the read's snapshot is seen by it; one that
+//! commits after has its notification (or, in this process, its `forget`)
+//! come after the registration: either before the entry is stored, which
+//! then is not, or after, which removes it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
 
 use crate::domain::{ClaimOutcome, CouponName, UserId};
-use crate::store::{Store, StoreError};
+use crate::store::{StockEvents, Store, StoreError};
 
 /// Holders kept in memory for one coupon at most.
 const MAX_HOLDERS_PER_COUPON: usize = 10_000;
@@ -24,26 +53,79 @@ enum Holders {
     InDatabase,
 }
 
+impl Holders {
+    fn in_memory(&self) -> usize {
+        match self {
+            Holders::InMemory(set) => set.len(),
+            Holders::InDatabase => 0,
+        }
+    }
+}
+
 pub enum Verdict {
     Known(Result<ClaimOutcome, StoreError>),
     Open,
 }
 
+/// What is remembered, and what is being learned, under one lock.
+#[derive(Default)]
+struct Memory {
+    known: HashMap<CouponName, Holders>,
+    /// Coupons whose holders are being read, and whether they were
+    /// forgotten since (spoiled).
+    learning: HashMap<CouponName, bool>,
+}
+
 pub struct SoldOut {
-    known: RwLock<HashMap<CouponName, Holders>>,
+    memory: RwLock<Memory>,
     holders_in_memory: AtomicUsize,
+    /// Memory answers while `origin.elapsed()` is below this many
+    /// nanoseconds: 0 until the listener first confirms its connection.
+    fresh_until: AtomicU64,
+    origin: Instant,
+    /// Whether the listener holds a connection that has LISTENed.
+    listening: AtomicBool,
+    connects: AtomicU64,
+    notifications: AtomicU64,
+}
+
+/// The freshness listener's state, for /metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Freshness {
+    /// Memory may answer now: the listener's connection was confirmed
+    /// within the last second.
+    pub fresh: bool,
+    pub listening: bool,
+    /// Connections the listener has LISTENed on since start.
+    pub connects: u64,
+    /// Notifications heard since start.
+    pub notifications: u64,
 }
 
 impl SoldOut {
     pub fn new() -> SoldOut {
         SoldOut {
-            known: RwLock::new(HashMap::new()),
+            memory: RwLock::new(Memory::default()),
             holders_in_memory: AtomicUsize::new(0),
+            fresh_until: AtomicU64::new(0),
+            origin: Instant::now(),
+            listening: AtomicBool::new(false),
+            connects: AtomicU64::new(0),
+            notifications: AtomicU64::new(0),
         }
     }
 
+    /// Whether memory may answer now.
+    fn fresh(&self) -> bool {
+        let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        now < self.fresh_until.load(Ordering::SeqCst)
+    }
+
     pub fn verdict(&self, store: &Store, coupon: &CouponName, user: &UserId) -> Verdict {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        if !self.fresh() {
+            return Verdict::Open;
+        }
+        let memory = self.read();
         let decide = |holds: bool| {
             if holds {
                 ClaimOutcome::AlreadyClaimed
@@ -51,28 +133,43 @@ impl SoldOut {
                 ClaimOutcome::OutOfStock
             }
         };
-        match known.get(coupon) {
+        match memory.known.get(coupon) {
             None => Verdict::Open,
             Some(Holders::InMemory(set)) => Verdict::Known(Ok(decide(set.contains(user.as_str())))),
             Some(Holders::InDatabase) => {
-                drop(known);
+                drop(memory);
                 Verdict::Known(store.holds(coupon, user).map(decide))
             }
         }
     }
 
-    /// Records that `coupon` is at 0, with its holders. A failed read is
-    /// simply not recorded: the next batch that sees 0 tries again.
+    /// Records that `coupon` is at 0, with its holders, if a read of both
+    /// in one snapshot says so and the coupon was not forgotten meanwhile. A
+    /// failed read is simply not recorded: the next batch that sees 0 tries
+    /// again.
     pub fn learn(&self, store: &Store, coupon: &CouponName) {
+        if !self.fresh() {
+            return;
+        }
         {
-            let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-            if known.contains_key(coupon) || known.len() >= MAX_COUPONS {
+            let mut memory = self.write();
+            if memory.known.contains_key(coupon)
+                || memory.known.len() >= MAX_COUPONS
+                || memory.learning.contains_key(coupon)
+            {
                 return;
             }
+            memory.learning.insert(coupon.clone(), false);
         }
-        let Ok(holders) = store.holders(coupon, MAX_HOLDERS_PER_COUPON as i64 + 1) else {
+        let read = store.sold_out_holders(coupon, MAX_HOLDERS_PER_COUPON as i64 + 1);
+        let mut memory = self.write();
+        let spoiled = memory.learning.remove(coupon).unwrap_or(true);
+        let Ok(Some(holders)) = read else {
             return;
         };
+        if spoiled || memory.known.contains_key(coupon) {
+            return;
+        }
         let count = holders.len();
         let fits = count <= MAX_HOLDERS_PER_COUPON
             && self
@@ -86,24 +183,162 @@ impl SoldOut {
         } else {
             Holders::InDatabase
         };
-        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
-        if known.contains_key(coupon) {
-            if fits {
-                self.holders_in_memory.fetch_sub(count, Ordering::SeqCst);
+        memory.known.insert(coupon.clone(), entry);
+    }
+
+    /// Drops what is remembered about `coupon` (`None`: about every coupon),
+    /// and spoils any learning of it under way.
+    pub fn forget(&self, coupon: Option<&CouponName>) {
+        let mut memory = self.write();
+        let freed: usize = match coupon {
+            Some(coupon) => {
+                if let Some(spoiled) = memory.learning.get_mut(coupon) {
+                    *spoiled = true;
+                }
+                memory.known.remove(coupon).map_or(0, |h| h.in_memory())
             }
-            return;
-        }
-        known.insert(coupon.clone(), entry);
+            None => {
+                memory
+                    .learning
+                    .values_mut()
+                    .for_each(|spoiled| *spoiled = true);
+                memory.known.drain().map(|(_, h)| h.in_memory()).sum()
+            }
+        };
+        self.holders_in_memory.fetch_sub(freed, Ordering::SeqCst);
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Memory> {
+        self.memory.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Memory> {
+        self.memory.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// How many sold-out coupons are answered from memory and from the
     /// database, for /metrics.
     pub fn sizes(&self) -> (usize, usize) {
-        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
-        let in_memory = known
+        let memory = self.read();
+        let in_memory = memory
+            .known
             .values()
             .filter(|h| matches!(h, Holders::InMemory(_)))
             .count();
-        (in_memory, known.len() - in_memory)
+        (in_memory, memory.known.len() - in_memory)
+    }
+
+    pub fn freshness(&self) -> Freshness {
+        Freshness {
+            fresh: self.fresh(),
+            listening: self.listening.load(Ordering::SeqCst),
+            connects: self.connects.load(Ordering::SeqCst),
+            notifications: self.notifications.load(Ordering::SeqCst),
+        }
+    }
+}
+
+impl StockEvents for SoldOut {
+    fn listening(&self) {
+        // Nothing heard before this connection can be trusted: notifications
+        // sent while there was none are lost.
+        self.forget(None);
+        self.listening.store(true, Ordering::SeqCst);
+        self.connects.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn confirmed_until(&self, until: Instant) {
+        let nanos = until
+            .checked_duration_since(self.origin)
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        if self.listening.load(Ordering::SeqCst) {
+            self.fresh_until.fetch_max(nanos, Ordering::SeqCst);
+        }
+    }
+
+    fn lost(&self) {
+        self.listening.store(false, Ordering::SeqCst);
+        self.fresh_until.store(0, Ordering::SeqCst);
+        self.forget(None);
+    }
+
+    fn changed(&self, coupon: Option<&str>) {
+        self.notifications.fetch_add(1, Ordering::SeqCst);
+        match coupon {
+            // A name the service would refuse is never remembered, nor
+            // learned.
+            Some(name) => {
+                if let Ok(name) = CouponName::parse(name) {
+                    self.forget(Some(&name));
+                }
+            }
+            None => self.forget(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn name(n: &str) -> CouponName {
+        CouponName::parse(n).unwrap()
+    }
+
+    fn remember(sold_out: &SoldOut, coupon: &str, holders: &[&str]) {
+        let set: HashSet<String> = holders.iter().map(|h| h.to_string()).collect();
+        sold_out
+            .holders_in_memory
+            .fetch_add(set.len(), Ordering::SeqCst);
+        sold_out
+            .write()
+            .known
+            .insert(name(coupon), Holders::InMemory(set));
+    }
+
+    #[test]
+    fn memory_answers_only_while_the_listener_is_confirmed() {
+        let sold_out = SoldOut::new();
+        assert!(!sold_out.fresh(), "not before the listener first listens");
+        sold_out.listening();
+        assert!(!sold_out.fresh(), "not before its first round trip");
+        sold_out.confirmed_until(Instant::now() + Duration::from_secs(60));
+        assert!(sold_out.fresh());
+        sold_out.confirmed_until(Instant::now());
+        assert!(sold_out.fresh(), "a lease is never shortened");
+        sold_out.lost();
+        assert!(!sold_out.fresh(), "not once the connection is lost");
+        sold_out.confirmed_until(Instant::now() + Duration::from_secs(60));
+        assert!(!sold_out.fresh(), "nor until it listens again");
+        let lapsed = SoldOut::new();
+        lapsed.listening();
+        lapsed.confirmed_until(Instant::now());
+        assert!(!lapsed.fresh(), "not once the lease ran out");
+    }
+
+    #[test]
+    fn notifications_forget_one_coupon_or_all_and_free_their_holders() {
+        let sold_out = SoldOut::new();
+        remember(&sold_out, "A", &["u1", "u2"]);
+        remember(&sold_out, "B", &["u3"]);
+        sold_out.write().learning.insert(name("A"), false);
+        sold_out.write().learning.insert(name("Z"), false);
+        sold_out.changed(Some("A"));
+        assert_eq!(sold_out.sizes(), (1, 0));
+        assert_eq!(sold_out.holders_in_memory.load(Ordering::SeqCst), 1);
+        assert!(sold_out.read().learning[&name("A")], "A's learning spoiled");
+        assert!(!sold_out.read().learning[&name("Z")], "Z's not");
+        sold_out.changed(Some(" not a name "));
+        assert_eq!(sold_out.sizes(), (1, 0), "a name never remembered");
+        remember(&sold_out, "C", &["u4"]);
+        sold_out.changed(None);
+        assert_eq!(sold_out.sizes(), (0, 0));
+        assert!(sold_out.read().learning[&name("Z")], "everything spoils Z");
+        assert_eq!(sold_out.holders_in_memory.load(Ordering::SeqCst), 0);
+        remember(&sold_out, "D", &["u5"]);
+        sold_out.listening();
+        assert_eq!(sold_out.sizes(), (0, 0), "a new connection forgets all");
+        assert_eq!(sold_out.freshness().notifications, 3);
     }
 }

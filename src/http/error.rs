@@ -69,6 +69,8 @@ pub enum ApiError {
     },
     InvalidPath,
     CouponNotFound,
+    /// The coupon exists; the user holds none of it (a release).
+    ClaimNotFound,
     CouponExists,
     AlreadyClaimed,
     OutOfStock,
@@ -86,6 +88,9 @@ pub enum ApiError {
     },
     Unauthorized,
     Forbidden,
+    /// An operation that always needs the admin token, on a server that has
+    /// none (ADMIN_TOKEN unset): refused, whatever the request carries.
+    NoAdminToken,
     Store(StoreError),
 }
 
@@ -102,7 +107,7 @@ impl ApiError {
 
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::RouteNotFound | ApiError::CouponNotFound => 404,
+            ApiError::RouteNotFound | ApiError::CouponNotFound | ApiError::ClaimNotFound => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::NotStarted => 403,
             ApiError::Expired => 410,
@@ -111,7 +116,7 @@ impl ApiError {
             | ApiError::WindowOrder
             | ApiError::InvalidTimestamp { .. } => 400,
             ApiError::Unauthorized => 401,
-            ApiError::Forbidden => 403,
+            ApiError::Forbidden | ApiError::NoAdminToken => 403,
             ApiError::UnsupportedMediaType => 415,
             ApiError::PayloadTooLarge { .. } => 413,
             ApiError::RequestTimeout => 408,
@@ -144,6 +149,7 @@ impl ApiError {
             ApiError::Field { field, problem } => return format!("{field}_{}", problem.reason()),
             ApiError::InvalidPath => "invalid_path",
             ApiError::CouponNotFound => "coupon_not_found",
+            ApiError::ClaimNotFound => "claim_not_found",
             ApiError::CouponExists => "coupon_exists",
             ApiError::AlreadyClaimed => "already_claimed",
             ApiError::OutOfStock => "out_of_stock",
@@ -156,7 +162,7 @@ impl ApiError {
             ApiError::WindowOrder => "expires_at_not_after_starts_at",
             ApiError::InvalidTimestamp { field } => return format!("{field}_not_rfc3339"),
             ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden => "forbidden",
+            ApiError::Forbidden | ApiError::NoAdminToken => "forbidden",
             ApiError::Store(StoreError::Busy { .. }) => "busy",
             ApiError::Store(StoreError::Unavailable(_)) => "database_unavailable",
             ApiError::Store(StoreError::Internal(_)) => "internal_error",
@@ -183,9 +189,13 @@ impl ApiError {
                 format!("{field} must be an RFC 3339 timestamp such as 2026-11-25T12:00:00Z.")
             }
             ApiError::Unauthorized => {
-                "Creating coupons needs an Authorization: Bearer token.".to_owned()
+                "This request needs an Authorization: Bearer token.".to_owned()
             }
-            ApiError::Forbidden => "That token may not create coupons.".to_owned(),
+            ApiError::Forbidden => "That token is not the admin token.".to_owned(),
+            ApiError::NoAdminToken => {
+                "This server has no admin token (ADMIN_TOKEN), so it does this for nobody."
+                    .to_owned()
+            }
             ApiError::MethodNotAllowed { allow } => {
                 format!("This path only answers {allow}.")
             }
@@ -211,9 +221,10 @@ impl ApiError {
             }
             ApiError::Field { field, problem } => format!("{field} {}.", problem.explain()),
             ApiError::InvalidPath => {
-                "The coupon name in the path is not valid percent-encoded UTF-8.".to_owned()
+                "A name in the path is not valid percent-encoded UTF-8.".to_owned()
             }
             ApiError::CouponNotFound => "No coupon has that name.".to_owned(),
+            ApiError::ClaimNotFound => "This user holds no unit of this coupon.".to_owned(),
             ApiError::CouponExists => "A coupon with that name already exists.".to_owned(),
             ApiError::AlreadyClaimed => "This user has already claimed this coupon.".to_owned(),
             ApiError::OutOfStock => "This coupon has no units left.".to_owned(),

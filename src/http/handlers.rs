@@ -8,7 +8,7 @@ use crate::context::Context;
 use crate::domain::{
     Amount, ClaimOutcome, Coupon, CouponName, SaleWindow, UserId, format_instant, parse_instant,
 };
-use crate::store::{Claimers, StoreError};
+use crate::store::{Claimers, ReleaseOutcome, StoreError};
 
 use super::body::{Fields, json_object};
 use super::budget::Buffer;
@@ -124,6 +124,27 @@ pub fn claim_reply(
         ClaimOutcome::Expired => Err(ApiError::Expired),
         ClaimOutcome::AlreadyClaimed => Err(ApiError::AlreadyClaimed),
         ClaimOutcome::OutOfStock => Err(ApiError::OutOfStock),
+    }
+}
+
+/// DELETE /api/coupons/{name}/claims/{user_id}: gives the user's unit back
+/// (the admin token was checked before). The answer is sent only after the
+/// release committed, and after this process stopped answering the coupon's
+/// claims from memory.
+pub fn release_claim(ctx: &Context, raw_name: &str, raw_user: &str) -> Result<Reply, ApiError> {
+    let coupon = path_name(raw_name)?;
+    let user = path_user(raw_user)?;
+    match ctx.claims.release(&coupon, &user)? {
+        ReleaseOutcome::Released { remaining_amount } => Ok(json(
+            200,
+            &json!({
+                "coupon_name": coupon.as_str(),
+                "user_id": user.as_str(),
+                "remaining_amount": remaining_amount,
+            }),
+        )),
+        ReleaseOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
+        ReleaseOutcome::ClaimNotFound => Err(ApiError::ClaimNotFound),
     }
 }
 
@@ -254,8 +275,19 @@ pub fn health(ctx: &Context) -> Reply {
 /// The coupon name from a path segment, percent-decoded and checked like
 /// the name in a request body.
 fn path_name(raw: &str) -> Result<CouponName, ApiError> {
-    let decoded = percent_decode_str(raw)
+    CouponName::parse(&path_segment(raw)?)
+        .map_err(|e| ApiError::field("coupon_name", FieldProblem::Text(e)))
+}
+
+/// The user id from a path segment, percent-decoded and checked like the
+/// user id in a claim's body.
+fn path_user(raw: &str) -> Result<UserId, ApiError> {
+    UserId::parse(&path_segment(raw)?)
+        .map_err(|e| ApiError::field("user_id", FieldProblem::Text(e)))
+}
+
+fn path_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    percent_decode_str(raw)
         .decode_utf8()
-        .map_err(|_| ApiError::InvalidPath)?;
-    CouponName::parse(&decoded).map_err(|e| ApiError::field("coupon_name", FieldProblem::Text(e)))
+        .map_err(|_| ApiError::InvalidPath)
 }

@@ -23,7 +23,7 @@ mod router;
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{error, info, warn};
+use log::{error, warn};
 
 use crate::context::Context;
 use crate::domain::ClaimOutcome;
@@ -97,6 +97,29 @@ fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
     }
 }
 
+/// A release: the admin token first (always needed), then the path.
+fn release(
+    ctx: &Context,
+    request: &tiny_http::Request,
+    name: &str,
+    user: &str,
+) -> Result<Reply, ApiError> {
+    let result = auth::require_admin_token(ctx, request)
+        .and_then(|()| handlers::release_claim(ctx, name, user));
+    let outcome = match &result {
+        Ok(_) => "released",
+        Err(ApiError::ClaimNotFound) => "claim_not_found",
+        Err(ApiError::CouponNotFound) => "coupon_not_found",
+        Err(ApiError::Unauthorized | ApiError::Forbidden | ApiError::NoAdminToken) => "refused",
+        Err(ApiError::Field { .. } | ApiError::InvalidPath) => "invalid",
+        Err(ApiError::Store(StoreError::Busy { .. })) => "busy",
+        Err(ApiError::Store(StoreError::Unavailable(_))) => "unavailable",
+        Err(_) => "error",
+    };
+    ctx.metrics.release_answered(outcome);
+    result
+}
+
 fn dispatch(ctx: &Context, endpoint: Endpoint, incoming: &Incoming) -> Result<Reply, ApiError> {
     let target = incoming.request.url();
     match endpoint {
@@ -110,6 +133,7 @@ fn dispatch(ctx: &Context, endpoint: Endpoint, incoming: &Incoming) -> Result<Re
         Endpoint::Claim => unreachable!("claims take the claim path"),
         Endpoint::GetCoupon(name) => handlers::get_coupon(ctx, &name),
         Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, target),
+        Endpoint::ReleaseClaim(name, user) => release(ctx, &incoming.request, &name, &user),
         Endpoint::NotFound => Err(ApiError::RouteNotFound),
         Endpoint::MethodNotAllowed { allow } => Err(ApiError::MethodNotAllowed { allow }),
     }
@@ -138,7 +162,15 @@ fn finish(
     let status = reply.status;
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
-    info!(
+    // The edge and Docker probe /healthz every second or so: a passing
+    // probe is not worth a line at info, a failing one is.
+    let level = if route == "healthz" && status == 200 {
+        log::Level::Debug
+    } else {
+        log::Level::Info
+    };
+    log::log!(
+        level,
         "{method} {target} {status} {:.3}ms client={}",
         took.as_secs_f64() * 1000.0,
         client(&incoming.request)

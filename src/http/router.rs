@@ -13,6 +13,9 @@ pub enum Endpoint {
     /// A coupon by its still percent-encoded name.
     GetCoupon(String),
     ClaimsPage(String),
+    /// One user's claim on a coupon, given back: the coupon name and the
+    /// user id, both still percent-encoded.
+    ReleaseClaim(String, String),
     /// No such path.
     NotFound,
     /// The path exists; the method is not one it answers.
@@ -48,6 +51,7 @@ pub fn endpoint(method: &Method, target: &str) -> (Endpoint, &'static str) {
         (Route::Claim, Method::Get) => Endpoint::GetCoupon("claim".to_owned()),
         (Route::Coupon(name), Method::Get) => Endpoint::GetCoupon(name),
         (Route::CouponClaims(name), Method::Get) => Endpoint::ClaimsPage(name),
+        (Route::CouponClaim(name, user), Method::Delete) => Endpoint::ReleaseClaim(name, user),
         (found, _) => Endpoint::MethodNotAllowed {
             allow: found.allow(),
         },
@@ -62,7 +66,8 @@ impl Endpoint {
             | Endpoint::CreateCoupon
             | Endpoint::Claim
             | Endpoint::GetCoupon(_)
-            | Endpoint::ClaimsPage(_) => Lane::Database,
+            | Endpoint::ClaimsPage(_)
+            | Endpoint::ReleaseClaim(..) => Lane::Database,
             Endpoint::Health
             | Endpoint::Metrics
             | Endpoint::NotFound
@@ -80,6 +85,8 @@ pub enum Route {
     Claim,
     Coupon(String),
     CouponClaims(String),
+    /// A coupon name and a user id, still percent-encoded.
+    CouponClaim(String, String),
 }
 
 /// Matches the path part of a request target (the query is ignored).
@@ -92,18 +99,18 @@ pub fn route(target: &str) -> Option<Route> {
         "/api/coupons/claim" => Some(Route::Claim),
         _ => {
             let rest = path.strip_prefix("/api/coupons/")?;
-            let (name, claims) = match rest.strip_suffix("/claims") {
-                Some(name) => (name, true),
-                None => (rest, false),
-            };
-            if name.is_empty() || name.contains('/') {
+            let segments: Vec<&str> = rest.split('/').collect();
+            if segments.iter().any(|s| s.is_empty()) {
                 return None;
             }
-            Some(if claims {
-                Route::CouponClaims(name.to_owned())
-            } else {
-                Route::Coupon(name.to_owned())
-            })
+            match segments.as_slice() {
+                [name] => Some(Route::Coupon((*name).to_owned())),
+                [name, "claims"] => Some(Route::CouponClaims((*name).to_owned())),
+                [name, "claims", user] => {
+                    Some(Route::CouponClaim((*name).to_owned(), (*user).to_owned()))
+                }
+                _ => None,
+            }
         }
     }
 }
@@ -118,6 +125,7 @@ impl Route {
             Route::Claim => "claim",
             Route::Coupon(_) => "coupon",
             Route::CouponClaims(_) => "coupon_claims",
+            Route::CouponClaim(..) => "coupon_claim",
         }
     }
 
@@ -128,6 +136,7 @@ impl Route {
             Route::Coupons => "GET, POST",
             // GET here reads the coupon named "claim", which is a valid name.
             Route::Claim => "GET, POST",
+            Route::CouponClaim(..) => "DELETE",
         }
     }
 }
@@ -160,6 +169,13 @@ mod tests {
         assert_eq!((e, label), (Endpoint::NotFound, "none"));
         assert_eq!(endpoint(&Method::Get, "/healthz").0.lane(), Lane::Light);
         assert_eq!(endpoint(&Method::Get, "/metrics").0.lane(), Lane::Light);
+        let (e, label) = endpoint(&Method::Delete, "/api/coupons/A%20B/claims/u%2F1");
+        assert_eq!(e, Endpoint::ReleaseClaim("A%20B".into(), "u%2F1".into()));
+        assert_eq!((e.lane(), label), (Lane::Database, "coupon_claim"));
+        let (e, _) = endpoint(&Method::Get, "/api/coupons/A/claims/u1");
+        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "DELETE" });
+        let (e, _) = endpoint(&Method::Delete, "/api/coupons/A/claims");
+        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "GET" });
     }
 
     #[test]
@@ -169,5 +185,9 @@ mod tests {
         assert_eq!(route("/api/coupons/a/b"), None);
         assert_eq!(route("/api/coupons//claims"), None);
         assert_eq!(route("/api/couponsX"), None);
+        assert_eq!(route("/api/coupons/a/claims/"), None);
+        assert_eq!(route("/api/coupons/a/claims/u/x"), None);
+        assert_eq!(route("/api/coupons/a/other/u"), None);
+        assert_eq!(route("/api/coupons//claims/u"), None);
     }
 }

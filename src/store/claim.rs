@@ -120,14 +120,20 @@ impl Store {
 }
 
 impl Store {
-    /// Up to `limit` holders of a coupon, in claim order.
-    pub fn holders(&self, coupon: &CouponName, limit: i64) -> Result<Vec<String>, StoreError> {
+    /// Up to `limit` holders of a coupon in claim order, if it is sold out
+    /// and has no sale window; `None` otherwise (also when it does not
+    /// exist). Stock and holders come from one snapshot: a coupon read at 0
+    /// by an earlier transaction may have had a unit given back since.
+    pub fn sold_out_holders(
+        &self,
+        coupon: &CouponName,
+        limit: i64,
+    ) -> Result<Option<Vec<String>>, StoreError> {
         self.read(|client, stmts| {
-            Ok(client
-                .query(&stmts.holders_limited, &[&coupon.as_str(), &limit])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect())
+            let row = client.query_opt(&stmts.sold_out_holders, &[&coupon.as_str(), &limit])?;
+            Ok(row
+                .filter(|row| row.get::<_, bool>(0))
+                .map(|row| row.get::<_, Vec<String>>(1)))
         })
     }
 
@@ -158,6 +164,8 @@ impl Store {
     /// server's batch takes milliseconds. The lock is tried first, and only
     /// waited for when another session holds it: `body` learns which.
     ///
+    /// Releases take the same lock (see `Store::release_claim`), so a
+    /// coupon's claim batches and releases take turns over every server.
     /// Coupon creation does not take it: a coupon row is inserted once, and
     /// no claim transaction writes a row that creation reads.
     ///
@@ -165,7 +173,7 @@ impl Store {
     /// pool: when releasing it fails, the connection is discarded, and the
     /// database releases the lock when the session ends (also when the
     /// deadline cuts the connection, or `body` panics).
-    fn serializable_under_lock<T>(
+    pub(super) fn serializable_under_lock<T>(
         &self,
         key: i64,
         mut body: impl FnMut(

@@ -32,11 +32,14 @@ pub struct Statements {
     pub insert_new_claims: Statement,
     pub drop_claims: Statement,
     pub take_stock: Statement,
-    pub holders_limited: Statement,
+    pub sold_out_holders: Statement,
     pub holds: Statement,
     pub claims_page: Statement,
     pub coupons_page: Statement,
     pub claim_lock: Statement,
+    pub remove_claim: Statement,
+    pub give_back_stock: Statement,
+    pub record_release: Statement,
 }
 
 impl Statements {
@@ -74,8 +77,13 @@ impl Statements {
             take_stock: client.prepare(
                 "UPDATE coupons SET remaining_amount = remaining_amount - $2 WHERE name = $1",
             )?,
-            holders_limited: client.prepare(
-                "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id LIMIT $2",
+            // Whether the coupon is sold out (and has no sale window), and
+            // up to $2 of its holders in claim order: one statement, so both
+            // come from one snapshot (see `SoldOut::learn`).
+            sold_out_holders: client.prepare(
+                "SELECT c.remaining_amount = 0 AND c.starts_at IS NULL AND c.expires_at IS NULL, \
+                 ARRAY(SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id LIMIT $2) \
+                 FROM coupons c WHERE c.name = $1",
             )?,
             holds: client
                 .prepare("SELECT 1 FROM claims WHERE coupon_name = $1 AND user_id = $2")?,
@@ -94,6 +102,20 @@ impl Statements {
             claim_lock: client.prepare(
                 "SELECT CASE WHEN pg_try_advisory_lock($1) THEN false \
                  ELSE pg_advisory_lock($1)::text IS NOT NULL END",
+            )?,
+            // A release (see `Store::release_claim`): the claim row goes,
+            // its unit comes back (never above the amount, whatever was
+            // done to the row behind the service's back), and the claim is
+            // kept in the history with the time it was given back.
+            remove_claim: client.prepare(
+                "DELETE FROM claims WHERE coupon_name = $1 AND user_id = $2 RETURNING claimed_at",
+            )?,
+            give_back_stock: client.prepare(
+                "UPDATE coupons SET remaining_amount = LEAST(remaining_amount + 1, amount) \
+                 WHERE name = $1 RETURNING remaining_amount",
+            )?,
+            record_release: client.prepare(
+                "INSERT INTO claim_releases (coupon_name, user_id, claimed_at) VALUES ($1, $2, $3)",
             )?,
         })
     }
@@ -165,6 +187,21 @@ impl Client {
         if *timed_out || inner.is_closed() {
             *armed.broken = true;
         }
+        result
+    }
+
+    /// Runs `op` without a deadline from the watchdog, for an operation that
+    /// bounds its own wait (waiting for notifications with a timeout): the
+    /// freshness listener spends its life waiting, and must not keep the
+    /// watchdog ticking. A panic in `op` leaves the connection broken.
+    pub(crate) fn run_self_bounded<T>(
+        &mut self,
+        op: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+    ) -> Result<T, postgres::Error> {
+        self.broken = true;
+        self.timed_out = false;
+        let result = op(&mut self.inner);
+        self.broken = self.inner.is_closed();
         result
     }
 

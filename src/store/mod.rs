@@ -5,6 +5,8 @@ mod claim;
 mod connection;
 mod coupons;
 mod error;
+mod freshness;
+mod release;
 mod retry;
 mod schema;
 mod watchdog;
@@ -20,6 +22,8 @@ pub use claim::BatchResult;
 pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
 pub use error::{RetryCause, StoreError};
+pub use freshness::{StockEvents, StockListener};
+pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::SCHEMA_SQL;
 
@@ -65,6 +69,9 @@ pub struct Store {
     /// work must not read as a database that does not answer.
     health: Arc<Mutex<Option<Client>>>,
     connector: Connector,
+    /// Opens the freshness listener's connections (see `freshness`): the
+    /// same settings, and an application_name of their own.
+    listener_connector: Connector,
     retry: RetryPolicy,
     retries: Arc<RetryCounts>,
     checkout_timeout: Duration,
@@ -74,7 +81,11 @@ impl Store {
     /// Connects (waiting for the database up to `startup_timeout`), applies
     /// the schema and fills the pool.
     pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
-        let connector = Connector::new(connection_config(settings), settings.query_timeout);
+        let config = connection_config(settings);
+        let mut listener_config = config.clone();
+        listener_config.application_name(&format!("flash-coupons-listener-{}", std::process::id()));
+        let connector = Connector::new(config, settings.query_timeout);
+        let listener_connector = Connector::new(listener_config, settings.query_timeout);
         start_up(&connector, settings.startup_timeout)?;
 
         let failures = Arc::new(FailureLog::default());
@@ -89,10 +100,17 @@ impl Store {
             pool,
             health,
             connector,
+            listener_connector,
             retry: RetryPolicy::new(settings.max_retries),
             retries: Arc::new(RetryCounts::default()),
             checkout_timeout: settings.checkout_timeout,
         })
+    }
+
+    /// Starts the freshness listener (see `freshness`), which reports to
+    /// `events` until the returned handle is dropped.
+    pub fn listen_for_stock(&self, events: Arc<dyn StockEvents>) -> std::io::Result<StockListener> {
+        StockListener::start(self.listener_connector.clone(), events)
     }
 
     pub fn retries(&self) -> &RetryCounts {

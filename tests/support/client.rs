@@ -95,9 +95,30 @@ pub fn exchange(
     json_body: Option<&str>,
     limit: Duration,
 ) -> Exchange {
+    exchange_with_headers(addr, method, path, json_body, "", limit)
+}
+
+/// The same, with `extra_headers` (whole header lines, each ending in
+/// CRLF) added to the request.
+pub fn exchange_with_headers(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json_body: Option<&str>,
+    extra_headers: &str,
+    limit: Duration,
+) -> Exchange {
     let started = Instant::now();
     let mut sent = None;
-    let result = attempt(addr, method, path, json_body, started + limit, &mut sent);
+    let result = attempt(
+        addr,
+        method,
+        path,
+        json_body,
+        extra_headers,
+        started + limit,
+        &mut sent,
+    );
     Exchange {
         result,
         started,
@@ -115,11 +136,43 @@ pub fn get(addr: SocketAddr, path: &str, limit: Duration) -> Exchange {
     exchange(addr, "GET", path, None, limit)
 }
 
+/// DELETE /api/coupons/{coupon}/claims/{user} (both percent-encoded here),
+/// with `Authorization: Bearer <token>` when a token is given.
+pub fn release(
+    addr: SocketAddr,
+    coupon: &str,
+    user: &str,
+    token: Option<&str>,
+    limit: Duration,
+) -> Exchange {
+    let path = format!(
+        "/api/coupons/{}/claims/{}",
+        percent_encode_segment(coupon),
+        percent_encode_segment(user)
+    );
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    exchange_with_headers(addr, "DELETE", &path, None, &auth, limit)
+}
+
+/// Every byte but unreserved ASCII as %XX, for a path segment.
+pub fn percent_encode_segment(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
 fn attempt(
     addr: SocketAddr,
     method: &str,
     path: &str,
     json_body: Option<&str>,
+    extra_headers: &str,
     deadline: Instant,
     sent: &mut Option<Instant>,
 ) -> Result<Answered, Failure> {
@@ -130,7 +183,12 @@ fn attempt(
             error: e.to_string(),
         })?;
     let _ = stream.set_nodelay(true);
-    let request = request_text(method, path, json_body, "Connection: close\r\n");
+    let request = request_text(
+        method,
+        path,
+        json_body,
+        &format!("Connection: close\r\n{extra_headers}"),
+    );
     let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
     stream
         .write_all(request.as_bytes())

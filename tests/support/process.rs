@@ -231,6 +231,12 @@ impl ServerProcess {
         self.child.id() as i32
     }
 
+    /// The application_name of the server's freshness listener connection
+    /// (its LISTEN session), as pg_stat_activity shows it.
+    pub fn listener_application_name(&self) -> String {
+        format!("flash-coupons-listener-{}", self.pid())
+    }
+
     /// The names of the server's threads, as the kernel has them.
     pub fn thread_names(&self) -> Vec<String> {
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid())) else {

@@ -1,0 +1,810 @@
+//! Giving a claimed unit back: `DELETE /api/coupons/{name}/claims/{user_id}`,
+//! and what every server remembers about sold-out coupons staying true when
+//! stock rises again, through a release or through anyone's SQL.
+//!
+//! The freshness contract: after a release's 200 the releasing server serves
+//! the unit at once, and every other server within 1 s. The polls below give
+//! it a few seconds (a liveness bound) and print what they saw; run with
+//! `--nocapture` to read the times.
+//!
+//! Every server is the real binary as a child process (or in-process for the
+//! bad-input cases), on 127.0.0.1, against a database of its own.
+
+mod support;
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::client::{self, Exchange};
+use support::http::{metric, request_with, scrape};
+use support::process::ServerProcess;
+use support::{TestApp, TestDb, wait_for};
+
+/// What the client gives any one request before calling it a hang.
+const LIMIT: Duration = Duration::from_secs(60);
+const TOKEN: &str = "t";
+/// The liveness bound of every freshness poll (the contract is 1 s).
+const FRESH_BOUND: Duration = Duration::from_secs(3);
+
+fn servers(db: &TestDb, count: usize) -> Vec<ServerProcess> {
+    (0..count)
+        .map(|_| ServerProcess::spawn(&db.url, &[("ADMIN_TOKEN", TOKEN)]))
+        .collect()
+}
+
+fn bearer() -> String {
+    format!("Authorization: Bearer {TOKEN}\r\n")
+}
+
+fn create(server: &ServerProcess, name: &str, amount: i64) {
+    let body = json!({ "name": name, "amount": amount }).to_string();
+    let created = client::exchange_with_headers(
+        server.addr,
+        "POST",
+        "/api/coupons",
+        Some(&body),
+        &bearer(),
+        LIMIT,
+    );
+    assert_eq!(created.status(), Some(201), "{created:?}");
+}
+
+/// (status, error code) of an exchange; status 0 when no answer came.
+fn outcome(e: &Exchange) -> (u16, String) {
+    match e.answered() {
+        Some(a) => (a.status(), a.code().to_owned()),
+        None => (0, format!("{:?}", e.result)),
+    }
+}
+
+fn claim(server: &ServerProcess, user: &str, coupon: &str) -> (u16, String) {
+    outcome(&client::claim(server.addr, user, coupon, LIMIT))
+}
+
+fn release(server: &ServerProcess, coupon: &str, user: &str) -> Exchange {
+    client::release(server.addr, coupon, user, Some(TOKEN), LIMIT)
+}
+
+fn metrics(server: &ServerProcess) -> String {
+    scrape(&server.base)
+}
+
+/// Claim transactions the server has run (its batches).
+fn batches(server: &ServerProcess) -> f64 {
+    metric(&metrics(server), "flash_coupons_claim_batch_size_count")
+}
+
+fn sold_out_in_memory(server: &ServerProcess) -> f64 {
+    metric(
+        &metrics(server),
+        "flash_coupons_sold_out_coupons{holders=\"memory\"}",
+    )
+}
+
+fn listener_connected(server: &ServerProcess) -> bool {
+    metric(
+        &metrics(server),
+        "flash_coupons_freshness_listener_connected",
+    ) == 1.0
+}
+
+/// A claim, and whether it was answered without a transaction (from the
+/// sold-out memory): the server's batch count did not move.
+fn claim_seen(server: &ServerProcess, user: &str, coupon: &str) -> ((u16, String), bool) {
+    let before = batches(server);
+    let answer = claim(server, user, coupon);
+    (answer, batches(server) == before)
+}
+
+/// Claims on `coupon` through `server` by users who hold nothing, until the
+/// server answers them from memory (it has learned the coupon is sold out).
+fn until_answered_from_memory(server: &ServerProcess, coupon: &str, prefix: &str) {
+    assert!(
+        wait_for(Duration::from_secs(10), || listener_connected(server)),
+        "the freshness listener never connected"
+    );
+    for i in 0..50 {
+        let (answer, from_memory) = claim_seen(server, &format!("{prefix}-{i}"), coupon);
+        assert_eq!(answer, (400, "out_of_stock".to_owned()));
+        if from_memory {
+            return;
+        }
+    }
+    panic!("{coupon} was never answered from memory");
+}
+
+/// Polls `attempt` until it gives `want`, within FRESH_BOUND; how long it
+/// took since `since`, and the stale answers seen before.
+fn poll_until(
+    since: Instant,
+    what: &str,
+    want: (u16, &str),
+    mut attempt: impl FnMut() -> (u16, String),
+) -> (Duration, Vec<(u16, String)>) {
+    let mut stale = Vec::new();
+    let done = wait_for(FRESH_BOUND, || {
+        let got = attempt();
+        if (got.0, got.1.as_str()) == want {
+            true
+        } else {
+            stale.push(got);
+            false
+        }
+    });
+    let took = since.elapsed();
+    assert!(
+        done,
+        "{what}: not {want:?} within {FRESH_BOUND:?}; answers: {stale:?}"
+    );
+    eprintln!(
+        "{what}: {want:?} after {took:.1?} ({} stale answers before)",
+        stale.len()
+    );
+    (took, stale)
+}
+
+fn holders(db: &TestDb, coupon: &str) -> Vec<String> {
+    db.client()
+        .query(
+            "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id",
+            &[&coupon],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+fn remaining(db: &TestDb, coupon: &str) -> i32 {
+    db.client()
+        .query_one(
+            "SELECT remaining_amount FROM coupons WHERE name = $1",
+            &[&coupon],
+        )
+        .unwrap()
+        .get(0)
+}
+
+#[test]
+fn a_released_unit_is_served_by_every_replica() {
+    let db = TestDb::new();
+    let servers = servers(&db, 2);
+    let (a, b) = (&servers[0], &servers[1]);
+    create(a, "SEQ", 3);
+    for user in ["u1", "u2", "u3"] {
+        assert_eq!(claim(a, user, "SEQ").0, 200);
+    }
+    // B learns that SEQ is sold out, and answers from memory.
+    until_answered_from_memory(b, "SEQ", "probe-b");
+    assert_eq!(sold_out_in_memory(b), 1.0);
+    let (answer, from_memory) = claim_seen(b, "u2", "SEQ");
+    assert_eq!((answer.0, from_memory), (409, true), "{answer:?}");
+
+    // Two units back, through A.
+    let mut released_at = Instant::now();
+    for (user, left) in [("u2", 1), ("u1", 2)] {
+        let released = release(a, "SEQ", user);
+        assert_eq!(released.status(), Some(200), "{released:?}");
+        assert_eq!(
+            released.answered().unwrap().answer.body,
+            json!({ "coupon_name": "SEQ", "user_id": user, "remaining_amount": left })
+        );
+        released_at = Instant::now();
+    }
+
+    // B reads the new state at once, ...
+    let got = client::get(b.addr, "/api/coupons/SEQ", LIMIT);
+    let body = &got.answered().expect("GET answered").answer.body;
+    assert_eq!(body["remaining_amount"], 2, "{body}");
+    assert_eq!(body["claimed_by"], json!(["u3"]), "{body}");
+    // ... and serves the released user (no stale 409), then a new user (no
+    // stale 400).
+    let (user_took, _) = poll_until(
+        released_at,
+        "replica B, released user u2 claims again",
+        (200, ""),
+        || claim(b, "u2", "SEQ"),
+    );
+    let (new_took, _) = poll_until(
+        released_at,
+        "replica B, new user n1 claims",
+        (200, ""),
+        || claim(b, "n1", "SEQ"),
+    );
+    eprintln!("freshness on the other replica: {user_took:.1?} and {new_took:.1?}");
+    // Sold out again, and answered as such from memory once learned.
+    assert_eq!(claim(b, "n2", "SEQ"), (400, "out_of_stock".to_owned()));
+    assert_eq!(claim(b, "u1", "SEQ"), (400, "out_of_stock".to_owned()));
+    assert_eq!(claim(b, "u2", "SEQ"), (409, "already_claimed".to_owned()));
+    until_answered_from_memory(b, "SEQ", "probe-b2");
+
+    // The releasing server serves the unit at once: A knows SEQ is sold out,
+    // releases n1, and the very next claim there gets it.
+    until_answered_from_memory(a, "SEQ", "probe-a");
+    let released = release(a, "SEQ", "n1");
+    assert_eq!(released.status(), Some(200), "{released:?}");
+    let (answer, from_memory) = claim_seen(a, "u1", "SEQ");
+    assert_eq!(answer.0, 200, "the releasing server at once: {answer:?}");
+    assert!(!from_memory);
+
+    assert_eq!(holders(&db, "SEQ"), ["u3", "u2", "u1"]);
+    assert_eq!(remaining(&db, "SEQ"), 0);
+    db.assert_invariant();
+    let history: Vec<(String, bool)> = db
+        .client()
+        .query(
+            "SELECT user_id, claimed_at <= released_at FROM claim_releases \
+             WHERE coupon_name = 'SEQ' ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            ("u2".to_owned(), true),
+            ("u1".to_owned(), true),
+            ("n1".to_owned(), true)
+        ]
+    );
+}
+
+/// One request of the race below.
+#[derive(Clone)]
+enum Job {
+    Release(&'static str, String),
+    Claim(&'static str, String),
+}
+
+#[test]
+fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
+    const AMOUNT: usize = 40;
+    const RELEASED: usize = 20;
+    const NEW_USERS: usize = 100;
+    const RECLAIMERS: usize = 10;
+    const THREADS: usize = 16;
+    let db = TestDb::new();
+    let servers = Arc::new(servers(&db, 2));
+    create(&servers[0], "RACE", AMOUNT as i64);
+    for i in 0..AMOUNT {
+        assert_eq!(claim(&servers[i % 2], &format!("h{i}"), "RACE").0, 200);
+    }
+    until_answered_from_memory(&servers[0], "RACE", "probe-a");
+    until_answered_from_memory(&servers[1], "RACE", "probe-b");
+
+    // 20 holders give their units back, 100 new users claim, and 10 of the
+    // releasing holders claim again, all at once over both servers.
+    let mut jobs: Vec<(usize, Job)> = Vec::new();
+    for i in 0..RELEASED {
+        jobs.push((i % 2, Job::Release("release", format!("h{i}"))));
+    }
+    for i in 0..NEW_USERS {
+        jobs.push((i % 2, Job::Claim("new", format!("n{i}"))));
+    }
+    for i in 0..RECLAIMERS {
+        jobs.push(((i + 1) % 2, Job::Claim("again", format!("h{i}"))));
+    }
+    fastrand::seed(7);
+    fastrand::shuffle(&mut jobs);
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let handles: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
+            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                mine.into_iter()
+                    .map(|(server, job)| {
+                        let server = &servers[server];
+                        let answer = match &job {
+                            Job::Release(_, user) => outcome(&release(server, "RACE", user)),
+                            Job::Claim(_, user) => claim(server, user, "RACE"),
+                        };
+                        (job, answer)
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<(Job, (u16, String))> = handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("a request thread"))
+        .collect();
+
+    let mut tally: BTreeMap<(&str, u16, String), usize> = BTreeMap::new();
+    let mut granted: HashSet<String> = HashSet::new();
+    for (job, answer) in &results {
+        let (kind, user) = match job {
+            Job::Release(kind, user) | Job::Claim(kind, user) => (*kind, user),
+        };
+        *tally.entry((kind, answer.0, answer.1.clone())).or_default() += 1;
+        if matches!(job, Job::Claim(..)) && answer.0 == 200 {
+            assert!(granted.insert(user.clone()), "{user} granted twice");
+        }
+    }
+    eprintln!("race answers: {tally:?}");
+    let count = |kind: &str, status: u16| -> usize {
+        tally
+            .iter()
+            .filter(|((k, s, _), _)| *k == kind && *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count("release", 200), RELEASED, "{tally:?}");
+    assert_eq!(
+        count("new", 200) + count("new", 400),
+        NEW_USERS,
+        "{tally:?}"
+    );
+    assert_eq!(
+        count("again", 200) + count("again", 400) + count("again", 409),
+        RECLAIMERS,
+        "{tally:?}"
+    );
+
+    db.assert_invariant();
+    let left = remaining(&db, "RACE") as usize;
+    assert!(left <= AMOUNT);
+    // Each released unit is either claimed again by exactly one 200 or
+    // still free.
+    assert_eq!(
+        granted.len() + left,
+        RELEASED,
+        "granted {granted:?}, left {left}"
+    );
+    // Who holds the coupon: the holders never released, and exactly those
+    // answered 200; a released holder holds nothing unless it claimed again.
+    let expected: HashSet<String> = (RELEASED..AMOUNT)
+        .map(|i| format!("h{i}"))
+        .chain(granted.iter().cloned())
+        .collect();
+    let held: HashSet<String> = holders(&db, "RACE").into_iter().collect();
+    assert_eq!(held, expected);
+    // Every release answered 200 is in the history, once.
+    let recorded: Vec<String> = db
+        .client()
+        .query(
+            "SELECT user_id FROM claim_releases WHERE coupon_name = 'RACE' ORDER BY user_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut released: Vec<String> = (0..RELEASED).map(|i| format!("h{i}")).collect();
+    released.sort();
+    assert_eq!(recorded, released);
+
+    // What is left is handed out, exactly, by both servers.
+    let mut drained = 0;
+    let mut i = 0;
+    while remaining(&db, "RACE") > 0 {
+        assert!(i < 200, "the last {left} units were never handed out");
+        if claim(&servers[i % 2], &format!("d{i}"), "RACE").0 == 200 {
+            drained += 1;
+        }
+        i += 1;
+    }
+    assert_eq!(drained, left);
+    for server in servers.iter() {
+        assert_eq!(
+            claim(server, "late", "RACE"),
+            (400, "out_of_stock".to_owned())
+        );
+    }
+    db.assert_invariant();
+}
+
+#[test]
+fn stock_changed_behind_the_service_is_served_by_every_replica() {
+    let db = TestDb::new();
+    let servers = servers(&db, 2);
+    let (a, b) = (&servers[0], &servers[1]);
+    create(a, "OOB", 2);
+    assert_eq!(claim(a, "u1", "OOB").0, 200);
+    assert_eq!(claim(b, "u2", "OOB").0, 200);
+    until_answered_from_memory(a, "OOB", "probe-a");
+    until_answered_from_memory(b, "OOB", "probe-b");
+
+    // An operator's restock.
+    db.client()
+        .batch_execute("UPDATE coupons SET amount = 4, remaining_amount = 2 WHERE name = 'OOB'")
+        .unwrap();
+    let restocked = Instant::now();
+    poll_until(restocked, "restock, replica A, new user", (200, ""), || {
+        claim(a, "r1", "OOB")
+    });
+    poll_until(restocked, "restock, replica B, new user", (200, ""), || {
+        claim(b, "r2", "OOB")
+    });
+    db.assert_invariant();
+    until_answered_from_memory(a, "OOB", "probe-a2");
+    until_answered_from_memory(b, "OOB", "probe-b2");
+
+    // A harness (or a restore) empties the tables and makes the coupon anew.
+    db.client()
+        .batch_execute(
+            "TRUNCATE claims, coupons; \
+             INSERT INTO coupons (name, amount, remaining_amount) VALUES ('OOB', 5, 5)",
+        )
+        .unwrap();
+    let recreated = Instant::now();
+    poll_until(
+        recreated,
+        "re-created, replica A, former holder u1",
+        (200, ""),
+        || claim(a, "u1", "OOB"),
+    );
+    poll_until(
+        recreated,
+        "re-created, replica B, new user",
+        (200, ""),
+        || claim(b, "fresh", "OOB"),
+    );
+    poll_until(
+        recreated,
+        "re-created, replica B, former holder u2",
+        (200, ""),
+        || claim(b, "u2", "OOB"),
+    );
+    let got = client::get(a.addr, "/api/coupons/OOB", LIMIT);
+    let body = &got.answered().expect("GET answered").answer.body;
+    assert_eq!(body["remaining_amount"], 2, "{body}");
+    assert_eq!(body["claimed_by"], json!(["u1", "fresh", "u2"]), "{body}");
+    db.assert_invariant();
+}
+
+#[test]
+fn a_release_racing_the_same_users_claim_leaves_one_truth() {
+    const ROUNDS: usize = 40;
+    let db = TestDb::new();
+    let servers = Arc::new(servers(&db, 2));
+    create(&servers[0], "DUEL", 1);
+    assert_eq!(claim(&servers[0], "me", "DUEL").0, 200);
+    let mut claim_won = 0;
+    for round in 0..ROUNDS {
+        // Over two servers, and every third round on one (the release and
+        // the claim batch then meet in one process, too).
+        let (release_on, claim_on) = match round % 3 {
+            0 => (0, 0),
+            1 => (0, 1),
+            _ => (1, 0),
+        };
+        let barrier = Arc::new(Barrier::new(2));
+        let releasing = {
+            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                outcome(&release(&servers[release_on], "DUEL", "me"))
+            })
+        };
+        let claiming = {
+            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
+            thread::spawn(move || {
+                barrier.wait();
+                claim(&servers[claim_on], "me", "DUEL")
+            })
+        };
+        let released = releasing.join().unwrap();
+        let claimed = claiming.join().unwrap();
+        // "me" held the unit when the round began.
+        assert_eq!(released.0, 200, "round {round}: {released:?}");
+        assert!(
+            claimed.0 == 200 || claimed == (409, "already_claimed".to_owned()),
+            "round {round}: {claimed:?}"
+        );
+        // The claim won only if it came after the release; then it holds.
+        let holds = holders(&db, "DUEL") == ["me"];
+        assert_eq!(holds, claimed.0 == 200, "round {round}: {claimed:?}");
+        db.assert_invariant();
+        if claimed.0 == 200 {
+            claim_won += 1;
+        } else {
+            // Back to holding, through the server that released: at once.
+            let again = claim(&servers[release_on], "me", "DUEL");
+            assert_eq!(again.0, 200, "round {round}: the releasing server, at once");
+        }
+    }
+    eprintln!("the claim came after the release in {claim_won} of {ROUNDS} rounds");
+    assert_eq!(
+        db.count("SELECT count(*) FROM claim_releases WHERE coupon_name = 'DUEL'"),
+        ROUNDS as i64
+    );
+    assert_eq!(holders(&db, "DUEL"), ["me"]);
+}
+
+/// Coupons (name, amount, remaining), claims (coupon, user) and the number
+/// of releases recorded.
+type Tables = (Vec<(String, i32, i32)>, Vec<(String, String)>, i64);
+
+/// The coupons, claims and release history, to see that nothing changed.
+fn tables(db: &TestDb) -> Tables {
+    let mut client = db.client();
+    let coupons = client
+        .query(
+            "SELECT name, amount, remaining_amount FROM coupons ORDER BY name",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let claims = client
+        .query("SELECT coupon_name, user_id FROM claims ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let history = client
+        .query_one("SELECT count(*) FROM claim_releases", &[])
+        .unwrap()
+        .get(0);
+    (coupons, claims, history)
+}
+
+#[test]
+fn bad_releases_get_their_documented_answer_and_change_nothing() {
+    let app = TestApp::spawn_with(|c| c.admin_token = Some(TOKEN.into()));
+    let auth = [("Authorization", "Bearer t")];
+    let created = request_with(
+        "POST",
+        &app.url("/api/coupons"),
+        Some(("application/json", r#"{"name":"BAD","amount":2}"#)),
+        &auth,
+    );
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(app.claim("holder", "BAD").status, 200);
+    let before = tables(&app.db);
+    let long = "x".repeat(129);
+    let delete = |path: &str, headers: &[(&str, &str)]| {
+        request_with("DELETE", &app.url(path), None, headers)
+    };
+    type Headers<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(String, Headers, u16, &str)> = vec![
+        (
+            "/api/coupons/NOPE/claims/holder".into(),
+            auth.to_vec(),
+            404,
+            "coupon_not_found",
+        ),
+        (
+            "/api/coupons/BAD/claims/nobody".into(),
+            auth.to_vec(),
+            404,
+            "claim_not_found",
+        ),
+        (
+            "/api/coupons/BAD/claims/%FF".into(),
+            auth.to_vec(),
+            400,
+            "invalid_path",
+        ),
+        (
+            "/api/coupons/%FF/claims/holder".into(),
+            auth.to_vec(),
+            400,
+            "invalid_path",
+        ),
+        (
+            "/api/coupons/%20BAD/claims/holder".into(),
+            auth.to_vec(),
+            400,
+            "coupon_name_surrounding_whitespace",
+        ),
+        (
+            format!("/api/coupons/{long}/claims/holder"),
+            auth.to_vec(),
+            400,
+            "coupon_name_too_long",
+        ),
+        (
+            "/api/coupons/BAD/claims/hol%01der".into(),
+            auth.to_vec(),
+            400,
+            "user_id_control_character",
+        ),
+        (
+            "/api/coupons/BAD/claims/holder%20".into(),
+            auth.to_vec(),
+            400,
+            "user_id_surrounding_whitespace",
+        ),
+        (
+            format!("/api/coupons/BAD/claims/{long}"),
+            auth.to_vec(),
+            400,
+            "user_id_too_long",
+        ),
+        (
+            "/api/coupons/BAD/claims/holder".into(),
+            vec![],
+            401,
+            "unauthorized",
+        ),
+        (
+            "/api/coupons/BAD/claims/holder".into(),
+            vec![("Authorization", "Basic t")],
+            401,
+            "unauthorized",
+        ),
+        (
+            "/api/coupons/BAD/claims/holder".into(),
+            vec![("Authorization", "Bearer not-t")],
+            403,
+            "forbidden",
+        ),
+        // The token is checked before anything else.
+        (
+            "/api/coupons/%FF/claims/holder".into(),
+            vec![],
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (path, headers, status, code) in &cases {
+        let got = delete(path, headers);
+        assert_eq!(
+            (got.status, got.code()),
+            (*status, *code),
+            "DELETE {path} with {headers:?}: {got:?}"
+        );
+        got.assert_error(*status, code);
+    }
+    // Other methods on the path: 405, naming DELETE.
+    for method in ["GET", "POST"] {
+        let got = request_with(
+            method,
+            &app.url("/api/coupons/BAD/claims/holder"),
+            None,
+            &auth,
+        );
+        got.assert_error(405, "method_not_allowed");
+        assert_eq!(got.allow.as_deref(), Some("DELETE"));
+    }
+    assert_eq!(
+        tables(&app.db),
+        before,
+        "a refused release changed something"
+    );
+
+    // Without ADMIN_TOKEN nobody may release, whatever they send.
+    let open = TestApp::spawn();
+    assert_eq!(open.create("OPEN", 1).status, 201);
+    assert_eq!(open.claim("holder", "OPEN").status, 200);
+    let before_open = tables(&open.db);
+    for headers in [vec![], vec![("Authorization", "Bearer t")]] {
+        let got = request_with(
+            "DELETE",
+            &open.url("/api/coupons/OPEN/claims/holder"),
+            None,
+            &headers,
+        );
+        got.assert_error(403, "forbidden");
+    }
+    assert_eq!(tables(&open.db), before_open);
+
+    // And the right request does what it says.
+    let got = delete("/api/coupons/BAD/claims/holder", &auth);
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(
+        got.body,
+        json!({ "coupon_name": "BAD", "user_id": "holder", "remaining_amount": 2 })
+    );
+    assert_eq!(app.db.count("SELECT count(*) FROM claim_releases"), 1);
+    app.db.assert_invariant();
+    let text = scrape(&app.base);
+    for (outcome, count) in [
+        ("released", 1.0),
+        ("claim_not_found", 1.0),
+        ("coupon_not_found", 1.0),
+        ("invalid", 7.0),
+        ("refused", 4.0),
+    ] {
+        assert_eq!(
+            metric(
+                &text,
+                &format!("flash_coupons_releases_total{{outcome=\"{outcome}\"}}")
+            ),
+            count,
+            "{outcome}"
+        );
+    }
+}
+
+#[test]
+fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_again() {
+    let db = TestDb::new();
+    let servers = servers(&db, 2);
+    let (a, b) = (&servers[0], &servers[1]);
+    create(a, "LSN", 2);
+    assert_eq!(claim(a, "u1", "LSN").0, 200);
+    assert_eq!(claim(a, "u2", "LSN").0, 200);
+    until_answered_from_memory(a, "LSN", "probe-a");
+    assert_eq!(
+        client::get(b.addr, "/api/coupons/LSN", LIMIT).status(),
+        Some(200)
+    );
+    let mut watch = db.client();
+    let mut admin =
+        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
+            .unwrap();
+    let allow = |admin: &mut postgres::Client, allowed: bool| {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} ALLOW_CONNECTIONS {allowed}",
+                db.name
+            ))
+            .unwrap();
+    };
+    let connects = |server: &ServerProcess| {
+        metric(
+            &metrics(server),
+            "flash_coupons_freshness_listener_connects_total",
+        )
+    };
+    assert_eq!(connects(a), 1.0);
+
+    // A's LISTEN session ends, and no new connection is let in for now
+    // (the servers' pools keep the ones they have).
+    allow(&mut admin, false);
+    let killed: Vec<bool> = watch
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+            &[&a.listener_application_name()],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        killed,
+        [true],
+        "A's listener session, by its application_name"
+    );
+    let lost = Instant::now();
+    assert!(
+        wait_for(FRESH_BOUND, || !listener_connected(a)),
+        "A still says its listener is connected"
+    );
+    eprintln!(
+        "A stopped trusting its memory within {:.1?}",
+        lost.elapsed()
+    );
+    assert_eq!(sold_out_in_memory(a), 0.0, "A forgot what it knew");
+    // Claims on A are decided by transactions now.
+    for i in 0..3 {
+        let (answer, from_memory) = claim_seen(a, &format!("blind-{i}"), "LSN");
+        assert_eq!(answer, (400, "out_of_stock".to_owned()));
+        assert!(!from_memory, "answered from memory without a listener");
+    }
+    // A release through B meanwhile, which A's listener cannot hear of ...
+    assert_eq!(release(b, "LSN", "u1").status(), Some(200));
+    // ... is still seen by A, at once.
+    let (answer, from_memory) = claim_seen(a, "after", "LSN");
+    assert_eq!(answer.0, 200, "{answer:?}");
+    assert!(!from_memory);
+    assert_eq!(claim(a, "late", "LSN"), (400, "out_of_stock".to_owned()));
+
+    // Connections are let in again: A listens again, having forgotten
+    // everything, and learns anew.
+    allow(&mut admin, true);
+    let back = Instant::now();
+    assert!(
+        wait_for(Duration::from_secs(10), || listener_connected(a)),
+        "A's listener never came back"
+    );
+    eprintln!(
+        "A listens again {:.1?} after connections were allowed",
+        back.elapsed()
+    );
+    assert_eq!(connects(a), 2.0);
+    until_answered_from_memory(a, "LSN", "probe-a2");
+    let mut check = db.client();
+    support::assert_invariant(&mut check);
+    assert_eq!(holders(&db, "LSN"), ["u2", "after"]);
+}
