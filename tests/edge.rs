@@ -682,8 +682,13 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
     let db = TestDb::new();
     // Two workers each, so the edge lets two requests at a time through to
     // each replica (run-local derives the limit from WORKERS); four may wait.
+    // The held claims must outlast the setup on a busy machine: the
+    // service's statement_timeout (10 s) is raised for this database (its
+    // DATABASE_URL options come last and win); the lock is released at the
+    // end anyway.
+    let url = format!("{} options='-c statement_timeout=60000'", db.url);
     let edge = Edge::start(
-        &db.url,
+        &url,
         3,
         &[
             ("WORKERS", "2"),
@@ -727,10 +732,11 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             .map(edge::Replica::held_connections)
             .collect::<Vec<_>>()
     );
-    // The held claims last until PostgreSQL's statement_timeout (10 s, set
-    // by the service) cuts them; what follows needs about 6 s of that.
+    // The held claims last until the statement_timeout above (60 s) cuts
+    // them; what follows needs about 6 s of that, and HAProxy's timeout
+    // server (30 s) must not pass either.
     assert!(
-        waiting.elapsed() < Duration::from_secs(3),
+        waiting.elapsed() < Duration::from_secs(20),
         "the replicas took {:?} to take their claims: too slow to test the queue",
         waiting.elapsed()
     );
