@@ -51,35 +51,8 @@ impl ServerProcess {
         ServerProcess::spawn_command(cmd, database_url, env)
     }
 
-    fn spawn_command(mut cmd: Command, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
-        cmd.env_clear()
-            .env("DATABASE_URL", database_url)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_LEVEL", "info")
-            .env("WORKERS", "8")
-            .env("DB_POOL_SIZE", "8")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("starting flash-coupons");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (found, addr_rx) = std::sync::mpsc::channel();
-        {
-            let log = Arc::clone(&log);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(rest) = line.split("listening on http://").nth(1) {
-                        let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                        let _ = found.send(addr);
-                    }
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+    fn spawn_command(cmd: Command, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
+        let (mut child, log, addr_rx) = start(cmd, database_url, env);
         let addr: SocketAddr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(addr) => addr.parse().expect("a socket address in the log"),
             Err(_) => {
@@ -100,21 +73,12 @@ impl ServerProcess {
     }
 
     pub fn signal(&self, signal: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
+        signal_child(&self.child, signal);
     }
 
     /// Waits up to `limit` for the process to exit; its exit code if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child(&mut self.child, limit)
     }
 }
 
@@ -136,30 +100,8 @@ impl Starting {
     /// Starts `flash-coupons` against `database_url` (with the same defaults
     /// as `ServerProcess::spawn`) and collects its stderr.
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Starting {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
-        cmd.env_clear()
-            .env("DATABASE_URL", database_url)
-            .env("LISTEN_ADDR", "127.0.0.1:0")
-            .env("LOG_LEVEL", "info")
-            .env("WORKERS", "8")
-            .env("DB_POOL_SIZE", "8")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("starting flash-coupons");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        {
-            let log = Arc::clone(&log);
-            thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    log.lock().unwrap().push(line);
-                }
-            });
-        }
+        let cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
+        let (child, log, _) = start(cmd, database_url, env);
         Starting { child, log }
     }
 
@@ -169,21 +111,12 @@ impl Starting {
     }
 
     pub fn signal(&self, signal: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, signal);
-        }
+        signal_child(&self.child, signal);
     }
 
     /// Waits up to `limit` for the process to exit; its exit code if it did.
     pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status.code());
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_child(&mut self.child, limit)
     }
 }
 
@@ -331,4 +264,65 @@ pub fn unused_uid() -> u32 {
         .map(|i| base + i)
         .find(|uid| !used.contains(uid))
         .expect("a free uid")
+}
+
+/// Starts `cmd` (the server binary) against `database_url` with the tests'
+/// defaults and `env` on top, and collects its stderr; the receiver gets
+/// the address it says it listens on.
+fn start(
+    mut cmd: Command,
+    database_url: &str,
+    env: &[(&str, &str)],
+) -> (
+    Child,
+    Arc<Mutex<Vec<String>>>,
+    std::sync::mpsc::Receiver<String>,
+) {
+    cmd.env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("LOG_LEVEL", "info")
+        .env("WORKERS", "8")
+        .env("DB_POOL_SIZE", "8")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("starting flash-coupons");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (found, addr_rx) = std::sync::mpsc::channel();
+    {
+        let log = Arc::clone(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = found.send(addr);
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    (child, log, addr_rx)
+}
+
+fn signal_child(child: &Child, signal: i32) {
+    // SAFETY: kill only sends a signal to our own child's pid.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+fn wait_child(child: &mut Child, limit: Duration) -> Option<Option<i32>> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status.code());
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
