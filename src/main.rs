@@ -54,11 +54,18 @@ fn main() -> ExitCode {
         }
     };
     let drain = config.shutdown_drain;
-    let server = match start_unless_signalled(config, &signals) {
-        Ok(server) => server,
+    let workers = config.workers;
+    let (server, early) = match start_unless_signalled(config, &signals) {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    if let Ok(signal) = signals.recv() {
+    // Said only here, once this thread holds the server: whoever waits for
+    // this line may signal at once, and the signal is a running server's.
+    info!(
+        "listening on http://{} with {workers} workers",
+        server.addr()
+    );
+    if let Some(signal) = early.or_else(|| signals.recv().ok()) {
         if drain.is_zero() {
             info!("signal {signal} received; finishing requests in flight");
         } else {
@@ -128,7 +135,14 @@ fn forward(mut signals: Signals) -> std::io::Result<Receiver<i32>> {
 /// half-done (the schema is applied in one transaction, which PostgreSQL
 /// rolls back when the connection goes), so a supervisor has nothing to
 /// report or retry. Failing to start is exit code 1.
-fn start_unless_signalled(config: Config, signals: &Receiver<i32>) -> Result<Server, ExitCode> {
+///
+/// A signal that comes as start-up finishes is returned with the server:
+/// the server has already said it listens, so it is the first signal of a
+/// running server (and a drain, if one is configured, must run).
+fn start_unless_signalled(
+    config: Config,
+    signals: &Receiver<i32>,
+) -> Result<(Server, Option<i32>), ExitCode> {
     let (sender, started) = bounded(1);
     let spawned = thread::Builder::new()
         .name("start-up".into())
@@ -141,7 +155,7 @@ fn start_unless_signalled(config: Config, signals: &Receiver<i32>) -> Result<Ser
     }
     select! {
         recv(started) -> result => match result {
-            Ok(Ok(server)) => Ok(server),
+            Ok(Ok(server)) => Ok((server, None)),
             Ok(Err(err)) => {
                 error!("start-up failed: {err}");
                 Err(ExitCode::FAILURE)
@@ -152,7 +166,11 @@ fn start_unless_signalled(config: Config, signals: &Receiver<i32>) -> Result<Ser
             }
         },
         recv(signals) -> signal => {
-            info!("signal {} received during start-up; exiting", signal.unwrap_or(0));
+            let signal = signal.unwrap_or(0);
+            if let Ok(Ok(server)) = started.try_recv() {
+                return Ok((server, Some(signal)));
+            }
+            info!("signal {signal} received during start-up; exiting");
             Err(ExitCode::SUCCESS)
         }
     }

@@ -327,7 +327,6 @@ impl Server {
             }
             Err(_) => return Err(StartError::Listen("the supervisor stopped".into())),
         }
-        info!("listening on http://{addr} with {} workers", config.workers);
         Ok(server)
     }
 
