@@ -157,7 +157,7 @@ fn start_unless_signalled(
         recv(started) -> result => match result {
             Ok(Ok(server)) => Ok((server, None)),
             Ok(Err(err)) => {
-                error!("start-up failed: {err}");
+                error!("start-up failed: {}", with_causes(&err));
                 Err(ExitCode::FAILURE)
             }
             Err(_) => {
@@ -174,4 +174,16 @@ fn start_unless_signalled(
             Err(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `err` followed by its causes, each after a colon.
+fn with_causes(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
