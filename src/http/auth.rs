@@ -7,6 +7,7 @@ use tiny_http::Request;
 use crate::context::Context;
 
 use super::error::ApiError;
+use super::intake::header;
 
 /// With ADMIN_TOKEN set: no credentials is 401, a wrong token is 403. The
 /// comparison takes the same time wherever the first difference is. Without
@@ -28,12 +29,7 @@ pub fn require_admin_token(ctx: &Context, request: &Request) -> Result<(), ApiEr
 }
 
 fn check(expected: &str, request: &Request) -> Result<(), ApiError> {
-    let given = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Authorization"))
-        .map(|h| h.value.as_str())
-        .ok_or(ApiError::Unauthorized)?;
+    let given = header(request, "Authorization").ok_or(ApiError::Unauthorized)?;
     let (scheme, token) = given.trim().split_once(' ').ok_or(ApiError::Unauthorized)?;
     if !scheme.eq_ignore_ascii_case("Bearer") {
         return Err(ApiError::Unauthorized);

@@ -1,5 +1,7 @@
 //! The one place where failures become HTTP answers.
 
+use std::borrow::Cow;
+
 use serde_json::json;
 
 use crate::domain::{AmountError, TextError};
@@ -80,7 +82,10 @@ pub enum ApiError {
     Overloaded,
     NotStarted,
     Expired,
-    InvalidLimit,
+    /// A listing's `limit` is not a whole number from 1 to `max`.
+    InvalidLimit {
+        max: i64,
+    },
     InvalidCursor,
     WindowOrder,
     InvalidTimestamp {
@@ -100,160 +105,196 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// What an [`ApiError`] answers: its status, its `error.code` and its
+/// `error.message`.
+struct Answer {
+    status: u16,
+    code: Cow<'static, str>,
+    message: Cow<'static, str>,
+}
+
+fn answer(
+    status: u16,
+    code: impl Into<Cow<'static, str>>,
+    message: impl Into<Cow<'static, str>>,
+) -> Answer {
+    Answer {
+        status,
+        code: code.into(),
+        message: message.into(),
+    }
+}
+
 impl ApiError {
     pub fn field(field: &'static str, problem: FieldProblem) -> ApiError {
         ApiError::Field { field, problem }
     }
 
-    pub fn status(&self) -> u16 {
+    /// The one table of answers: a variant's status, code and message,
+    /// together. Messages are sentences for a person, never the database's
+    /// own words: those stay in the log.
+    fn answer(&self) -> Answer {
         match self {
-            ApiError::RouteNotFound | ApiError::CouponNotFound | ApiError::ClaimNotFound => 404,
-            ApiError::MethodNotAllowed { .. } => 405,
-            ApiError::NotStarted => 403,
-            ApiError::Expired => 410,
-            ApiError::InvalidLimit
-            | ApiError::InvalidCursor
-            | ApiError::WindowOrder
-            | ApiError::InvalidTimestamp { .. } => 400,
-            ApiError::Unauthorized => 401,
-            ApiError::Forbidden | ApiError::NoAdminToken => 403,
-            ApiError::UnsupportedMediaType => 415,
-            ApiError::PayloadTooLarge { .. } => 413,
-            ApiError::RequestTimeout => 408,
-            ApiError::InvalidJson(_)
-            | ApiError::IncompleteBody { .. }
-            | ApiError::BodyNotObject
-            | ApiError::UnknownField(_)
-            | ApiError::Field { .. }
-            | ApiError::InvalidPath
-            | ApiError::OutOfStock => 400,
-            ApiError::CouponExists | ApiError::AlreadyClaimed => 409,
-            ApiError::ShuttingDown
-            | ApiError::Overloaded
-            | ApiError::Store(StoreError::Busy { .. } | StoreError::Unavailable(_)) => 503,
-            ApiError::Store(StoreError::Internal(_)) => 500,
+            ApiError::RouteNotFound => answer(404, "not_found", "There is nothing at this path."),
+            ApiError::MethodNotAllowed { allow } => answer(
+                405,
+                "method_not_allowed",
+                format!("This path only answers {allow}."),
+            ),
+            ApiError::UnsupportedMediaType => answer(
+                415,
+                "unsupported_media_type",
+                "The request body must be JSON, sent as application/json (or a +json type, text/plain or application/x-www-form-urlencoded).",
+            ),
+            ApiError::PayloadTooLarge { limit } => answer(
+                413,
+                "payload_too_large",
+                format!("The request body must be at most {limit} bytes."),
+            ),
+            ApiError::InvalidJson(detail) => answer(
+                400,
+                "invalid_json",
+                format!("The request body is not valid JSON: {detail}."),
+            ),
+            ApiError::RequestTimeout => answer(
+                408,
+                "request_timeout",
+                "The request body stopped arriving before its end; please send it again, whole.",
+            ),
+            ApiError::IncompleteBody { received, declared } => answer(
+                400,
+                "incomplete_body",
+                format!(
+                    "The request body ended after {received} of the {declared} bytes its Content-Length declares."
+                ),
+            ),
+            ApiError::BodyNotObject => answer(
+                400,
+                "body_not_object",
+                "The request body must be a JSON object.",
+            ),
+            ApiError::UnknownField(name) => answer(
+                400,
+                "unknown_field",
+                format!("The field {name:?} is not accepted here."),
+            ),
+            ApiError::Field { field, problem } => answer(
+                400,
+                format!("{field}_{}", problem.reason()),
+                format!("{field} {}.", problem.explain()),
+            ),
+            ApiError::InvalidPath => answer(
+                400,
+                "invalid_path",
+                "A name in the path is not valid percent-encoded UTF-8.",
+            ),
+            ApiError::CouponNotFound => answer(404, "coupon_not_found", "No coupon has that name."),
+            ApiError::ClaimNotFound => answer(
+                404,
+                "claim_not_found",
+                "This user holds no unit of this coupon.",
+            ),
+            ApiError::CouponExists => answer(
+                409,
+                "coupon_exists",
+                "A coupon with that name already exists.",
+            ),
+            ApiError::AlreadyClaimed => answer(
+                409,
+                "already_claimed",
+                "This user has already claimed this coupon.",
+            ),
+            ApiError::OutOfStock => answer(400, "out_of_stock", "This coupon has no units left."),
+            ApiError::ShuttingDown => answer(
+                503,
+                "shutting_down",
+                "The server is shutting down; please try again.",
+            ),
+            ApiError::Overloaded => answer(
+                503,
+                "overloaded",
+                "The server is at its limit for this kind of request; please try again.",
+            ),
+            ApiError::NotStarted => answer(
+                403,
+                "not_started",
+                "The sale of this coupon has not started yet.",
+            ),
+            ApiError::Expired => answer(410, "expired", "The sale of this coupon has ended."),
+            ApiError::InvalidLimit { max } => answer(
+                400,
+                "invalid_limit",
+                format!("limit must be a whole number from 1 to {max}."),
+            ),
+            ApiError::InvalidCursor => answer(
+                400,
+                "invalid_cursor",
+                "after must be a cursor from a previous page of this listing.",
+            ),
+            ApiError::WindowOrder => answer(
+                400,
+                "expires_at_not_after_starts_at",
+                "expires_at must be later than starts_at.",
+            ),
+            ApiError::InvalidTimestamp { field } => answer(
+                400,
+                format!("{field}_not_rfc3339"),
+                format!("{field} must be an RFC 3339 timestamp such as 2026-11-25T12:00:00Z."),
+            ),
+            ApiError::Unauthorized => answer(
+                401,
+                "unauthorized",
+                "This request needs an Authorization: Bearer token.",
+            ),
+            ApiError::Forbidden => answer(403, "forbidden", "That token is not the admin token."),
+            ApiError::NoAdminToken => answer(
+                403,
+                "forbidden",
+                "This server has no admin token (ADMIN_TOKEN), so it does this for nobody.",
+            ),
+            ApiError::Store(StoreError::Busy { .. }) => answer(
+                503,
+                "busy",
+                "The coupon is too busy right now; please try again.",
+            ),
+            ApiError::Store(StoreError::Unavailable(_)) => answer(
+                503,
+                "database_unavailable",
+                "The database is unavailable right now; please try again.",
+            ),
+            ApiError::Store(StoreError::Internal(_)) => {
+                answer(500, "internal_error", "Something went wrong on our side.")
+            }
         }
+    }
+
+    pub fn status(&self) -> u16 {
+        self.answer().status
     }
 
     pub fn code(&self) -> String {
-        let code = match self {
-            ApiError::RouteNotFound => "not_found",
-            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
-            ApiError::UnsupportedMediaType => "unsupported_media_type",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::InvalidJson(_) => "invalid_json",
-            ApiError::RequestTimeout => "request_timeout",
-            ApiError::IncompleteBody { .. } => "incomplete_body",
-            ApiError::BodyNotObject => "body_not_object",
-            ApiError::UnknownField(_) => "unknown_field",
-            ApiError::Field { field, problem } => return format!("{field}_{}", problem.reason()),
-            ApiError::InvalidPath => "invalid_path",
-            ApiError::CouponNotFound => "coupon_not_found",
-            ApiError::ClaimNotFound => "claim_not_found",
-            ApiError::CouponExists => "coupon_exists",
-            ApiError::AlreadyClaimed => "already_claimed",
-            ApiError::OutOfStock => "out_of_stock",
-            ApiError::ShuttingDown => "shutting_down",
-            ApiError::Overloaded => "overloaded",
-            ApiError::NotStarted => "not_started",
-            ApiError::Expired => "expired",
-            ApiError::InvalidLimit => "invalid_limit",
-            ApiError::InvalidCursor => "invalid_cursor",
-            ApiError::WindowOrder => "expires_at_not_after_starts_at",
-            ApiError::InvalidTimestamp { field } => return format!("{field}_not_rfc3339"),
-            ApiError::Unauthorized => "unauthorized",
-            ApiError::Forbidden | ApiError::NoAdminToken => "forbidden",
-            ApiError::Store(StoreError::Busy { .. }) => "busy",
-            ApiError::Store(StoreError::Unavailable(_)) => "database_unavailable",
-            ApiError::Store(StoreError::Internal(_)) => "internal_error",
-        };
-        code.to_owned()
+        self.answer().code.into_owned()
     }
 
-    /// A sentence for a person. Never the database's own words: those stay
-    /// in the log.
     pub fn message(&self) -> String {
-        match self {
-            ApiError::RouteNotFound => "There is nothing at this path.".to_owned(),
-            ApiError::NotStarted => "The sale of this coupon has not started yet.".to_owned(),
-            ApiError::Expired => "The sale of this coupon has ended.".to_owned(),
-            ApiError::InvalidLimit => format!(
-                "limit must be a whole number from 1 to {}.",
-                super::query::MAX_LIMIT
-            ),
-            ApiError::InvalidCursor => {
-                "after must be a cursor from a previous page of this listing.".to_owned()
-            }
-            ApiError::WindowOrder => "expires_at must be later than starts_at.".to_owned(),
-            ApiError::InvalidTimestamp { field } => {
-                format!("{field} must be an RFC 3339 timestamp such as 2026-11-25T12:00:00Z.")
-            }
-            ApiError::Unauthorized => {
-                "This request needs an Authorization: Bearer token.".to_owned()
-            }
-            ApiError::Forbidden => "That token is not the admin token.".to_owned(),
-            ApiError::NoAdminToken => {
-                "This server has no admin token (ADMIN_TOKEN), so it does this for nobody."
-                    .to_owned()
-            }
-            ApiError::MethodNotAllowed { allow } => {
-                format!("This path only answers {allow}.")
-            }
-            ApiError::UnsupportedMediaType => {
-                "The request body must be sent with Content-Type: application/json.".to_owned()
-            }
-            ApiError::PayloadTooLarge { limit } => {
-                format!("The request body must be at most {limit} bytes.")
-            }
-            ApiError::InvalidJson(detail) => {
-                format!("The request body is not valid JSON: {detail}.")
-            }
-            ApiError::RequestTimeout => {
-                "The request body stopped arriving before its end; please send it again, whole."
-                    .to_owned()
-            }
-            ApiError::IncompleteBody { received, declared } => format!(
-                "The request body ended after {received} of the {declared} bytes its Content-Length declares."
-            ),
-            ApiError::BodyNotObject => "The request body must be a JSON object.".to_owned(),
-            ApiError::UnknownField(name) => {
-                format!("The field {name:?} is not accepted here.")
-            }
-            ApiError::Field { field, problem } => format!("{field} {}.", problem.explain()),
-            ApiError::InvalidPath => {
-                "A name in the path is not valid percent-encoded UTF-8.".to_owned()
-            }
-            ApiError::CouponNotFound => "No coupon has that name.".to_owned(),
-            ApiError::ClaimNotFound => "This user holds no unit of this coupon.".to_owned(),
-            ApiError::CouponExists => "A coupon with that name already exists.".to_owned(),
-            ApiError::AlreadyClaimed => "This user has already claimed this coupon.".to_owned(),
-            ApiError::OutOfStock => "This coupon has no units left.".to_owned(),
-            ApiError::ShuttingDown => "The server is shutting down; please try again.".to_owned(),
-            ApiError::Overloaded => {
-                "The server is at its limit for this kind of request; please try again.".to_owned()
-            }
-            ApiError::Store(StoreError::Busy { .. }) => {
-                "The coupon is too busy right now; please try again.".to_owned()
-            }
-            ApiError::Store(StoreError::Unavailable(_)) => {
-                "The database is unavailable right now; please try again.".to_owned()
-            }
-            ApiError::Store(StoreError::Internal(_)) => {
-                "Something went wrong on our side.".to_owned()
-            }
-        }
+        self.answer().message.into_owned()
     }
 
     pub fn into_reply(self) -> Reply {
-        let body = json!({ "error": { "code": self.code(), "message": self.message() } });
-        let mut reply = json(self.status(), &body);
+        let Answer {
+            status,
+            code,
+            message,
+        } = self.answer();
+        let body = json!({ "error": { "code": code, "message": message } });
+        let mut reply = json(status, &body);
         if let ApiError::MethodNotAllowed { allow } = self {
             reply = reply.with_header("Allow", allow);
         }
         if let ApiError::Unauthorized = self {
             reply = reply.with_header("WWW-Authenticate", "Bearer");
         }
-        if self.status() == 503 {
+        if status == 503 {
             reply = reply.with_header("Retry-After", "1");
         }
         reply

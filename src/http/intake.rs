@@ -84,11 +84,18 @@ pub fn take_in(request: Request, turn: Turn, hand_on: impl FnOnce(Incoming) + Se
     }
 }
 
-fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+/// The value of the request's first `name` header (names compare without
+/// regard to case), as sent.
+pub fn header<'a>(request: &'a Request, name: &'static str) -> Option<&'a str> {
+    headers(request, name).next()
+}
+
+/// The values of every `name` header of the request, in the order sent.
+pub fn headers<'a>(request: &'a Request, name: &'static str) -> impl Iterator<Item = &'a str> {
     request
         .headers()
         .iter()
-        .find(|h| h.field.equiv(name))
+        .filter(move |h| h.field.equiv(name))
         .map(|h| h.value.as_str())
 }
 

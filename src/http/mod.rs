@@ -197,11 +197,9 @@ fn client(request: &tiny_http::Request) -> String {
     let peer = request
         .remote_addr()
         .map_or_else(|| "unknown".to_owned(), ToString::to_string);
-    let forwarded = request
-        .headers()
-        .iter()
-        .rfind(|h| h.field.equiv("X-Forwarded-For"))
-        .and_then(|h| h.value.as_str().rsplit(',').next())
+    let forwarded = intake::headers(request, "X-Forwarded-For")
+        .last()
+        .and_then(|value| value.rsplit(',').next())
         .map(str::trim)
         .filter(|entry| !entry.is_empty());
     match forwarded {

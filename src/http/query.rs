@@ -23,7 +23,7 @@ pub fn limit(target: &str) -> Result<i64, ApiError> {
         None => Ok(DEFAULT_LIMIT),
         Some(raw) => match raw.parse::<i64>() {
             Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-            _ => Err(ApiError::InvalidLimit),
+            _ => Err(ApiError::InvalidLimit { max: MAX_LIMIT }),
         },
     }
 }

@@ -21,7 +21,7 @@ use tiny_http::{Method, Response, StatusCode};
 
 use super::budget::Reserved;
 use super::gate::Turn;
-use super::intake::{Body, Incoming};
+use super::intake::{Body, Incoming, headers};
 
 /// A finished answer, before it is written to the socket.
 pub struct Reply {
@@ -137,10 +137,7 @@ pub fn send(outgoing: Outgoing, timeout: Duration) {
     // before it closes: a client that pipelined them expects their answers.
     let keep_alive = (keep_alive || turn.others_waiting())
         && http11
-        && !request
-            .headers()
-            .iter()
-            .any(|h| h.field.equiv("Connection") && h.value.as_str().eq_ignore_ascii_case("close"));
+        && !headers(&request, "Connection").any(|value| value.eq_ignore_ascii_case("close"));
     let head_only = *request.method() == Method::Head;
     let mut writer = Deadline {
         inner: request.into_writer(),
