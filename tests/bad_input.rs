@@ -606,51 +606,6 @@ fn cases() -> Vec<Case> {
             ),
             Error(400, "expires_at_not_after_starts_at"),
         ),
-        // --- content types ---
-        case(
-            "create without a Content-Type",
-            request(
-                "POST",
-                "/api/coupons",
-                &[],
-                br#"{"name":"CT","amount":1}"#,
-                true,
-            ),
-            Error(415, "unsupported_media_type"),
-        ),
-        case(
-            "create as text/plain",
-            request(
-                "POST",
-                "/api/coupons",
-                &[("Content-Type", "text/plain")],
-                br#"{"name":"CT","amount":1}"#,
-                true,
-            ),
-            Error(415, "unsupported_media_type"),
-        ),
-        case(
-            "claim as a form",
-            request(
-                "POST",
-                "/api/coupons/claim",
-                &[("Content-Type", "application/x-www-form-urlencoded")],
-                b"user_id=u&coupon_name=SEEDED",
-                true,
-            ),
-            Error(415, "unsupported_media_type"),
-        ),
-        case(
-            "claim as application/json-patch+json",
-            request(
-                "POST",
-                "/api/coupons/claim",
-                &[("Content-Type", "application/json-patch+json")],
-                br#"{"user_id":"u","coupon_name":"SEEDED"}"#,
-                true,
-            ),
-            Error(415, "unsupported_media_type"),
-        ),
         // --- bodies: chunked, over the limit, mis-declared ---
         case(
             "chunked create with invalid JSON",
@@ -877,6 +832,151 @@ fn cases() -> Vec<Case> {
             Bare(400),
         ),
     ]
+    .into_iter()
+    .chain(content_type_cases())
+    .collect()
+}
+
+/// A POST of `body`, sent as `content_type` (without the header for `None`).
+fn post_as(path: &str, content_type: Option<&str>, body: &[u8]) -> Vec<u8> {
+    let headers: Vec<(&str, &str)> = content_type
+        .map(|value| ("Content-Type", value))
+        .into_iter()
+        .collect();
+    request("POST", path, &headers, body, true)
+}
+
+/// A body is read as JSON when it comes with no type, a JSON type
+/// (`application/json`, any `+json`) or a type `curl -d` and browser forms
+/// send (`application/x-www-form-urlencoded`, `text/plain`), and gets the
+/// answer its content calls for. Every other type is 415, before the body
+/// is read.
+fn content_type_cases() -> Vec<Case> {
+    use Want::Error;
+    const CREATE: &str = "/api/coupons";
+    const CLAIM: &str = "/api/coupons/claim";
+    const FORM: Option<&str> = Some("application/x-www-form-urlencoded");
+    // Read, these ask for what exists already: nothing changes.
+    let create_again = r#"{"name":"SEEDED","amount":1}"#;
+    let claim_again = r#"{"user_id":"seed_user","coupon_name":"SEEDED"}"#;
+    let exists = Error(409, "coupon_exists");
+    let claimed = Error(409, "already_claimed");
+    // Read, these would succeed: a 415 must come before the body is read.
+    let create_new = r#"{"name":"CT","amount":1}"#;
+    let claim_new = r#"{"user_id":"u","coupon_name":"SEEDED"}"#;
+    let refused = Error(415, "unsupported_media_type");
+    [
+        (
+            "create without a Content-Type",
+            CREATE,
+            None,
+            create_again,
+            exists,
+        ),
+        (
+            "claim without a Content-Type",
+            CLAIM,
+            None,
+            claim_again,
+            claimed,
+        ),
+        (
+            "create with an empty Content-Type",
+            CREATE,
+            Some(""),
+            create_again,
+            exists,
+        ),
+        (
+            "create as text/plain",
+            CREATE,
+            Some("text/plain"),
+            create_again,
+            exists,
+        ),
+        (
+            "claim as Text/Plain; charset=UTF-8",
+            CLAIM,
+            Some("Text/Plain; charset=UTF-8"),
+            claim_again,
+            claimed,
+        ),
+        (
+            "claim as a form with a JSON body (curl -d)",
+            CLAIM,
+            FORM,
+            claim_again,
+            claimed,
+        ),
+        (
+            "claim as a form with form-encoded fields (read as JSON)",
+            CLAIM,
+            FORM,
+            "user_id=u&coupon_name=SEEDED",
+            Error(400, "invalid_json"),
+        ),
+        (
+            "claim as application/vnd.api+json; charset=utf-8",
+            CLAIM,
+            Some("application/vnd.api+json; charset=utf-8"),
+            claim_again,
+            claimed,
+        ),
+        (
+            "claim as application/json-patch+json",
+            CLAIM,
+            Some("application/json-patch+json"),
+            claim_again,
+            claimed,
+        ),
+        (
+            "create as APPLICATION/MERGE-PATCH+JSON, not an object",
+            CREATE,
+            Some("APPLICATION/MERGE-PATCH+JSON"),
+            r#"[{"name":"CT","amount":1}]"#,
+            Error(400, "body_not_object"),
+        ),
+        (
+            "create as multipart/form-data",
+            CREATE,
+            Some("multipart/form-data; boundary=x"),
+            create_new,
+            refused,
+        ),
+        (
+            "create as multipart/form-data without a boundary",
+            CREATE,
+            Some("multipart/form-data"),
+            create_new,
+            refused,
+        ),
+        (
+            "claim as application/xml",
+            CLAIM,
+            Some("application/xml"),
+            claim_new,
+            refused,
+        ),
+        (
+            "claim as text/html",
+            CLAIM,
+            Some("text/html; charset=utf-8"),
+            claim_new,
+            refused,
+        ),
+        (
+            "claim as application/jsonx",
+            CLAIM,
+            Some("application/jsonx"),
+            claim_new,
+            refused,
+        ),
+    ]
+    .into_iter()
+    .map(|(what, path, content_type, body, want)| {
+        case(what, post_as(path, content_type, body.as_bytes()), want)
+    })
+    .collect()
 }
 
 /// One parsed response.
@@ -1253,6 +1353,55 @@ fn a_chunked_body_with_a_trailer_section_is_read_like_one_without() {
         let coupon: Value = serde_json::from_str(&created.body).expect("a JSON body");
         assert_eq!(coupon["name"], name, "{created:?}");
         assert_eq!(app.get(&format!("/api/coupons/{name}")).status, 200);
+    }
+    app.db.assert_invariant();
+}
+
+/// What `curl -d` sends (`application/x-www-form-urlencoded`), no type at
+/// all, `text/plain` and any JSON type: the body is read as JSON and does
+/// what it says, a create 201 and a claim 200, like `application/json`.
+#[test]
+fn a_json_body_sent_with_any_accepted_content_type_is_served() {
+    let app = seeded_app(|_| {});
+    let types: [Option<&str>; 7] = [
+        None,
+        Some("application/json"),
+        Some("application/json; charset=utf-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("TEXT/PLAIN;charset=UTF-8"),
+        Some("application/vnd.api+json; charset=utf-8"),
+        Some("application/merge-patch+json"),
+    ];
+    for (i, content_type) in types.into_iter().enumerate() {
+        // The answer's body, once its status is checked.
+        let send = |path: &str, body: Value, status: u16| -> Value {
+            let request = post_as(path, content_type, body.to_string().as_bytes());
+            let answer = one_answer(&app, &request);
+            assert_eq!(
+                answer.status, status,
+                "{path} as {content_type:?}: {answer:?}"
+            );
+            serde_json::from_str(&answer.body).expect("a JSON body")
+        };
+        let name = format!("TYPED_{i}");
+        assert_eq!(
+            send("/api/coupons", json!({"name": name, "amount": 2}), 201),
+            json!({"name": name, "amount": 2, "remaining_amount": 2, "claimed_by": []}),
+            "create as {content_type:?}"
+        );
+        assert_eq!(
+            send(
+                "/api/coupons/claim",
+                json!({"user_id": "typed_user", "coupon_name": name}),
+                200
+            ),
+            json!({"user_id": "typed_user", "coupon_name": name, "remaining_amount": 1}),
+            "claim as {content_type:?}"
+        );
+        let held = app.db.count(&format!(
+            "SELECT count(*) FROM claims WHERE coupon_name = '{name}' AND user_id = 'typed_user'"
+        ));
+        assert_eq!(held, 1, "claim as {content_type:?}");
     }
     app.db.assert_invariant();
 }

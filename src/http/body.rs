@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use tiny_http::Request;
 
 use super::error::{ApiError, FieldProblem};
-use super::intake::{Body, MAX_BODY_BYTES};
+use super::intake::{Body, MAX_BODY_BYTES, header};
 
 /// The body as one JSON object, refusing a body that did not arrive whole,
 /// the wrong media type, bodies over the limit and anything that is not one
@@ -25,12 +25,7 @@ pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>,
             "the body could not be read ({cause})"
         ))),
     };
-    let content_type = request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv("Content-Type"))
-        .map(|h| h.value.as_str());
-    if !content_type.is_some_and(is_json) {
+    if !is_read_as_json(header(request, "Content-Type")) {
         return Err(ApiError::UnsupportedMediaType);
     }
     match serde_json::from_slice(bytes?) {
@@ -40,9 +35,34 @@ pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>,
     }
 }
 
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
-    essence.eq_ignore_ascii_case("application/json")
+/// Whether a body sent with this Content-Type is read; it is always read as
+/// JSON. Taken: no type (or an empty one), `application/json` and every
+/// `+json` type, and the two that `curl -d` and browser forms send by
+/// themselves, `application/x-www-form-urlencoded` and `text/plain`; with
+/// any parameters, in any case. Every other type is refused.
+///
+/// Taking the form types lets a page on another site make a browser send a
+/// body here, which gains it nothing: the service reads no cookies or other
+/// ambient credentials, and what needs the admin token needs it in an
+/// `Authorization` header, which such a request cannot carry.
+fn is_read_as_json(content_type: Option<&str>) -> bool {
+    let essence = content_type
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence.is_empty() {
+        return true;
+    }
+    match essence.split_once('/') {
+        Some(("application", "json" | "x-www-form-urlencoded") | ("text", "plain")) => true,
+        Some((kind, subtype)) => {
+            !kind.is_empty() && subtype.len() > "+json".len() && subtype.ends_with("+json")
+        }
+        None => false,
+    }
 }
 
 /// The fields of a body object, with the unknown ones already refused.
@@ -112,11 +132,36 @@ mod tests {
     }
 
     #[test]
-    fn content_types_with_parameters_are_json() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json("application/jsonx"));
+    fn json_form_and_plain_text_types_are_read_others_refused() {
+        for taken in [
+            None,
+            Some(""),
+            Some("application/json"),
+            Some("Application/JSON; charset=utf-8"),
+            Some("application/merge-patch+json"),
+            Some("application/vnd.api+json; charset=utf-8"),
+            Some("APPLICATION/VND.FOO+JSON"),
+            Some("text/plain"),
+            Some("text/plain;charset=UTF-8"),
+            Some("application/x-www-form-urlencoded"),
+            Some(" application/x-www-form-urlencoded ; charset=utf-8"),
+        ] {
+            assert!(is_read_as_json(taken), "{taken:?} refused");
+        }
+        for refused in [
+            "multipart/form-data; boundary=x",
+            "application/xml",
+            "text/html",
+            "text/json",
+            "application/jsonx",
+            "application/+json",
+            "/+json",
+            "application",
+            "json",
+            "application/octet-stream",
+        ] {
+            assert!(!is_read_as_json(Some(refused)), "{refused:?} taken");
+        }
     }
 
     #[test]
