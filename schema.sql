@@ -187,3 +187,68 @@ BEGIN
     END IF;
 END
 $$;
+
+-- One claim on one coupon, decided and recorded in one statement: the
+-- path of a claim that has no other claim on its coupon to go with (see
+-- `Store::claim_one`), which saves it the round trips of the statements
+-- the batch path sends one by one. The caller runs it as its own
+-- SERIALIZABLE transaction. The rules are the batch path's, for a batch of
+-- one: the coupon row locked first, the sale window on the database clock
+-- (open from starts_at inclusive until expires_at exclusive), a holder
+-- answered already_claimed before stock is looked at, out_of_stock at 0.
+-- Returns the outcome, the stock after it (NULL when there is no such
+-- coupon or the outcome is busy) and whether the coupon has a sale window.
+--
+-- The coupon's claim lock (lock_key, see `claim_lock_key`) is only tried,
+-- for the rest of the transaction: when another session holds it (another
+-- server's batch) the outcome is 'busy' and nothing is done, and the caller
+-- takes the batch path, which waits for the lock before its snapshot. Taken
+-- here the lock comes after this statement's snapshot: a batch that
+-- committed in between makes the row lock below fail to serialize, and the
+-- caller retries.
+CREATE OR REPLACE FUNCTION flash_coupons_claim_one(coupon TEXT, claimant TEXT, lock_key BIGINT)
+RETURNS TABLE (outcome TEXT, remaining INTEGER, windowed BOOLEAN)
+LANGUAGE plpgsql AS $$
+DECLARE
+    stock   INTEGER;
+    starts  TIMESTAMPTZ;
+    expires TIMESTAMPTZ;
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(lock_key) THEN
+        RETURN QUERY SELECT 'busy', NULL::INTEGER, false;
+        RETURN;
+    END IF;
+    -- NO KEY UPDATE, as the batch path: the new claim row's foreign key
+    -- takes KEY SHARE on this row, which this lock must not block.
+    SELECT c.remaining_amount, c.starts_at, c.expires_at INTO stock, starts, expires
+        FROM coupons c WHERE c.name = coupon FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        RETURN QUERY SELECT 'coupon_not_found', NULL::INTEGER, false;
+        RETURN;
+    END IF;
+    windowed := starts IS NOT NULL OR expires IS NOT NULL;
+    remaining := stock;
+    IF starts IS NOT NULL AND now() < starts THEN
+        outcome := 'not_started';
+    ELSIF expires IS NOT NULL AND now() >= expires THEN
+        outcome := 'expired';
+    ELSIF stock > 0 THEN
+        -- Inserted first and the unique key asked, as in the batch path:
+        -- no read of the key, so no predicate lock on its index pages.
+        INSERT INTO claims (user_id, coupon_name) VALUES (claimant, coupon)
+            ON CONFLICT (coupon_name, user_id) DO NOTHING;
+        IF FOUND THEN
+            UPDATE coupons SET remaining_amount = remaining_amount - 1 WHERE name = coupon;
+            outcome := 'claimed';
+            remaining := stock - 1;
+        ELSE
+            outcome := 'already_claimed';
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM claims c WHERE c.coupon_name = coupon AND c.user_id = claimant) THEN
+        outcome := 'already_claimed';
+    ELSE
+        outcome := 'out_of_stock';
+    END IF;
+    RETURN NEXT;
+END
+$$;

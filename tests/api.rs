@@ -378,6 +378,36 @@ fn sql_looking_names_are_stored_and_returned_literally() {
 }
 
 #[test]
+fn quotes_and_backslashes_in_a_claim_reach_the_database_as_they_were_sent() {
+    let app = TestApp::spawn();
+    // One claim at a time goes to the database as literals in one message:
+    // every character must arrive as sent, and none may end a literal.
+    let name = r"c\'; SELECT 1; --\";
+    assert_eq!(app.create(name, 2).status, 201);
+    let users = [r"u\", r"u\'", "u'", r"\'); DELETE FROM claims; --"];
+    assert_eq!(app.claim(users[0], name).status, 200);
+    assert_eq!(app.claim(users[0], name).status, 409);
+    assert_eq!(app.claim(users[1], name).status, 200);
+    // Sold out: a holder is told 409, anyone else 400.
+    assert_eq!(app.claim(users[1], name).status, 409);
+    assert_eq!(app.claim(users[2], name).status, 400);
+    assert_eq!(app.claim(users[3], name).status, 400);
+    let holders: Vec<String> = app
+        .db
+        .client()
+        .query(
+            "SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id",
+            &[&name],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(holders, [users[0], users[1]]);
+    app.db.assert_invariant();
+}
+
+#[test]
 fn wrong_methods_get_405_with_an_allow_header() {
     let app = TestApp::spawn();
     for (method, path, allow) in [

@@ -36,6 +36,11 @@ impl Store {
         users: Vec<UserId>,
         mut late: impl FnMut() -> Vec<UserId>,
     ) -> Result<BatchResult, StoreError> {
+        if let [user] = users.as_slice()
+            && let Some(decided) = self.claim_one(coupon, user)?
+        {
+            return Ok(decided);
+        }
         let name = coupon.as_str();
         let mut users = users;
         let key = claim_lock_key(coupon);
@@ -117,6 +122,114 @@ impl Store {
             })
         })
     }
+}
+
+impl Store {
+    /// Decides and records one claim in one round trip, when no other
+    /// server is running a batch on its coupon; `None` when one is (the
+    /// caller then takes the batch path, which waits its turn), and the
+    /// same when the attempt fails to serialize: it is not retried here,
+    /// and not counted as a retry. One
+    /// simple-protocol message: a SERIALIZABLE transaction of one call of
+    /// `flash_coupons_claim_one` (schema.sql), which tries the coupon's
+    /// claim lock for the transaction. The same rules and lock as a batch
+    /// (see [`Store::claim_batch`]); a batch's statements go one round
+    /// trip each, which on claims spread over many coupons (one claim per
+    /// batch) cost more than the claim itself.
+    ///
+    /// The simple protocol carries no parameters: the name and the user id
+    /// go in as escape-string literals (see [`literal`]). The lock goes
+    /// with the transaction.
+    fn claim_one(
+        &self,
+        coupon: &CouponName,
+        user: &UserId,
+    ) -> Result<Option<BatchResult>, StoreError> {
+        // Two statements in one message run as one implicit transaction,
+        // committed at its end and rolled back on any error: nothing is
+        // left to end on the connection, whatever failed.
+        let round = format!(
+            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; \
+             SELECT outcome, remaining, windowed FROM flash_coupons_claim_one({}, {}, {})",
+            literal(coupon.as_str()),
+            literal(user.as_str()),
+            claim_lock_key(coupon),
+        );
+        let mut conn = self.conn()?;
+        let client = &mut conn.client;
+        let messages = match client.run("a claim", |inner| inner.simple_query(&round)) {
+            Ok(messages) => messages,
+            // Contended after all (the lock was free when tried, but a batch
+            // had committed since this transaction's snapshot): the batch
+            // path waits for the lock before its snapshot.
+            Err(err) => {
+                return match super::failure(client, err) {
+                    super::Failure::Retry(_) => Ok(None),
+                    super::Failure::Fatal(err) => Err(err),
+                };
+            }
+        };
+        match one_claim_result(&messages) {
+            Some(OneClaim::Decided(result)) => Ok(Some(result)),
+            Some(OneClaim::Busy) => Ok(None),
+            None => Err(StoreError::Internal(
+                "flash_coupons_claim_one gave no usable row".into(),
+            )),
+        }
+    }
+}
+
+enum OneClaim {
+    Decided(BatchResult),
+    /// Another session holds the coupon's claim lock.
+    Busy,
+}
+
+/// The outcome row of [`Store::claim_one`]'s message, as a batch of one.
+fn one_claim_result(messages: &[postgres::SimpleQueryMessage]) -> Option<OneClaim> {
+    let row = messages.iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) if row.columns().len() == 3 => Some(row),
+        _ => None,
+    })?;
+    let remaining = row
+        .get("remaining")
+        .map(str::parse::<i32>)
+        .transpose()
+        .ok()?;
+    let windowed = row.get("windowed")? == "t";
+    let outcome = match (row.get("outcome")?, remaining) {
+        ("busy", None) => return Some(OneClaim::Busy),
+        ("claimed", Some(remaining_amount)) => ClaimOutcome::Claimed { remaining_amount },
+        ("coupon_not_found", None) => ClaimOutcome::CouponNotFound,
+        ("not_started", Some(_)) => ClaimOutcome::NotStarted,
+        ("expired", Some(_)) => ClaimOutcome::Expired,
+        ("already_claimed", Some(_)) => ClaimOutcome::AlreadyClaimed,
+        ("out_of_stock", Some(_)) => ClaimOutcome::OutOfStock,
+        _ => return None,
+    };
+    Some(OneClaim::Decided(BatchResult {
+        outcomes: vec![outcome],
+        remaining,
+        windowed,
+    }))
+}
+
+/// `text` as an SQL escape-string literal, whatever the server's
+/// standard_conforming_strings: quotes and backslashes doubled. Coupon
+/// names and user ids hold no NUL (they hold no control character at all),
+/// the one character a literal cannot carry; the connection's encoding is
+/// UTF-8, the driver's.
+fn literal(text: &str) -> String {
+    let mut quoted = String::with_capacity(text.len() + 3);
+    quoted.push_str("E'");
+    for c in text.chars() {
+        if c == '\'' || c == '\\' {
+            quoted.push(c);
+        }
+        quoted.push(c);
+    }
+    quoted.push('\'');
+    quoted
 }
 
 impl Store {
@@ -239,6 +352,14 @@ pub(crate) fn claim_lock_key(coupon: &CouponName) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literals_double_quotes_and_backslashes_only() {
+        assert_eq!(literal("PROMO"), "E'PROMO'");
+        assert_eq!(literal("o'brien"), "E'o''brien'");
+        assert_eq!(literal(r"a\'b"), r"E'a\\''b'");
+        assert_eq!(literal("ü ' 東"), "E'ü '' 東'");
+    }
 
     fn key(name: &str) -> i64 {
         claim_lock_key(&CouponName::parse(name).unwrap())
