@@ -145,19 +145,27 @@ impl Store {
         coupon: &CouponName,
         user: &UserId,
     ) -> Result<Option<BatchResult>, StoreError> {
-        // Two statements in one message run as one implicit transaction,
+        let mut conn = self.conn()?;
+        let client = &mut conn.client;
+        // The statements of one message run as one implicit transaction,
         // committed at its end and rolled back on any error: nothing is
-        // left to end on the connection, whatever failed.
+        // left to end on the connection, whatever failed. The database is
+        // sent all of it at once, so a cut connection (past the deadline,
+        // see `watchdog`) does not stop it: its own statement timeout,
+        // shorter than the deadline, makes it give up first, so that a
+        // claim answered 503 is not committed afterwards.
+        let statement_timeout = (client.timeout() * 9 / 10).as_millis().max(1);
         let round = format!(
             "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; \
+             SET LOCAL statement_timeout = {statement_timeout}; \
              SELECT outcome, remaining, windowed FROM flash_coupons_claim_one({}, {}, {})",
             literal(coupon.as_str()),
             literal(user.as_str()),
             claim_lock_key(coupon),
         );
-        let mut conn = self.conn()?;
-        let client = &mut conn.client;
-        let messages = match client.run("a claim", |inner| inner.simple_query(&round)) {
+        let messages = match client.run("a one-claim read-write transaction", |inner| {
+            inner.simple_query(&round)
+        }) {
             Ok(messages) => messages,
             // Contended after all (the lock was free when tried, but a batch
             // had committed since this transaction's snapshot): the batch
