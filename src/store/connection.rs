@@ -142,6 +142,8 @@ pub struct Client {
     broken: bool,
     /// The last operation ran out of time and was cut.
     timed_out: bool,
+    /// When the connection last went back to the pool unbroken.
+    returned: Option<Instant>,
 }
 
 impl Client {
@@ -155,6 +157,7 @@ impl Client {
             timeout,
             broken: false,
             timed_out: false,
+            returned: None,
         })
     }
 
@@ -497,6 +500,10 @@ thread_local! {
     static HANDED_UNCHECKED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// How long after going back to the pool a connection is handed out
+/// without a validity check.
+const FRESH_FOR: Duration = Duration::from_millis(500);
+
 /// Below this much time left, a check-out does not start a validity check
 /// (which could only time out, and so discard a healthy connection).
 const MIN_CHECK: Duration = Duration::from_millis(50);
@@ -635,6 +642,18 @@ impl ManageConnection for Manager {
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), ConnError> {
+        // A connection that worked moments ago is handed out as it is: under
+        // load every connection is, and the check would be a round trip
+        // more per request. One that broke meanwhile (the database went
+        // away) fails its request with 503, as any request on it in those
+        // moments would have.
+        if conn
+            .client
+            .returned
+            .is_some_and(|at| at.elapsed() < FRESH_FOR)
+        {
+            return Ok(());
+        }
         let mut timeout = self.connector.query_timeout;
         if let Some(deadline) = CHECKOUT_DEADLINE.get() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -647,7 +666,12 @@ impl ManageConnection for Manager {
         conn.client.check(timeout)
     }
 
+    /// Asked by r2d2 as each connection goes back to the pool.
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        conn.client.is_broken()
+        let broken = conn.client.is_broken();
+        if !broken {
+            conn.client.returned = Some(Instant::now());
+        }
+        broken
     }
 }
