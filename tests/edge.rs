@@ -1407,3 +1407,33 @@ fn deploy_run_local_fails_with_a_clear_message_when_a_replica_or_haproxy_cannot_
         assert!(!replica.alive(), "replica {pid} is still running:\n{text}");
     }
 }
+
+#[test]
+fn the_edge_logs_only_requests_that_went_wrong_unless_told_to_log_every_request() {
+    let _one = one_at_a_time();
+    let db = TestDb::new();
+    for (env, every_request) in [(&[][..], false), (&[("EDGE_LOG_REQUESTS", "1")][..], true)] {
+        let edge = Edge::start(&db.url, 1, env);
+        let served = support::http::request("GET", &edge.url("/api/coupons/LOG_SERVED"), None);
+        assert_eq!(served.status, 404, "{served:?}");
+        // Refused by the edge itself (a body over 16 KiB): always logged.
+        let big = format!("{{\"pad\":\"{}\"}}", "x".repeat(20_000));
+        let refused = support::http::request("POST", &edge.url("/api/coupons/claim"), Some(&big));
+        assert_eq!(refused.status, 413, "{refused:?}");
+        let logged = |path: &str| edge.log().iter().any(|l| l.contains(path));
+        assert!(
+            support::wait_for(Duration::from_secs(10), || logged(
+                "POST /api/coupons/claim"
+            )),
+            "the refused request was not logged (EDGE_LOG_REQUESTS {every_request}): {:#?}",
+            edge.log()
+        );
+        // Lines come in request order: the served request's, if any, is in.
+        assert_eq!(
+            logged("/api/coupons/LOG_SERVED"),
+            every_request,
+            "{:#?}",
+            edge.log()
+        );
+    }
+}
