@@ -53,10 +53,22 @@ pub fn serve(ctx: &Arc<Context>, job: Job) {
         };
         return finish(ctx, incoming, started, "none", Err(too_large));
     }
-    if let Endpoint::Claim = endpoint {
-        return claim(ctx, incoming, started, label);
-    }
-    let result = dispatch(ctx, endpoint, &incoming);
+    let target = incoming.request.url();
+    // Every route of the API, and what answers it.
+    let result = match endpoint {
+        // Answered by whichever thread decides it, maybe another worker's.
+        Endpoint::Claim => return claim(ctx, incoming, started, label),
+        Endpoint::Health => Ok(handlers::health(ctx)),
+        Endpoint::Metrics => Ok(handlers::metrics(ctx)),
+        Endpoint::ListCoupons => handlers::coupons_page(ctx, target),
+        Endpoint::CreateCoupon => auth::require_admin(ctx, &incoming.request)
+            .and_then(|()| handlers::create_coupon(ctx, &incoming)),
+        Endpoint::GetCoupon(name) => handlers::get_coupon(ctx, &name),
+        Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, target),
+        Endpoint::ReleaseClaim(name, user) => release(ctx, &incoming.request, &name, &user),
+        Endpoint::NotFound => Err(ApiError::RouteNotFound),
+        Endpoint::MethodNotAllowed { allow } => Err(ApiError::MethodNotAllowed { allow }),
+    };
     finish(ctx, incoming, started, label, result);
 }
 
@@ -118,25 +130,6 @@ fn release(
     };
     ctx.metrics.release_answered(outcome);
     result
-}
-
-fn dispatch(ctx: &Context, endpoint: Endpoint, incoming: &Incoming) -> Result<Reply, ApiError> {
-    let target = incoming.request.url();
-    match endpoint {
-        Endpoint::Health => Ok(handlers::health(ctx)),
-        Endpoint::Metrics => Ok(handlers::metrics(ctx)),
-        Endpoint::ListCoupons => handlers::coupons_page(ctx, target),
-        Endpoint::CreateCoupon => {
-            auth::require_admin(ctx, &incoming.request)?;
-            handlers::create_coupon(ctx, incoming)
-        }
-        Endpoint::Claim => unreachable!("claims take the claim path"),
-        Endpoint::GetCoupon(name) => handlers::get_coupon(ctx, &name),
-        Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, target),
-        Endpoint::ReleaseClaim(name, user) => release(ctx, &incoming.request, &name, &user),
-        Endpoint::NotFound => Err(ApiError::RouteNotFound),
-        Endpoint::MethodNotAllowed { allow } => Err(ApiError::MethodNotAllowed { allow }),
-    }
 }
 
 /// Records the answer's log line and metrics, and hands it to a writer.
