@@ -172,7 +172,7 @@ impl Store {
             // path waits for the lock before its snapshot.
             Err(err) => {
                 return match super::failure(client, err) {
-                    super::Failure::Retry(_) => Ok(None),
+                    super::Failure::Retry { .. } => Ok(None),
                     super::Failure::Fatal(err) => Err(err),
                 };
             }

@@ -5,7 +5,7 @@ use time::OffsetDateTime;
 use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
 
 use super::connection::{Conn, Manager};
-use super::error::{Failure, classify};
+use super::error::{Cause, Failure, classify};
 use super::{Store, StoreError};
 
 /// Rows fetched per round trip while streaming a coupon's claimers.
@@ -38,9 +38,10 @@ fn coupon_from(name: String, row: &Row, first: usize) -> Coupon {
 fn fatal(err: postgres::Error) -> StoreError {
     match classify(err) {
         Failure::Fatal(err) => err,
-        Failure::Retry(cause) => {
-            StoreError::Internal(format!("a read-only query failed with {}", cause.label()))
-        }
+        Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
+            format!("a read-only query failed with {}", cause.label()),
+            error,
+        )),
     }
 }
 

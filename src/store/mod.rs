@@ -21,7 +21,7 @@ use postgres::IsolationLevel;
 pub use claim::BatchResult;
 pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
-pub use error::{RetryCause, StoreError};
+pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
 pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
@@ -160,9 +160,9 @@ impl Store {
         let scope = CheckoutScope::begin(Instant::now() + timeout);
         let conn = self.pool.get_timeout(timeout)?;
         if scope.handed_unchecked() {
-            return Err(StoreError::Unavailable(format!(
-                "no database connection answered within {timeout:?}"
-            )));
+            return Err(StoreError::Unavailable(
+                format!("no database connection answered within {timeout:?}").into(),
+            ));
         }
         Ok(conn)
     }
@@ -210,13 +210,13 @@ impl Store {
             match result.map_err(|err| failure(client, err)) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(err)) => return Err(err),
-                Err(Failure::Retry(cause)) => {
+                Err(Failure::Retry { cause, error }) => {
                     self.retries.record(cause);
                     if client.is_broken() {
                         // It could not be cleaned up for another attempt.
-                        return Err(StoreError::Unavailable(format!(
-                            "the connection was discarded after {}",
-                            cause.label()
+                        return Err(StoreError::Unavailable(Cause::with_source(
+                            format!("the connection was discarded after {}", cause.label()),
+                            error,
                         )));
                     }
                     if retry >= self.retry.max_retries {
@@ -242,9 +242,10 @@ impl Store {
         let result = client.run("a read", |inner| body(inner, stmts));
         result.map_err(|err| match failure(client, err) {
             Failure::Fatal(err) => err,
-            Failure::Retry(cause) => {
-                StoreError::Internal(format!("a plain read failed with {}", cause.label()))
-            }
+            Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
+                format!("a plain read failed with {}", cause.label()),
+                error,
+            )),
         })
     }
 
@@ -273,9 +274,9 @@ impl Store {
         });
         result.map_err(|err| match failure(client, err) {
             Failure::Fatal(err) => err,
-            Failure::Retry(cause) => StoreError::Internal(format!(
-                "read-only transaction failed with {}",
-                cause.label()
+            Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
+                format!("read-only transaction failed with {}", cause.label()),
+                error,
             )),
         })
     }
@@ -285,9 +286,12 @@ impl Store {
 /// says so.
 fn failure(client: &Client, err: postgres::Error) -> Failure {
     if client.timed_out() {
-        return Failure::Fatal(StoreError::Unavailable(format!(
-            "no answer from the database within {:?} (DB_QUERY_TIMEOUT_MS)",
-            client.timeout()
+        return Failure::Fatal(StoreError::Unavailable(Cause::with_source(
+            format!(
+                "no answer from the database within {:?} (DB_QUERY_TIMEOUT_MS)",
+                client.timeout()
+            ),
+            err,
         )));
     }
     classify(err)
@@ -371,11 +375,16 @@ fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
         } else {
-            return Err(StoreError::Unavailable(format!(
-                "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
-                began.elapsed(),
-                budget.as_secs()
-            )));
+            // The last attempt's error, in words only: main prints a start-up
+            // error's sources after it, which would repeat them.
+            return Err(StoreError::Unavailable(
+                format!(
+                    "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
+                    began.elapsed(),
+                    budget.as_secs()
+                )
+                .into(),
+            ));
         }
     }
 }
@@ -388,15 +397,13 @@ fn start_up_once(connector: &Connector, step: impl Fn() -> Duration) -> Result<(
     client
         .run_within("applying the schema", step(), schema::apply)
         .map_err(|err| match failure(&client, err) {
-            Failure::Retry(cause) => {
+            Failure::Retry { cause, .. } => {
                 Attempt::Again(format!("applying schema.sql: {}", cause.label()))
             }
             Failure::Fatal(StoreError::Unavailable(cause)) => {
                 Attempt::Again(format!("applying schema.sql: {cause}"))
             }
-            Failure::Fatal(err) => {
-                Attempt::Fatal(StoreError::Internal(format!("applying schema.sql: {err}")))
-            }
+            Failure::Fatal(err) => Attempt::Fatal(err.context("applying schema.sql")),
         })
 }
 
