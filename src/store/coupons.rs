@@ -5,8 +5,7 @@ use time::OffsetDateTime;
 use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
 
 use super::connection::{Conn, Manager};
-use super::error::{Cause, Failure, classify};
-use super::{Store, StoreError};
+use super::{Client, Store, StoreError, failure};
 
 /// Rows fetched per round trip while streaming a coupon's claimers.
 const STREAM_PAGE: i64 = 1000;
@@ -35,14 +34,9 @@ fn coupon_from(name: String, row: &Row, first: usize) -> Coupon {
     }
 }
 
-fn fatal(err: postgres::Error) -> StoreError {
-    match classify(err) {
-        Failure::Fatal(err) => err,
-        Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
-            format!("a read-only query failed with {}", cause.label()),
-            error,
-        )),
-    }
+/// The error of a statement of the claimers' stream on `client`.
+fn fatal(client: &Client, err: postgres::Error) -> StoreError {
+    failure(client, err).unretried("a read-only query")
 }
 
 impl Store {
@@ -84,7 +78,7 @@ impl Store {
             .batch_execute(&format!(
                 "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ORDERED_PAGES}"
             ))
-            .map_err(fatal)?;
+            .map_err(|err| fatal(&conn.client, err))?;
         let mut claimers = Claimers {
             conn,
             name: name.to_string(),
@@ -94,7 +88,7 @@ impl Store {
         let Conn { client, stmts } = &mut *claimers.conn;
         let row = client
             .query_opt(&stmts.coupon_counts, &[&name.as_str()])
-            .map_err(fatal)?;
+            .map_err(|err| fatal(client, err))?;
         Ok(row.map(|row| (coupon_from(name.to_string(), &row, 0), claimers)))
     }
 
@@ -154,7 +148,7 @@ impl Claimers {
         let Conn { client, stmts } = &mut *self.conn;
         let rows = client
             .query(&stmts.claims_page, &[&self.name, &self.after, &STREAM_PAGE])
-            .map_err(fatal)?;
+            .map_err(|err| fatal(client, err))?;
         if let Some(last) = rows.last() {
             self.after = last.get(0);
         }
@@ -163,7 +157,10 @@ impl Claimers {
 
     pub fn finish(mut self) -> Result<(), StoreError> {
         self.open = false;
-        self.conn.client.batch_execute("COMMIT").map_err(fatal)
+        let client = &mut self.conn.client;
+        client
+            .batch_execute("COMMIT")
+            .map_err(|err| fatal(client, err))
     }
 }
 

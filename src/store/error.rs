@@ -162,6 +162,21 @@ pub(crate) enum Failure {
     Fatal(StoreError),
 }
 
+impl Failure {
+    /// The error of an operation that is not retried: a retry cause, which
+    /// such an operation should never meet, is Internal, saying that `what`
+    /// failed with it.
+    pub(crate) fn unretried(self, what: &str) -> StoreError {
+        match self {
+            Failure::Fatal(err) => err,
+            Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
+                format!("{what} failed with {}", cause.label()),
+                error,
+            )),
+        }
+    }
+}
+
 pub(crate) fn classify(err: postgres::Error) -> Failure {
     if let Some(cause) = retry_cause(&err) {
         return Failure::Retry { cause, error: err };

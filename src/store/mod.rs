@@ -240,13 +240,7 @@ impl Store {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
         let result = client.run("a read", |inner| body(inner, stmts));
-        result.map_err(|err| match failure(client, err) {
-            Failure::Fatal(err) => err,
-            Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
-                format!("a plain read failed with {}", cause.label()),
-                error,
-            )),
-        })
+        result.map_err(|err| failure(client, err).unretried("a plain read"))
     }
 
     /// Runs `body` in a READ ONLY REPEATABLE READ transaction: one snapshot,
@@ -272,18 +266,12 @@ impl Store {
                     Ok(value)
                 })
         });
-        result.map_err(|err| match failure(client, err) {
-            Failure::Fatal(err) => err,
-            Failure::Retry { cause, error } => StoreError::Internal(Cause::with_source(
-                format!("read-only transaction failed with {}", cause.label()),
-                error,
-            )),
-        })
+        result.map_err(|err| failure(client, err).unretried("read-only transaction"))
     }
 }
 
 /// Sorts the error of an operation on `client`; one that ran out of time
-/// says so.
+/// says so. (`Failure::unretried` for an operation that is not retried.)
 fn failure(client: &Client, err: postgres::Error) -> Failure {
     if client.timed_out() {
         return Failure::Fatal(StoreError::Unavailable(Cause::with_source(
