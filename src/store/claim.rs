@@ -59,9 +59,10 @@ impl Store {
                     windowed: false,
                 });
             };
-            let remaining: i32 = row.get(0);
-            let window = SaleWindow::new(row.get(1), row.get(2)).unwrap_or_default();
-            let now: OffsetDateTime = row.get(3);
+            let remaining: i32 = row.get("remaining_amount");
+            let window =
+                SaleWindow::new(row.get("starts_at"), row.get("expires_at")).unwrap_or_default();
+            let now: OffsetDateTime = row.get("now");
             let closed = match window.state_at(now) {
                 WindowState::Open => None,
                 WindowState::NotStarted => Some(ClaimOutcome::NotStarted),
@@ -87,7 +88,7 @@ impl Store {
                 let inserted: HashSet<String> = tx
                     .query(&stmts.insert_new_claims, &[&name, &distinct])?
                     .iter()
-                    .map(|r| r.get(0))
+                    .map(|r| r.get("user_id"))
                     .collect();
                 let (outcomes, granted) =
                     decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
@@ -106,7 +107,7 @@ impl Store {
                 let holders: HashSet<String> = tx
                     .query(&stmts.holders_among, &[&name, &ids])?
                     .iter()
-                    .map(|r| r.get(0))
+                    .map(|r| r.get("user_id"))
                     .collect();
                 decide_in_order(users, |u| holders.contains(u.as_str()), remaining)
             };
@@ -253,8 +254,8 @@ impl Store {
         self.read(|client, stmts| {
             let row = client.query_opt(&stmts.sold_out_holders, &[&coupon.as_str(), &limit])?;
             Ok(row
-                .filter(|row| row.get::<_, bool>(0))
-                .map(|row| row.get::<_, Vec<String>>(1)))
+                .filter(|row| row.get::<_, bool>("sold_out"))
+                .map(|row| row.get::<_, Vec<String>>("holders")))
         })
     }
 
@@ -310,7 +311,7 @@ impl Store {
             let mut unreleased = false;
             let result = client.run("a read-write transaction", |inner| {
                 // An error here (the wait cut short) leaves the lock not held.
-                let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get(0);
+                let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get("waited");
                 let mut committing = false;
                 let result = inner
                     .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")

@@ -24,12 +24,14 @@ pub struct ClaimRow {
     pub claimed_at: OffsetDateTime,
 }
 
-fn coupon_from(name: String, row: &Row, first: usize) -> Coupon {
-    let window = SaleWindow::new(row.get(first + 2), row.get(first + 3)).unwrap_or_default();
+/// A coupon named `name` from a row with its columns amount,
+/// remaining_amount, starts_at and expires_at.
+fn coupon_from(name: String, row: &Row) -> Coupon {
+    let window = SaleWindow::new(row.get("starts_at"), row.get("expires_at")).unwrap_or_default();
     Coupon {
         name,
-        amount: row.get(first),
-        remaining_amount: row.get(first + 1),
+        amount: row.get("amount"),
+        remaining_amount: row.get("remaining_amount"),
         window,
     }
 }
@@ -89,7 +91,7 @@ impl Store {
         let row = client
             .query_opt(&stmts.coupon_counts, &[&name.as_str()])
             .map_err(|err| fatal(client, err))?;
-        Ok(row.map(|row| (coupon_from(name.to_string(), &row, 0), claimers)))
+        Ok(row.map(|row| (coupon_from(name.to_string(), &row), claimers)))
     }
 
     /// A page of a coupon's claims after the claim `after` (0: from the
@@ -112,9 +114,9 @@ impl Store {
             Ok(Some(
                 rows.iter()
                     .map(|r| ClaimRow {
-                        id: r.get(0),
-                        user_id: r.get(1),
-                        claimed_at: r.get(2),
+                        id: r.get("id"),
+                        user_id: r.get("user_id"),
+                        claimed_at: r.get("claimed_at"),
                     })
                     .collect(),
             ))
@@ -127,7 +129,7 @@ impl Store {
             Ok(client
                 .query(&stmts.coupons_page, &[&after, &limit])?
                 .iter()
-                .map(|r| coupon_from(r.get(0), r, 1))
+                .map(|r| coupon_from(r.get("name"), r))
                 .collect())
         })
     }
@@ -150,9 +152,9 @@ impl Claimers {
             .query(&stmts.claims_page, &[&self.name, &self.after, &STREAM_PAGE])
             .map_err(|err| fatal(client, err))?;
         if let Some(last) = rows.last() {
-            self.after = last.get(0);
+            self.after = last.get("id");
         }
-        Ok(rows.iter().map(|r| r.get(1)).collect())
+        Ok(rows.iter().map(|r| r.get("user_id")).collect())
     }
 
     pub fn finish(mut self) -> Result<(), StoreError> {
