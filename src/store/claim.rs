@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
 
+use super::connection::Statements;
 use super::{Store, StoreError};
 
 /// A decided batch: each claim's outcome, and the stock left after it
@@ -49,7 +50,6 @@ impl Store {
                 users.extend(late());
             }
             let users = users.as_slice();
-            let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
             // Locking the coupon row first makes claims on one coupon queue
             // here instead of each doing its reads and then aborting.
             let Some(row) = tx.query_opt(&stmts.lock_coupon, &[&name])? else {
@@ -75,42 +75,7 @@ impl Store {
                     windowed: true,
                 });
             }
-            let (outcomes, granted) = if remaining > 0 {
-                // Insert every newcomer and let the unique key say who
-                // already holds the coupon, rather than reading for them
-                // first: a read of the key takes SERIALIZABLE predicate
-                // locks on its index pages, and claims on neighbouring
-                // coupons writing there then count as conflicts. Those
-                // inserted past the stock are removed again below.
-                let mut seen = HashSet::new();
-                let distinct: Vec<&str> =
-                    ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-                let inserted: HashSet<String> = tx
-                    .query(&stmts.insert_new_claims, &[&name, &distinct])?
-                    .iter()
-                    .map(|r| r.get("user_id"))
-                    .collect();
-                let (outcomes, granted) =
-                    decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
-                let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
-                let surplus: Vec<&str> = distinct
-                    .iter()
-                    .copied()
-                    .filter(|u| inserted.contains(*u) && !kept.contains(u))
-                    .collect();
-                if !surplus.is_empty() {
-                    tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
-                }
-                (outcomes, granted)
-            } else {
-                // Sold out: only who holds it matters (409 or 400).
-                let holders: HashSet<String> = tx
-                    .query(&stmts.holders_among, &[&name, &ids])?
-                    .iter()
-                    .map(|r| r.get("user_id"))
-                    .collect();
-                decide_in_order(users, |u| holders.contains(u.as_str()), remaining)
-            };
+            let (outcomes, granted) = insert_and_decide(tx, stmts, name, users, remaining)?;
             // Never more than `remaining`, an i32 itself.
             let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
             if taken > 0 {
@@ -122,6 +87,59 @@ impl Store {
                 windowed: !window.is_always_open(),
             })
         })
+    }
+}
+
+/// Decides the claims of `users` (in that order) on the coupon `name`,
+/// whose sale is open and which has `remaining` units left, in the
+/// transaction `tx`: each claim's outcome, and the users granted a unit,
+/// whose claim rows are inserted. Taking the units off the stock is left to
+/// the caller.
+fn insert_and_decide<'u>(
+    tx: &mut postgres::Client,
+    stmts: &Statements,
+    name: &str,
+    users: &'u [UserId],
+    remaining: i32,
+) -> Result<(Vec<ClaimOutcome>, Vec<&'u UserId>), postgres::Error> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    if remaining > 0 {
+        // Insert every newcomer and let the unique key say who already
+        // holds the coupon, rather than reading for them first: a read of
+        // the key takes SERIALIZABLE predicate locks on its index pages, and
+        // claims on neighbouring coupons writing there then count as
+        // conflicts. Those inserted past the stock are removed again below.
+        let mut seen = HashSet::new();
+        let distinct: Vec<&str> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let inserted: HashSet<String> = tx
+            .query(&stmts.insert_new_claims, &[&name, &distinct])?
+            .iter()
+            .map(|r| r.get("user_id"))
+            .collect();
+        let (outcomes, granted) =
+            decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
+        let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
+        let surplus: Vec<&str> = distinct
+            .iter()
+            .copied()
+            .filter(|u| inserted.contains(*u) && !kept.contains(u))
+            .collect();
+        if !surplus.is_empty() {
+            tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
+        }
+        Ok((outcomes, granted))
+    } else {
+        // Sold out: only who holds it matters (409 or 400).
+        let holders: HashSet<String> = tx
+            .query(&stmts.holders_among, &[&name, &ids])?
+            .iter()
+            .map(|r| r.get("user_id"))
+            .collect();
+        Ok(decide_in_order(
+            users,
+            |u| holders.contains(u.as_str()),
+            remaining,
+        ))
     }
 }
 
