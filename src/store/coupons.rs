@@ -12,8 +12,8 @@ const STREAM_PAGE: i64 = 1000;
 
 /// Claim pages must walk the (coupon_name, id) index in order. Right after
 /// a burst of claims the statistics still say a coupon has a few dozen, and
-/// the planner then sorts all of its claims for every page: 25 ms a page
-/// for 82,000 claims here, against 0.4 ms in index order.
+/// the planner then sorts all of its claims for every page, which costs far
+/// more than reading them in index order.
 const ORDERED_PAGES: &str = "SET LOCAL enable_sort = off";
 
 /// One claim as the paginated listing shows it.

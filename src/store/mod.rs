@@ -312,10 +312,8 @@ fn connection_config(settings: &StoreSettings) -> postgres::Config {
     // sick database, and the client is better off with a 503.
     //
     // Connections live long, and a generic plan cached while the claims
-    // table was still empty scans it whole: on a fresh database, S1 fell
-    // from 2,709 to 1,313 claims/s between two 5 s runs, and a new server
-    // on the same data did 13,939. Custom plans cost a little planning per
-    // statement instead (seen after: 5,020, 5,057, 7,241 in three runs).
+    // table was still empty goes on scanning it whole once it has grown;
+    // custom plans cost a little planning per statement instead.
     //
     // Options given in DATABASE_URL come last, so they win.
     let ours = "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
