@@ -63,7 +63,7 @@ impl Context {
     pub fn new(store: Store, config: &Config, writers: Writers) -> Context {
         let claims = Claims::new(store.clone());
         Context {
-            metrics: Metrics::new(&claims),
+            metrics: Metrics::new(&store, &claims),
             claims,
             store,
             keep_alive_requests: config.keep_alive_requests,
