@@ -7,19 +7,20 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::types::ToSql;
 use postgres::{NoTls, Row, Statement, ToStatement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::watchdog::{Slot, find_socket};
+use crate::failure_run::{Ended, FailureRun, Line};
 
 /// Every statement the service runs, parsed once when a connection opens
 /// so that a request never pays for a parse round trip. (Plans are made per
@@ -544,58 +545,31 @@ impl Drop for CheckoutScope {
     }
 }
 
-/// Connection failures, logged at most once per QUIET (a pool retrying
-/// against a database that is down fails many times a second).
+/// The pool's connection failures (failed connects and failed checks), in
+/// the log as one run while they last (see `failure_run`): a pool retrying
+/// against a database that is down fails several times a second.
 #[derive(Default)]
 pub(crate) struct FailureLog {
-    state: Mutex<FailureState>,
+    run: FailureRun,
 }
-
-#[derive(Default)]
-struct FailureState {
-    /// When the current run of failures began, and how many it has had.
-    since: Option<Instant>,
-    failures: u64,
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-const QUIET: Duration = Duration::from_secs(10);
 
 impl FailureLog {
     pub(crate) fn failure(&self, err: &dyn fmt::Display) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        state.since.get_or_insert(now);
-        state.failures += 1;
-        if state.last_logged.is_some_and(|at| now - at < QUIET) {
-            state.unlogged += 1;
-            return;
-        }
-        let unlogged = std::mem::take(&mut state.unlogged);
-        state.last_logged = Some(now);
-        drop(state);
-        if unlogged == 0 {
-            warn!("database connection failed: {err}");
-        } else {
-            warn!(
-                "database connection failed: {err} (and {unlogged} more times since the last \
-                 such line)"
-            );
+        match self.run.failed() {
+            Line::First => warn!("database connection failed: {err}"),
+            Line::Count { failures, over } => warn!(
+                "database connection failed: {err} ({failures} failed attempts or checks in a \
+                 row over {over:.1?})"
+            ),
+            Line::Quiet => debug!("database connection failed: {err}"),
         }
     }
 
     pub(crate) fn success(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = state.since.take() {
-            let failures = std::mem::take(&mut state.failures);
-            state.last_logged = None;
-            state.unlogged = 0;
-            drop(state);
+        if let Some(Ended { failures, over }) = self.run.succeeded() {
             info!(
                 "connected to the database again, after {failures} failed attempts or checks \
-                 over {:.1?}",
-                since.elapsed()
+                 over {over:.1?}"
             );
         }
     }

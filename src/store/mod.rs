@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
@@ -27,6 +27,7 @@ pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::SCHEMA_SQL;
 
+use crate::failure_run::{Ended, FailureRun, Line};
 use connection::{CheckoutScope, Connector, FailureLog, Manager};
 use error::{Failure, classify};
 
@@ -350,14 +351,24 @@ fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
         )
     };
     let mut pause = Duration::from_millis(100);
+    // The failed attempts, in the log as one run (see `failure_run`).
+    let run = FailureRun::default();
     loop {
-        let err = match start_up_once(connector, step) {
+        let err = match start_up_once(connector, step, &run) {
             Ok(()) => return Ok(()),
             Err(Attempt::Fatal(err)) => return Err(err),
             Err(Attempt::Again(err)) => err,
         };
         if Instant::now() + pause < deadline {
-            warn!("database not reachable yet ({err}); retrying in {pause:?}");
+            match run.failed() {
+                Line::First => warn!("database not reachable yet ({err}); retrying in {pause:?}"),
+                Line::Count { failures, over } => warn!(
+                    "database still not reachable after {failures} attempts over {over:.1?} \
+                     ({err}); retrying for up to {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
+                    deadline.saturating_duration_since(Instant::now())
+                ),
+                Line::Quiet => debug!("database not reachable yet ({err}); retrying in {pause:?}"),
+            }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
         } else {
@@ -375,11 +386,20 @@ fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
     }
 }
 
-fn start_up_once(connector: &Connector, step: impl Fn() -> Duration) -> Result<(), Attempt> {
+fn start_up_once(
+    connector: &Connector,
+    step: impl Fn() -> Duration,
+    run: &FailureRun,
+) -> Result<(), Attempt> {
     let mut client = connector
         .open(step())
         .map_err(|err| Attempt::Again(err.to_string()))?;
-    info!("connected to the database");
+    match run.succeeded() {
+        Some(Ended { failures, over }) => {
+            info!("connected to the database, after {failures} failed attempts over {over:.1?}")
+        }
+        None => info!("connected to the database"),
+    }
     client
         .run_within("applying the schema", step(), schema::apply)
         .map_err(|err| match failure(&client, err) {
