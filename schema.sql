@@ -23,8 +23,9 @@ CREATE TABLE IF NOT EXISTS claims (
     CONSTRAINT claims_user_coupon_unique UNIQUE (coupon_name, user_id)
 );
 
--- Claim order per coupon, for claimed_by; the unique index above leads with
--- user_id and cannot serve it.
+-- Claim order per coupon, for claimed_by and the claim pages: the unique
+-- index above leads with coupon_name too, but then orders by user_id, not
+-- by claim order.
 CREATE INDEX IF NOT EXISTS claims_coupon_order ON claims (coupon_name, id);
 
 -- Sale windows (optional): claims before starts_at or from expires_at on are

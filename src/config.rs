@@ -56,7 +56,7 @@ pub const DEFAULT_DB_STARTUP_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_DB_CHECKOUT_TIMEOUT_MS: u64 = 2000;
 /// The client-side deadline of each database operation. A claim batch of
 /// 1,024 takes tens of milliseconds on a healthy database even under a flash
-/// sale (S2's p99 for a whole request was 44 ms), and a claim waits on the
+/// sale, and a claim waits on the
 /// coupon's row lock only behind other servers' claim transactions on the
 /// same coupon, each that short: 5 s is two orders of magnitude above that,
 /// so only a database that stopped answering reaches it.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::claims::Claims;
 use crate::config::Config;
+use crate::failure_run::FailureRun;
 use crate::http::{Budget, Outgoing};
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -26,6 +27,9 @@ pub struct Context {
     writers: Writers,
     write_timeout: Duration,
     health: HealthProbe,
+    /// Failing /healthz probes, for their request lines (see
+    /// `http::probe_level`).
+    pub failing_probes: FailureRun,
     /// Set from a shutdown signal until the server stops accepting
     /// (SHUTDOWN_DRAIN_SECS): /healthz fails so that a load balancer stops
     /// sending here, while everything else is served as usual.
@@ -63,7 +67,7 @@ impl Context {
     pub fn new(store: Store, config: &Config, writers: Writers) -> Context {
         let claims = Claims::new(store.clone());
         Context {
-            metrics: Metrics::new(&claims),
+            metrics: Metrics::new(&store, &claims),
             claims,
             store,
             keep_alive_requests: config.keep_alive_requests,
@@ -72,6 +76,7 @@ impl Context {
             writers,
             write_timeout: config.write_timeout,
             health: HealthProbe::default(),
+            failing_probes: FailureRun::default(),
             draining: AtomicBool::new(false),
         }
     }

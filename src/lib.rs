@@ -6,6 +6,7 @@ pub mod claims;
 pub mod config;
 pub mod context;
 pub mod domain;
+pub mod failure_run;
 pub mod http;
 pub mod listener;
 pub mod metrics;

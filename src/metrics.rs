@@ -1,18 +1,22 @@
 //! GET /metrics in the Prometheus text format.
 //!
-//! Request metrics are recorded as requests finish; the counters kept
-//! elsewhere (retries, the pool, the sold-out cache) are read when scraped.
+//! One pattern: whatever counts events (requests, claim outcomes, retries,
+//! batch sizes, the freshness listener's connections and notifications) is
+//! a Prometheus counter or histogram updated as the event happens, defined
+//! next to the code that counts it, and registered here; a scrape only
+//! gathers them. Gauges of the current state (the pool, claims waiting,
+//! sold-out coupons, the listener's freshness) are set from that state when
+//! scraped.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::claims::Claims;
-use crate::store::{RetryCause, Store};
+use crate::store::Store;
 
 pub struct Metrics {
     registry: Registry,
@@ -21,15 +25,9 @@ pub struct Metrics {
     claims_waiting: IntGauge,
     claims: IntCounterVec,
     releases: IntCounterVec,
-    retries: IntCounterVec,
-    retries_exhausted: IntGauge,
     pool: IntGaugeVec,
     sold_out: IntGaugeVec,
     listener_connected: IntGauge,
-    listener_connects: IntCounter,
-    stock_notifications: IntCounter,
-    /// One scrape at a time: each adds what happened since the last.
-    scrape: Mutex<()>,
 }
 
 // The metric definitions are constants: building them cannot fail, and a
@@ -39,7 +37,7 @@ fn must<T>(built: prometheus::Result<T>) -> T {
 }
 
 impl Metrics {
-    pub fn new(claims: &Claims) -> Metrics {
+    pub fn new(store: &Store, claims: &Claims) -> Metrics {
         let registry = Registry::new();
         let latency = must(HistogramVec::new(
             HistogramOpts::new(
@@ -71,17 +69,6 @@ impl Metrics {
             ),
             &["outcome"],
         ));
-        let retries = must(IntCounterVec::new(
-            Opts::new(
-                "flash_coupons_claim_retries_total",
-                "Claim transactions run again, by cause.",
-            ),
-            &["cause"],
-        ));
-        let retries_exhausted = must(IntGauge::new(
-            "flash_coupons_claim_retries_exhausted_total",
-            "Claim transactions that gave up at CLAIM_MAX_RETRIES (answered 503 busy).",
-        ));
         let pool = must(IntGaugeVec::new(
             Opts::new(
                 "flash_coupons_db_pool_connections",
@@ -101,29 +88,22 @@ impl Metrics {
             "1 while the freshness listener's LISTEN connection is up and answered a round trip \
              within the last second (sold-out coupons may be answered from memory), else 0.",
         ));
-        let listener_connects = must(IntCounter::new(
-            "flash_coupons_freshness_listener_connects_total",
-            "Connections the freshness listener has LISTENed on (each forgets every sold-out coupon).",
-        ));
-        let stock_notifications = must(IntCounter::new(
-            "flash_coupons_freshness_notifications_total",
-            "Stock notifications heard (a coupon, or every coupon, forgotten).",
-        ));
-        for collector in [
+        let ours = [
             Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
             Box::new(claims_waiting.clone()),
             Box::new(claims_by_outcome.clone()),
             Box::new(releases.clone()),
-            Box::new(retries.clone()),
-            Box::new(retries_exhausted.clone()),
             Box::new(pool.clone()),
             Box::new(sold_out.clone()),
             Box::new(listener_connected.clone()),
-            Box::new(listener_connects.clone()),
-            Box::new(stock_notifications.clone()),
-            Box::new(claims.batch_stats().sizes.clone()),
-        ] {
+        ];
+        let kept_elsewhere = store
+            .retries()
+            .collectors()
+            .into_iter()
+            .chain(claims.collectors());
+        for collector in ours.into_iter().chain(kept_elsewhere) {
             must(registry.register(collector));
         }
         Metrics {
@@ -133,14 +113,9 @@ impl Metrics {
             claims_waiting,
             claims: claims_by_outcome,
             releases,
-            retries,
-            retries_exhausted,
             pool,
             sold_out,
             listener_connected,
-            listener_connects,
-            stock_notifications,
-            scrape: Mutex::new(()),
         }
     }
 
@@ -169,18 +144,8 @@ impl Metrics {
         self.releases.with_label_values(&[outcome]).inc();
     }
 
-    /// The text exposition, with the counters kept elsewhere read now.
+    /// The text exposition, with the gauges of the current state set now.
     pub fn render(&self, store: &Store, claims: &Claims) -> String {
-        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
-        let counts = store.retries();
-        for cause in RetryCause::ALL {
-            let counter = self.retries.with_label_values(&[cause.label()]);
-            let seen = counts.get(cause);
-            // Counters only go up: add what happened since the last scrape.
-            counter.inc_by(seen.saturating_sub(counter.get()));
-        }
-        self.retries_exhausted
-            .set(i64::try_from(counts.exhausted()).unwrap_or(i64::MAX));
         let (open, idle, max) = store.pool_state();
         for (state, value) in [
             ("open", open),
@@ -199,15 +164,8 @@ impl Metrics {
         self.sold_out
             .with_label_values(&["database"])
             .set(i64::try_from(in_database).unwrap_or(i64::MAX));
-        let freshness = claims.freshness();
-        self.listener_connected.set(i64::from(freshness.fresh));
-        // Counters only go up: add what happened since the last scrape.
-        for (counter, seen) in [
-            (&self.listener_connects, freshness.connects),
-            (&self.stock_notifications, freshness.notifications),
-        ] {
-            counter.inc_by(seen.saturating_sub(counter.get()));
-        }
+        self.listener_connected
+            .set(i64::from(claims.freshness().fresh));
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

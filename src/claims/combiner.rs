@@ -166,11 +166,12 @@ fn answer(done: Done, outcome: Result<ClaimOutcome, StoreError>) {
     }
 }
 
-/// How many claims went into how many transactions.
+/// How many claims went into how many transactions: a Prometheus
+/// histogram of batch sizes, observed as each batch is decided, which GET
+/// /metrics gathers (see `metrics`).
 pub struct BatchStats {
     largest: AtomicU64,
-    /// Batch sizes, for /metrics.
-    pub sizes: prometheus::Histogram,
+    sizes: prometheus::Histogram,
 }
 
 impl Default for BatchStats {
@@ -207,5 +208,10 @@ impl BatchStats {
 
     pub fn largest(&self) -> u64 {
         self.largest.load(Ordering::Relaxed)
+    }
+
+    /// The histogram, for a registry to gather.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![Box::new(self.sizes.clone())]
     }
 }

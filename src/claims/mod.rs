@@ -89,4 +89,13 @@ impl Claims {
     pub fn freshness(&self) -> Freshness {
         self.sold_out.freshness()
     }
+
+    /// The claim path's Prometheus metrics that are kept as things happen
+    /// (batch sizes, the freshness listener's counters), for a registry to
+    /// gather.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        let mut collectors = self.batch_stats().collectors();
+        collectors.extend(self.sold_out.collectors());
+        collectors
+    }
 }

@@ -38,6 +38,9 @@ use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
+use prometheus::IntCounter;
+use prometheus::core::Collector;
+
 use crate::domain::{ClaimOutcome, CouponName, UserId};
 use crate::store::{StockEvents, Store, StoreError};
 
@@ -85,8 +88,10 @@ pub struct SoldOut {
     origin: Instant,
     /// Whether the listener holds a connection that has LISTENed.
     listening: AtomicBool,
-    connects: AtomicU64,
-    notifications: AtomicU64,
+    /// Prometheus counters, counted as it happens, which GET /metrics
+    /// gathers (see `metrics`).
+    connects: IntCounter,
+    notifications: IntCounter,
 }
 
 /// The freshness listener's state, for /metrics.
@@ -110,9 +115,26 @@ impl SoldOut {
             fresh_until: AtomicU64::new(0),
             origin: Instant::now(),
             listening: AtomicBool::new(false),
-            connects: AtomicU64::new(0),
-            notifications: AtomicU64::new(0),
+            // The definitions are constants: building them cannot fail.
+            connects: IntCounter::new(
+                "flash_coupons_freshness_listener_connects_total",
+                "Connections the freshness listener has LISTENed on (each forgets every sold-out coupon).",
+            )
+            .expect("a valid metric definition"),
+            notifications: IntCounter::new(
+                "flash_coupons_freshness_notifications_total",
+                "Stock notifications heard (a coupon, or every coupon, forgotten).",
+            )
+            .expect("a valid metric definition"),
         }
+    }
+
+    /// The listener's counters, for a registry to gather.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.connects.clone()),
+            Box::new(self.notifications.clone()),
+        ]
     }
 
     /// Whether memory may answer now.
@@ -232,8 +254,8 @@ impl SoldOut {
         Freshness {
             fresh: self.fresh(),
             listening: self.listening.load(Ordering::SeqCst),
-            connects: self.connects.load(Ordering::SeqCst),
-            notifications: self.notifications.load(Ordering::SeqCst),
+            connects: self.connects.get(),
+            notifications: self.notifications.get(),
         }
     }
 }
@@ -244,7 +266,7 @@ impl StockEvents for SoldOut {
         // sent while there was none are lost.
         self.forget(None);
         self.listening.store(true, Ordering::SeqCst);
-        self.connects.fetch_add(1, Ordering::SeqCst);
+        self.connects.inc();
     }
 
     fn confirmed_until(&self, until: Instant) {
@@ -263,7 +285,7 @@ impl StockEvents for SoldOut {
     }
 
     fn changed(&self, coupon: Option<&str>) {
-        self.notifications.fetch_add(1, Ordering::SeqCst);
+        self.notifications.inc();
         match coupon {
             // A name the service would refuse is never remembered, nor
             // learned.

@@ -23,10 +23,11 @@ mod router;
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{error, warn};
+use log::{error, info, warn};
 
 use crate::context::Context;
 use crate::domain::ClaimOutcome;
+use crate::failure_run::{Ended, Line};
 use crate::store::StoreError;
 
 pub use budget::Budget;
@@ -155,10 +156,8 @@ fn finish(
     let status = reply.status;
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
-    // The edge and Docker probe /healthz every second or so: a passing
-    // probe is not worth a line at info, a failing one is.
-    let level = if route == "healthz" && status == 200 {
-        log::Level::Debug
+    let level = if route == "healthz" {
+        probe_level(ctx, status)
     } else {
         log::Level::Info
     };
@@ -173,6 +172,28 @@ fn finish(
         reply,
         keep_alive: ctx.keep_alive(),
     });
+}
+
+/// The level of a /healthz request line. The edge and Docker probe it
+/// every second or so: a passing probe is not worth a line at info, and
+/// failing ones are one run of failures (see `failure_run`): the first
+/// probe's line at info, then a count at info at most every REPORT_EVERY,
+/// and a line when a probe passes again; the other lines at debug.
+fn probe_level(ctx: &Context, status: u16) -> log::Level {
+    if status == 200 {
+        if let Some(Ended { failures, over }) = ctx.failing_probes.succeeded() {
+            info!("/healthz passes again, after {failures} failing probes over {over:.1?}");
+        }
+        return log::Level::Debug;
+    }
+    match ctx.failing_probes.failed() {
+        Line::First => log::Level::Info,
+        Line::Count { failures, over } => {
+            info!("/healthz still failing: {failures} failing probes in a row over {over:.1?}");
+            log::Level::Debug
+        }
+        Line::Quiet => log::Level::Debug,
+    }
 }
 
 /// Answers a request that no lane could take.

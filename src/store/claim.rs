@@ -4,6 +4,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
 
+use super::connection::Statements;
 use super::{Store, StoreError};
 
 /// A decided batch: each claim's outcome, and the stock left after it
@@ -49,7 +50,6 @@ impl Store {
                 users.extend(late());
             }
             let users = users.as_slice();
-            let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
             // Locking the coupon row first makes claims on one coupon queue
             // here instead of each doing its reads and then aborting.
             let Some(row) = tx.query_opt(&stmts.lock_coupon, &[&name])? else {
@@ -59,9 +59,10 @@ impl Store {
                     windowed: false,
                 });
             };
-            let remaining: i32 = row.get(0);
-            let window = SaleWindow::new(row.get(1), row.get(2)).unwrap_or_default();
-            let now: OffsetDateTime = row.get(3);
+            let remaining: i32 = row.get("remaining_amount");
+            let window =
+                SaleWindow::new(row.get("starts_at"), row.get("expires_at")).unwrap_or_default();
+            let now: OffsetDateTime = row.get("now");
             let closed = match window.state_at(now) {
                 WindowState::Open => None,
                 WindowState::NotStarted => Some(ClaimOutcome::NotStarted),
@@ -74,42 +75,7 @@ impl Store {
                     windowed: true,
                 });
             }
-            let (outcomes, granted) = if remaining > 0 {
-                // Insert every newcomer and let the unique key say who
-                // already holds the coupon, rather than reading for them
-                // first: a read of the key takes SERIALIZABLE predicate
-                // locks on its index pages, and claims on neighbouring
-                // coupons writing there then count as conflicts. Those
-                // inserted past the stock are removed again below.
-                let mut seen = HashSet::new();
-                let distinct: Vec<&str> =
-                    ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-                let inserted: HashSet<String> = tx
-                    .query(&stmts.insert_new_claims, &[&name, &distinct])?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                let (outcomes, granted) =
-                    decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
-                let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
-                let surplus: Vec<&str> = distinct
-                    .iter()
-                    .copied()
-                    .filter(|u| inserted.contains(*u) && !kept.contains(u))
-                    .collect();
-                if !surplus.is_empty() {
-                    tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
-                }
-                (outcomes, granted)
-            } else {
-                // Sold out: only who holds it matters (409 or 400).
-                let holders: HashSet<String> = tx
-                    .query(&stmts.holders_among, &[&name, &ids])?
-                    .iter()
-                    .map(|r| r.get(0))
-                    .collect();
-                decide_in_order(users, |u| holders.contains(u.as_str()), remaining)
-            };
+            let (outcomes, granted) = insert_and_decide(tx, stmts, name, users, remaining)?;
             // Never more than `remaining`, an i32 itself.
             let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
             if taken > 0 {
@@ -121,6 +87,59 @@ impl Store {
                 windowed: !window.is_always_open(),
             })
         })
+    }
+}
+
+/// Decides the claims of `users` (in that order) on the coupon `name`,
+/// whose sale is open and which has `remaining` units left, in the
+/// transaction `tx`: each claim's outcome, and the users granted a unit,
+/// whose claim rows are inserted. Taking the units off the stock is left to
+/// the caller.
+fn insert_and_decide<'u>(
+    tx: &mut postgres::Client,
+    stmts: &Statements,
+    name: &str,
+    users: &'u [UserId],
+    remaining: i32,
+) -> Result<(Vec<ClaimOutcome>, Vec<&'u UserId>), postgres::Error> {
+    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
+    if remaining > 0 {
+        // Insert every newcomer and let the unique key say who already
+        // holds the coupon, rather than reading for them first: a read of
+        // the key takes SERIALIZABLE predicate locks on its index pages, and
+        // claims on neighbouring coupons writing there then count as
+        // conflicts. Those inserted past the stock are removed again below.
+        let mut seen = HashSet::new();
+        let distinct: Vec<&str> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+        let inserted: HashSet<String> = tx
+            .query(&stmts.insert_new_claims, &[&name, &distinct])?
+            .iter()
+            .map(|r| r.get("user_id"))
+            .collect();
+        let (outcomes, granted) =
+            decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
+        let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
+        let surplus: Vec<&str> = distinct
+            .iter()
+            .copied()
+            .filter(|u| inserted.contains(*u) && !kept.contains(u))
+            .collect();
+        if !surplus.is_empty() {
+            tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
+        }
+        Ok((outcomes, granted))
+    } else {
+        // Sold out: only who holds it matters (409 or 400).
+        let holders: HashSet<String> = tx
+            .query(&stmts.holders_among, &[&name, &ids])?
+            .iter()
+            .map(|r| r.get("user_id"))
+            .collect();
+        Ok(decide_in_order(
+            users,
+            |u| holders.contains(u.as_str()),
+            remaining,
+        ))
     }
 }
 
@@ -172,7 +191,7 @@ impl Store {
             // path waits for the lock before its snapshot.
             Err(err) => {
                 return match super::failure(client, err) {
-                    super::Failure::Retry(_) => Ok(None),
+                    super::Failure::Retry { .. } => Ok(None),
                     super::Failure::Fatal(err) => Err(err),
                 };
             }
@@ -253,8 +272,8 @@ impl Store {
         self.read(|client, stmts| {
             let row = client.query_opt(&stmts.sold_out_holders, &[&coupon.as_str(), &limit])?;
             Ok(row
-                .filter(|row| row.get::<_, bool>(0))
-                .map(|row| row.get::<_, Vec<String>>(1)))
+                .filter(|row| row.get::<_, bool>("sold_out"))
+                .map(|row| row.get::<_, Vec<String>>("holders")))
         })
     }
 
@@ -310,7 +329,7 @@ impl Store {
             let mut unreleased = false;
             let result = client.run("a read-write transaction", |inner| {
                 // An error here (the wait cut short) leaves the lock not held.
-                let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get(0);
+                let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get("waited");
                 let mut committing = false;
                 let result = inner
                     .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")

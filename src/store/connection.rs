@@ -7,23 +7,25 @@ use std::fmt;
 use std::mem::ManuallyDrop;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{RecvTimeoutError, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::types::ToSql;
 use postgres::{NoTls, Row, Statement, ToStatement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::watchdog::{Slot, find_socket};
+use crate::failure_run::{Ended, FailureRun, Line};
 
 /// Every statement the service runs, parsed once when a connection opens
 /// so that a request never pays for a parse round trip. (Plans are made per
-/// execution: see plan_cache_mode in `Store::open`.)
+/// execution: see plan_cache_mode in `Store::open`.) Their columns are read
+/// by name: an expression has an alias.
 pub struct Statements {
     pub insert_coupon: Statement,
     pub coupon_counts: Statement,
@@ -57,7 +59,7 @@ impl Statements {
             // now() is the transaction's start on the database clock: the
             // one clock every server on this database agrees on.
             lock_coupon: client.prepare(
-                "SELECT remaining_amount, starts_at, expires_at, now() FROM coupons \
+                "SELECT remaining_amount, starts_at, expires_at, now() AS now FROM coupons \
                  WHERE name = $1 FOR NO KEY UPDATE",
             )?,
             holders_among: client.prepare(
@@ -81,8 +83,10 @@ impl Statements {
             // up to $2 of its holders in claim order: one statement, so both
             // come from one snapshot (see `SoldOut::learn`).
             sold_out_holders: client.prepare(
-                "SELECT c.remaining_amount = 0 AND c.starts_at IS NULL AND c.expires_at IS NULL, \
+                "SELECT c.remaining_amount = 0 AND c.starts_at IS NULL AND c.expires_at IS NULL \
+                 AS sold_out, \
                  ARRAY(SELECT user_id FROM claims WHERE coupon_name = $1 ORDER BY id LIMIT $2) \
+                 AS holders \
                  FROM coupons c WHERE c.name = $1",
             )?,
             holds: client
@@ -101,7 +105,7 @@ impl Statements {
             // only when the try failed, so the lock is taken once.
             claim_lock: client.prepare(
                 "SELECT CASE WHEN pg_try_advisory_lock($1) THEN false \
-                 ELSE pg_advisory_lock($1)::text IS NOT NULL END",
+                 ELSE pg_advisory_lock($1)::text IS NOT NULL END AS waited",
             )?,
             // A release (see `Store::release_claim`): the claim row goes,
             // its unit comes back (never above the amount, whatever was
@@ -345,14 +349,16 @@ fn locate(client: &mut postgres::Client) -> Result<Option<RawFd>, postgres::Erro
     static UNIX_NOTED: AtomicBool = AtomicBool::new(false);
     static UNMATCHED_NOTED: AtomicBool = AtomicBool::new(false);
     let row = client.query_one(
-        "SELECT inet_client_addr(), inet_client_port(), inet_server_addr(), inet_server_port()",
+        "SELECT inet_client_addr() AS client_addr, inet_client_port() AS client_port, \
+         inet_server_addr() AS server_addr, inet_server_port() AS server_port",
         &[],
     )?;
     let end = |addr: Option<IpAddr>, port: Option<i32>| {
         Some(SocketAddr::new(addr?, u16::try_from(port?).ok()?))
     };
-    let (Some(ours), Some(theirs)) = (end(row.get(0), row.get(1)), end(row.get(2), row.get(3)))
-    else {
+    let ours = end(row.get("client_addr"), row.get("client_port"));
+    let theirs = end(row.get("server_addr"), row.get("server_port"));
+    let (Some(ours), Some(theirs)) = (ours, theirs) else {
         if !UNIX_NOTED.swap(true, Ordering::Relaxed) {
             info!(
                 "database connections over a Unix socket have no client-side deadline \
@@ -539,58 +545,31 @@ impl Drop for CheckoutScope {
     }
 }
 
-/// Connection failures, logged at most once per QUIET (a pool retrying
-/// against a database that is down fails many times a second).
+/// The pool's connection failures (failed connects and failed checks), in
+/// the log as one run while they last (see `failure_run`): a pool retrying
+/// against a database that is down fails several times a second.
 #[derive(Default)]
 pub(crate) struct FailureLog {
-    state: Mutex<FailureState>,
+    run: FailureRun,
 }
-
-#[derive(Default)]
-struct FailureState {
-    /// When the current run of failures began, and how many it has had.
-    since: Option<Instant>,
-    failures: u64,
-    last_logged: Option<Instant>,
-    unlogged: u64,
-}
-
-const QUIET: Duration = Duration::from_secs(10);
 
 impl FailureLog {
     pub(crate) fn failure(&self, err: &dyn fmt::Display) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        state.since.get_or_insert(now);
-        state.failures += 1;
-        if state.last_logged.is_some_and(|at| now - at < QUIET) {
-            state.unlogged += 1;
-            return;
-        }
-        let unlogged = std::mem::take(&mut state.unlogged);
-        state.last_logged = Some(now);
-        drop(state);
-        if unlogged == 0 {
-            warn!("database connection failed: {err}");
-        } else {
-            warn!(
-                "database connection failed: {err} (and {unlogged} more times since the last \
-                 such line)"
-            );
+        match self.run.failed() {
+            Line::First => warn!("database connection failed: {err}"),
+            Line::Count { failures, over } => warn!(
+                "database connection failed: {err} ({failures} failed attempts or checks in a \
+                 row over {over:.1?})"
+            ),
+            Line::Quiet => debug!("database connection failed: {err}"),
         }
     }
 
     pub(crate) fn success(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(since) = state.since.take() {
-            let failures = std::mem::take(&mut state.failures);
-            state.last_logged = None;
-            state.unlogged = 0;
-            drop(state);
+        if let Some(Ended { failures, over }) = self.run.succeeded() {
             info!(
                 "connected to the database again, after {failures} failed attempts or checks \
-                 over {:.1?}",
-                since.elapsed()
+                 over {over:.1?}"
             );
         }
     }

@@ -40,10 +40,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::connection::{Client, ConnError, Connector};
+use crate::failure_run::{Ended, FailureRun, Line};
 
 /// The channel schema.sql's triggers notify on.
 pub const CHANNEL: &str = "flash_coupons_stock";
@@ -228,38 +229,38 @@ fn describe(client: &Client, err: postgres::Error) -> String {
     }
 }
 
-/// Losing the connection is logged once per run of failures, then at most
-/// once per REPORT_EVERY, and getting it back once.
-#[derive(Default)]
-struct Trouble {
-    since: Option<Instant>,
-    failures: u64,
-    last_report: Option<Instant>,
+/// Losing the connection is logged as one run of failures (see
+/// `failure_run`): once when it starts, counted at most once per
+/// REPORT_EVERY while it lasts, and getting it back once.
+struct Trouble(FailureRun);
+
+impl Default for Trouble {
+    fn default() -> Trouble {
+        Trouble(FailureRun::new(REPORT_EVERY))
+    }
 }
 
 impl Trouble {
     fn failed(&mut self, err: &str) {
-        let now = Instant::now();
-        self.since.get_or_insert(now);
-        self.failures += 1;
-        if self.last_report.is_none_or(|at| now - at >= REPORT_EVERY) {
-            self.last_report = Some(now);
-            warn!(
-                "the freshness listener has no connection ({err}); until it is back, claims on \
-                 sold-out coupons are decided by a transaction, not from memory"
-            );
+        const UNTIL_BACK: &str = "until it is back, claims on sold-out coupons are decided by a transaction, not from \
+             memory";
+        match self.0.failed() {
+            Line::First => warn!("the freshness listener has no connection ({err}); {UNTIL_BACK}"),
+            Line::Count { failures, over } => warn!(
+                "the freshness listener still has no connection after {failures} failed attempts \
+                 over {over:.1?} ({err}); {UNTIL_BACK}"
+            ),
+            Line::Quiet => debug!("the freshness listener has no connection ({err})"),
         }
     }
 
     fn recovered(&mut self) {
-        match self.since.take() {
-            Some(since) => info!(
-                "the freshness listener is listening again, after {} failed attempts over {:.1?}",
-                std::mem::take(&mut self.failures),
-                since.elapsed()
+        match self.0.succeeded() {
+            Some(Ended { failures, over }) => info!(
+                "the freshness listener is listening again, after {failures} failed attempts over \
+                 {over:.1?}"
             ),
             None => info!("the freshness listener is listening"),
         }
-        self.last_report = None;
     }
 }

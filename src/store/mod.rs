@@ -15,18 +15,19 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::{debug, info, warn};
 use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
 pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
-pub use error::{RetryCause, StoreError};
+pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
 pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::SCHEMA_SQL;
 
+use crate::failure_run::{Ended, FailureRun, Line};
 use connection::{CheckoutScope, Connector, FailureLog, Manager};
 use error::{Failure, classify};
 
@@ -160,9 +161,9 @@ impl Store {
         let scope = CheckoutScope::begin(Instant::now() + timeout);
         let conn = self.pool.get_timeout(timeout)?;
         if scope.handed_unchecked() {
-            return Err(StoreError::Unavailable(format!(
-                "no database connection answered within {timeout:?}"
-            )));
+            return Err(StoreError::Unavailable(
+                format!("no database connection answered within {timeout:?}").into(),
+            ));
         }
         Ok(conn)
     }
@@ -210,13 +211,13 @@ impl Store {
             match result.map_err(|err| failure(client, err)) {
                 Ok(value) => return Ok(value),
                 Err(Failure::Fatal(err)) => return Err(err),
-                Err(Failure::Retry(cause)) => {
+                Err(Failure::Retry { cause, error }) => {
                     self.retries.record(cause);
                     if client.is_broken() {
                         // It could not be cleaned up for another attempt.
-                        return Err(StoreError::Unavailable(format!(
-                            "the connection was discarded after {}",
-                            cause.label()
+                        return Err(StoreError::Unavailable(Cause::with_source(
+                            format!("the connection was discarded after {}", cause.label()),
+                            error,
                         )));
                     }
                     if retry >= self.retry.max_retries {
@@ -240,12 +241,7 @@ impl Store {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
         let result = client.run("a read", |inner| body(inner, stmts));
-        result.map_err(|err| match failure(client, err) {
-            Failure::Fatal(err) => err,
-            Failure::Retry(cause) => {
-                StoreError::Internal(format!("a plain read failed with {}", cause.label()))
-            }
-        })
+        result.map_err(|err| failure(client, err).unretried("a plain read"))
     }
 
     /// Runs `body` in a READ ONLY REPEATABLE READ transaction: one snapshot,
@@ -271,23 +267,20 @@ impl Store {
                     Ok(value)
                 })
         });
-        result.map_err(|err| match failure(client, err) {
-            Failure::Fatal(err) => err,
-            Failure::Retry(cause) => StoreError::Internal(format!(
-                "read-only transaction failed with {}",
-                cause.label()
-            )),
-        })
+        result.map_err(|err| failure(client, err).unretried("read-only transaction"))
     }
 }
 
 /// Sorts the error of an operation on `client`; one that ran out of time
-/// says so.
+/// says so. (`Failure::unretried` for an operation that is not retried.)
 fn failure(client: &Client, err: postgres::Error) -> Failure {
     if client.timed_out() {
-        return Failure::Fatal(StoreError::Unavailable(format!(
-            "no answer from the database within {:?} (DB_QUERY_TIMEOUT_MS)",
-            client.timeout()
+        return Failure::Fatal(StoreError::Unavailable(Cause::with_source(
+            format!(
+                "no answer from the database within {:?} (DB_QUERY_TIMEOUT_MS)",
+                client.timeout()
+            ),
+            err,
         )));
     }
     classify(err)
@@ -320,10 +313,8 @@ fn connection_config(settings: &StoreSettings) -> postgres::Config {
     // sick database, and the client is better off with a 503.
     //
     // Connections live long, and a generic plan cached while the claims
-    // table was still empty scans it whole: on a fresh database, S1 fell
-    // from 2,709 to 1,313 claims/s between two 5 s runs, and a new server
-    // on the same data did 13,939. Custom plans cost a little planning per
-    // statement instead (seen after: 5,020, 5,057, 7,241 in three runs).
+    // table was still empty goes on scanning it whole once it has grown;
+    // custom plans cost a little planning per statement instead.
     //
     // Options given in DATABASE_URL come last, so they win.
     let ours = "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
@@ -360,43 +351,65 @@ fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
         )
     };
     let mut pause = Duration::from_millis(100);
+    // The failed attempts, in the log as one run (see `failure_run`).
+    let run = FailureRun::default();
     loop {
-        let err = match start_up_once(connector, step) {
+        let err = match start_up_once(connector, step, &run) {
             Ok(()) => return Ok(()),
             Err(Attempt::Fatal(err)) => return Err(err),
             Err(Attempt::Again(err)) => err,
         };
         if Instant::now() + pause < deadline {
-            warn!("database not reachable yet ({err}); retrying in {pause:?}");
+            match run.failed() {
+                Line::First => warn!("database not reachable yet ({err}); retrying in {pause:?}"),
+                Line::Count { failures, over } => warn!(
+                    "database still not reachable after {failures} attempts over {over:.1?} \
+                     ({err}); retrying for up to {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
+                    deadline.saturating_duration_since(Instant::now())
+                ),
+                Line::Quiet => debug!("database not reachable yet ({err}); retrying in {pause:?}"),
+            }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_secs(2));
         } else {
-            return Err(StoreError::Unavailable(format!(
-                "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
-                began.elapsed(),
-                budget.as_secs()
-            )));
+            // The last attempt's error, in words only: main prints a start-up
+            // error's sources after it, which would repeat them.
+            return Err(StoreError::Unavailable(
+                format!(
+                    "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
+                    began.elapsed(),
+                    budget.as_secs()
+                )
+                .into(),
+            ));
         }
     }
 }
 
-fn start_up_once(connector: &Connector, step: impl Fn() -> Duration) -> Result<(), Attempt> {
+fn start_up_once(
+    connector: &Connector,
+    step: impl Fn() -> Duration,
+    run: &FailureRun,
+) -> Result<(), Attempt> {
     let mut client = connector
         .open(step())
         .map_err(|err| Attempt::Again(err.to_string()))?;
-    info!("connected to the database");
+    match run.succeeded() {
+        Some(Ended { failures, over }) => {
+            info!("connected to the database, after {failures} failed attempts over {over:.1?}")
+        }
+        None => info!("connected to the database"),
+    }
     client
         .run_within("applying the schema", step(), schema::apply)
         .map_err(|err| match failure(&client, err) {
-            Failure::Retry(cause) => {
+            Failure::Retry { cause, .. } => {
                 Attempt::Again(format!("applying schema.sql: {}", cause.label()))
             }
             Failure::Fatal(StoreError::Unavailable(cause)) => {
                 Attempt::Again(format!("applying schema.sql: {cause}"))
             }
-            Failure::Fatal(err) => {
-                Attempt::Fatal(StoreError::Internal(format!("applying schema.sql: {err}")))
-            }
+            Failure::Fatal(err) => Attempt::Fatal(err.context("applying schema.sql")),
         })
 }
 

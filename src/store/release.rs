@@ -46,8 +46,10 @@ impl Store {
             let Some(claim) = tx.query_opt(&stmts.remove_claim, &[&name, &user])? else {
                 return Ok(ReleaseOutcome::ClaimNotFound);
             };
-            let claimed_at: OffsetDateTime = claim.get(0);
-            let remaining: i32 = tx.query_one(&stmts.give_back_stock, &[&name])?.get(0);
+            let claimed_at: OffsetDateTime = claim.get("claimed_at");
+            let remaining: i32 = tx
+                .query_one(&stmts.give_back_stock, &[&name])?
+                .get("remaining_amount");
             tx.execute(&stmts.record_release, &[&name, &user, &claimed_at])?;
             Ok(ReleaseOutcome::Released {
                 remaining_amount: remaining,

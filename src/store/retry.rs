@@ -1,5 +1,7 @@
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use prometheus::core::Collector;
+use prometheus::{IntCounter, IntCounterVec, Opts};
 
 use super::error::RetryCause;
 
@@ -32,24 +34,54 @@ impl RetryPolicy {
     }
 }
 
-/// Retries seen, by cause, since start: read by tests and by /metrics.
-#[derive(Debug, Default)]
+/// Retries seen, by cause, since start, and transactions that gave up at
+/// the bound: Prometheus counters, counted as it happens, which GET
+/// /metrics gathers (see `metrics`); tests read them too.
+#[derive(Debug)]
 pub struct RetryCounts {
-    counts: [AtomicU64; RetryCause::ALL.len()],
-    exhausted: AtomicU64,
+    by_cause: IntCounterVec,
+    /// `by_cause`'s counter for each cause, in the order of RetryCause::ALL.
+    counts: [IntCounter; RetryCause::ALL.len()],
+    exhausted: IntCounter,
+}
+
+impl Default for RetryCounts {
+    fn default() -> RetryCounts {
+        // The definitions are constants: building them cannot fail.
+        let by_cause = IntCounterVec::new(
+            Opts::new(
+                "flash_coupons_claim_retries_total",
+                "Claim transactions run again, by cause.",
+            ),
+            &["cause"],
+        )
+        .expect("a valid metric definition");
+        // Every cause is in the exposition from the start, at 0.
+        let counts = RetryCause::ALL.map(|cause| by_cause.with_label_values(&[cause.label()]));
+        let exhausted = IntCounter::new(
+            "flash_coupons_claim_retries_exhausted_total",
+            "Claim transactions that gave up at CLAIM_MAX_RETRIES (answered 503 busy).",
+        )
+        .expect("a valid metric definition");
+        RetryCounts {
+            by_cause,
+            counts,
+            exhausted,
+        }
+    }
 }
 
 impl RetryCounts {
     pub(crate) fn record(&self, cause: RetryCause) {
-        self.counts[cause as usize].fetch_add(1, Ordering::Relaxed);
+        self.counts[cause as usize].inc();
     }
 
     pub(crate) fn record_exhausted(&self) {
-        self.exhausted.fetch_add(1, Ordering::Relaxed);
+        self.exhausted.inc();
     }
 
     pub fn get(&self, cause: RetryCause) -> u64 {
-        self.counts[cause as usize].load(Ordering::Relaxed)
+        self.counts[cause as usize].get()
     }
 
     pub fn total(&self) -> u64 {
@@ -58,7 +90,15 @@ impl RetryCounts {
 
     /// Transactions that gave up at the bound (each answered 503 busy).
     pub fn exhausted(&self) -> u64 {
-        self.exhausted.load(Ordering::Relaxed)
+        self.exhausted.get()
+    }
+
+    /// The counters, for a registry to gather.
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.by_cause.clone()),
+            Box::new(self.exhausted.clone()),
+        ]
     }
 }
 
