@@ -30,6 +30,8 @@ pub struct Context {
     /// Failing /healthz probes, for their request lines (see
     /// `http::probe_level`).
     pub failing_probes: FailureRun,
+    /// Requests answered 503 because of the database (see `http::finish`).
+    pub failing_requests: FailureRun,
     /// Set from a shutdown signal until the server stops accepting
     /// (SHUTDOWN_DRAIN_SECS): /healthz fails so that a load balancer stops
     /// sending here, while everything else is served as usual.
@@ -77,6 +79,7 @@ impl Context {
             write_timeout: config.write_timeout,
             health: HealthProbe::default(),
             failing_probes: FailureRun::default(),
+            failing_requests: FailureRun::default(),
             draining: AtomicBool::new(false),
         }
     }

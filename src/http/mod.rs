@@ -23,7 +23,7 @@ mod router;
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::context::Context;
 use crate::domain::ClaimOutcome;
@@ -143,17 +143,26 @@ fn finish(
 ) {
     let method = incoming.request.method().clone();
     let target = loggable(incoming.request.url());
-    let reply = result.unwrap_or_else(|err| {
-        if let ApiError::Store(cause) = &err {
-            // The cause stays in the log; the client gets only the code.
-            match err.status() {
-                500 => error!("{method} {target}: {cause}"),
-                _ => warn!("{method} {target}: {cause}"),
+    let reply = match result {
+        Ok(reply) => reply,
+        Err(err) => {
+            if let ApiError::Store(cause) = &err {
+                // The cause stays in the log; the client gets only the code.
+                match err.status() {
+                    500 => error!("{method} {target}: {cause}"),
+                    _ => unavailable_line(ctx, &method, &target, cause),
+                }
             }
+            err.into_reply()
         }
-        err.into_reply()
-    });
+    };
     let status = reply.status;
+    if status < 500
+        && !matches!(route, "healthz" | "metrics" | "none")
+        && let Some(Ended { failures, over }) = ctx.failing_requests.succeeded()
+    {
+        info!("requests are served again, after {failures} answered 503 over {over:.1?}");
+    }
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
     let level = if route == "healthz" {
@@ -193,6 +202,22 @@ fn probe_level(ctx: &Context, status: u16) -> log::Level {
             log::Level::Debug
         }
         Line::Quiet => log::Level::Debug,
+    }
+}
+
+/// The cause of a 503 from the store (the database unreachable, retries
+/// run out): while the database is down every request fails alike, so
+/// these are one run of failures (see `failure_run`): the first in full at
+/// warning level, a count at most every REPORT_EVERY, the rest at debug;
+/// the next request served ends the run with a line of its own.
+fn unavailable_line(ctx: &Context, method: &tiny_http::Method, target: &str, cause: &StoreError) {
+    match ctx.failing_requests.failed() {
+        Line::First => warn!("{method} {target}: {cause}"),
+        Line::Count { failures, over } => warn!(
+            "{failures} requests answered 503 in a row over {over:.1?}; the latest: {method} \
+             {target}: {cause}"
+        ),
+        Line::Quiet => debug!("{method} {target}: {cause}"),
     }
 }
 
