@@ -4,8 +4,6 @@
 //! processes, and talks raw HTTP to it with a client that never panics, so
 //! that a hang, a cut-off answer or a 500 is seen and named.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -13,9 +11,10 @@ use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange, tally};
-use support::cluster::OwnedCluster;
-use support::process::ServerProcess;
+use crate::support;
+use crate::support::client::{self, Exchange, tally};
+use crate::support::cluster::OwnedCluster;
+use crate::support::process::ServerProcess;
 
 /// The longest any one request may take, even while the database is gone:
 /// an upper bound on a hang, not a performance requirement.

@@ -3,8 +3,6 @@
 //! of the service keeps answering, and each slow reader is served, refused
 //! at once, or cut off by HTTP_WRITE_TIMEOUT_SECS.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
@@ -12,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use support::TestDb;
-use support::client::{self, Exchange};
-use support::process::ServerProcess;
+use crate::support::TestDb;
+use crate::support::client::{self, Exchange};
+use crate::support::process::ServerProcess;
 
 /// Claims on the large coupon, and the length of each user id.
 const CLAIMS: i64 = 48_000;

@@ -1,13 +1,12 @@
 //! The spec's API, response by response, against the real server and a real
 //! PostgreSQL.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestApp;
-use support::http::{raw, request_with, statuses};
+
+use crate::support::TestApp;
+use crate::support::http::{raw, request_with, statuses};
 
 #[test]
 fn create_returns_201_with_the_coupon_and_its_location() {

@@ -10,18 +10,18 @@
 //! Every server is the real binary as a child process (or in-process for the
 //! bad-input cases), on 127.0.0.1, against a database of its own.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::client::{self, Exchange};
-use support::http::{metric, request_with, scrape};
-use support::process::ServerProcess;
-use support::{TestApp, TestDb, wait_for};
+
+use crate::support;
+use crate::support::client::{self, Exchange};
+use crate::support::http::{metric, request_with, scrape};
+use crate::support::process::ServerProcess;
+use crate::support::{TestApp, TestDb, wait_for};
 
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);

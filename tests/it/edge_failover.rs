@@ -12,8 +12,6 @@
 //! wrong answer (anything else, including a claim with no answer within
 //! the time limit), which fails the test whatever happened to the replicas.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
@@ -24,9 +22,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure, tally};
-use support::edge::{Edge, Replica};
+use crate::support::client::{self, Exchange, Failure, tally};
+use crate::support::edge::{Edge, Replica};
+use crate::support::{self, TestDb};
 
 /// Replicas behind the edge.
 const REPLICAS: usize = 3;

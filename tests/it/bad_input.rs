@@ -3,15 +3,14 @@
 //! cover yet) documents, in the documented error shape, changes nothing in
 //! the database, and leaves the server answering.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::TestApp;
-use support::http::raw;
+
+use crate::support::http::raw;
+use crate::support::{self, TestApp};
 
 /// The coupon every case runs beside, with one claim on it.
 const SEEDED: &str = "SEEDED";

@@ -1,8 +1,6 @@
 //! `flash-coupons attack`, the real binary, against the real service, a
 //! fake service that answers wrongly, and nothing at all.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -10,7 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::TestApp;
+
+use crate::support::TestApp;
 
 /// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
 /// it printed.

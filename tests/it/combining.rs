@@ -2,15 +2,14 @@
 //! transaction, and every answer is what one-at-a-time processing in some
 //! arrival order would give.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use support::process::ServerProcess;
-use support::{Answer, TestApp, TestDb};
+use crate::support;
+use crate::support::process::ServerProcess;
+use crate::support::{Answer, TestApp, TestDb};
 
 fn claim_concurrently(bases: &[String], claims: &[(String, String)]) -> Vec<Answer> {
     let barrier = Arc::new(Barrier::new(claims.len()));

@@ -2,15 +2,13 @@
 //! worked on one at a time and answered in order, so no answer ever waits
 //! for a request queued behind it.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use support::TestDb;
-use support::client::{Answered, claim_text, pipelined, request_text};
-use support::process::ServerProcess;
+use crate::support::client::{Answered, claim_text, pipelined, request_text};
+use crate::support::process::ServerProcess;
+use crate::support::{self, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

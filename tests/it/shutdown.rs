@@ -8,8 +8,6 @@
 //! server) and the claims table (reads of the coupon wait for it). It sends
 //! the signal while they wait and lets go a second later.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +15,9 @@ use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure};
-use support::process::ServerProcess;
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::process::ServerProcess;
+use crate::support::{self, TestDb};
 
 /// Longer than anything here should take: the bound on a hang.
 const LIMIT: Duration = Duration::from_secs(40);

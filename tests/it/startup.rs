@@ -1,13 +1,11 @@
 //! Start-up: configuration errors and an unreachable database end the
 //! process with one clear line, and nothing ever prints the password.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestApp;
+use crate::support::{self, TestApp};
 
 /// Runs the binary with exactly `env`, bounded by `limit`; returns the exit
 /// code and everything it wrote.

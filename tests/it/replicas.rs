@@ -7,8 +7,6 @@
 //!
 //! Every server here is the real binary as a child process, on 127.0.0.1.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -17,10 +15,10 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure};
-use support::http::{metric, scrape};
-use support::process::ServerProcess;
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::http::{metric, scrape};
+use crate::support::process::ServerProcess;
+use crate::support::{self, TestDb};
 
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);

@@ -3,8 +3,6 @@
 //! binary cargo built), each test on a fresh database. HAProxy must be
 //! installed (Debian/Ubuntu: apt-get install haproxy).
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
@@ -13,10 +11,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::TestDb;
-use support::client::{self, Exchange, tally};
-use support::edge::{self, Edge};
-use support::http::{metric, scrape};
+
+use crate::support::client::{self, Exchange, tally};
+use crate::support::edge::{self, Edge};
+use crate::support::http::{metric, scrape};
+use crate::support::{self, TestDb};
 
 /// The tests here each run three replicas and HAProxy and put real load on
 /// them; on a 2-core machine they run one at a time, so that liveness bounds

@@ -1,9 +1,7 @@
 //! GET /metrics: the counters move as requests are answered.
 
-mod support;
-
-use support::TestApp;
-use support::http::metric;
+use crate::support::http::metric;
+use crate::support::{self, TestApp};
 
 fn scrape(app: &TestApp) -> String {
     support::http::scrape(&app.base)

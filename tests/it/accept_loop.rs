@@ -2,17 +2,15 @@
 //! while, and a request head slower than its accept loop's life. Each test
 //! runs the real binary and looks at its threads and sockets in /proc.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::http::try_status;
-use support::process::{ServerProcess, unused_uid};
+use crate::support::http::try_status;
+use crate::support::process::{ServerProcess, unused_uid};
+use crate::support::{self, TestDb};
 
 /// The generations (`http-<n>`) that have threads in the server now.
 fn generations(server: &ServerProcess) -> BTreeSet<u64> {

@@ -1,8 +1,6 @@
 //! Clients that hold connections, send slowly or exhaust descriptors must
 //! not stop the server answering everyone else.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,8 +8,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::process::ServerProcess;
-use support::{TestApp, TestDb};
+use crate::support;
+use crate::support::process::ServerProcess;
+use crate::support::{TestApp, TestDb};
 
 /// Sends one keep-alive request and reads exactly one response, then holds
 /// the connection open as browsers and Go's client do, unless the answer

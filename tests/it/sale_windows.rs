@@ -2,10 +2,9 @@
 //! database clock. The exact edges are unit-tested in domain::window; here
 //! the database decides around them.
 
-mod support;
-
 use serde_json::json;
-use support::TestApp;
+
+use crate::support::{self, TestApp};
 
 /// The database clock, shifted by `seconds`, as RFC 3339.
 fn db_time(app: &TestApp, seconds: f64) -> String {

@@ -12,8 +12,6 @@
 //! DB_CHECKOUT_TIMEOUT_MS (waiting for and checking a connection) plus
 //! DB_QUERY_TIMEOUT_MS (its transaction) plus a little.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,9 +19,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange, tally};
-use support::cluster::OwnedCluster;
-use support::process::{ServerProcess, Starting};
+use crate::support;
+use crate::support::client::{self, Exchange, tally};
+use crate::support::cluster::OwnedCluster;
+use crate::support::process::{ServerProcess, Starting};
 
 /// The deadlines the run-time tests give the server.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1500);

@@ -1,12 +1,10 @@
 //! The spec's stress scenarios, with real threads against the real server.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
-use support::{Answer, TestApp};
+use crate::support::{self, Answer, TestApp};
 
 /// Fires one claim per (user, coupon) pair, all released at once by a
 /// barrier, and returns the answers in the same order.

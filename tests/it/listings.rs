@@ -1,12 +1,11 @@
 //! Paginated listings and the streamed coupon body.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::TestApp;
-use support::http::{raw, statuses};
+
+use crate::support::TestApp;
+use crate::support::http::{raw, statuses};
 
 fn seed_claims(app: &TestApp, coupon: &str, n: i64) {
     app.create(coupon, n);
