@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Barrier};
 use std::thread;
 
+use crate::support::serial;
 use crate::support::{self, Answer, TestApp};
 
 /// Fires one claim per (user, coupon) pair, all released at once by a
@@ -61,6 +62,7 @@ fn report_retries(app: &TestApp, scenario: &str) {
 
 #[test]
 fn flash_sale_attack_hands_out_exactly_the_stock() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("FLASH", 5);
     let claims = (0..50)
@@ -109,6 +111,7 @@ fn flash_sale_attack_hands_out_exactly_the_stock() {
 
 #[test]
 fn double_dip_attack_lets_one_user_claim_once() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("DIP", 100);
     let claims = (0..10)
@@ -140,6 +143,7 @@ fn double_dip_attack_lets_one_user_claim_once() {
 
 #[test]
 fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("BIG", 50);
     let claims = (0..500)
@@ -171,6 +175,7 @@ fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
 
 #[test]
 fn two_hundred_users_on_three_coupons_at_once_stay_consistent() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let stock: [(&str, i64); 3] = [("C1", 10), ("C2", 50), ("C3", 500)];
     for (name, amount) in stock {

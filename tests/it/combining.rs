@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use crate::support;
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 use crate::support::{Answer, TestApp, TestDb};
 
 fn claim_concurrently(bases: &[String], claims: &[(String, String)]) -> Vec<Answer> {
@@ -100,6 +101,7 @@ fn holders_in_order(app_db: &TestDb, coupon: &str) -> Vec<String> {
 
 #[test]
 fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_model() {
+    let _turn = serial::turn!();
     // The test holds the coupon's row for as long as the claims take to
     // queue: the query deadline must not cut the leader's wait meanwhile.
     let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
@@ -156,6 +158,7 @@ fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_
 
 #[test]
 fn claims_on_a_sold_out_coupon_are_answered_without_a_write() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("GONE", 2);
     assert_eq!(app.claim("a", "GONE").status, 200);
@@ -175,6 +178,7 @@ fn claims_on_a_sold_out_coupon_are_answered_without_a_write() {
 
 #[test]
 fn two_server_processes_on_one_database_share_the_attacks_exactly() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let one = ServerProcess::spawn(&db.url, &[]);
     let two = ServerProcess::spawn(&db.url, &[]);

@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,14 +15,14 @@ use serde_json::Value;
 use crate::support::client::{self, Exchange, tally};
 use crate::support::edge::{self, Edge};
 use crate::support::http::{metric, scrape};
+use crate::support::serial::{self, Turn};
 use crate::support::{self, TestDb};
 
 /// The tests here each run three replicas and HAProxy and put real load on
-/// them; on a 2-core machine they run one at a time, so that liveness bounds
-/// measure the edge and not the neighbouring test.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// them; on a 2-core machine they run one at a time, beside no other test,
+/// so that liveness bounds measure the edge and not the neighbouring test.
+fn one_at_a_time() -> Turn {
+    serial::alone()
 }
 
 fn post(edge: &Edge, path: &str, body: &Value) -> support::Answer {
@@ -140,7 +140,7 @@ fn claims_by_replica(edge: &Edge) -> Vec<f64> {
 
 #[test]
 fn the_flash_sale_and_double_dip_attacks_through_the_edge_give_exact_counts() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
 
@@ -329,7 +329,7 @@ fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_thread_afterwards() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     // Threads before, measured once health checks are going.
@@ -542,7 +542,7 @@ fn send_and_read_one(
 
 #[test]
 fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle_pauses() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     create(&edge, "KEPT", 100);
@@ -606,7 +606,7 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
 
 #[test]
 fn two_thousand_idle_and_a_thousand_trickling_connections_at_the_edge_do_not_change_a_flash_sale() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let db = TestDb::new();
@@ -677,7 +677,7 @@ fn two_thousand_idle_and_a_thousand_trickling_connections_at_the_edge_do_not_cha
 
 #[test]
 fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queue_then_gets_503() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     // Two workers each, so the edge lets two requests at a time through to
     // each replica (run-local derives the limit from WORKERS); four may wait.
@@ -863,7 +863,7 @@ fn health_from(from: Ipv4Addr, to: SocketAddr) -> (u16, String, Option<String>, 
 
 #[test]
 fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_after_the_window() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     // Client addresses of this test's own (run-local's readiness probes
     // came from 127.0.0.1).
@@ -923,7 +923,7 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
 /// does not complete in time) with its built-in HTML, whatever is configured.
 #[test]
 fn the_edges_own_answers_carry_the_services_json_error_body() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     let addr = edge.addr;
@@ -1082,6 +1082,7 @@ fn read_answer(mut stream: TcpStream, limit: Duration) -> RawAnswer {
 
 #[test]
 fn every_error_file_of_the_edge_is_the_services_json_error_body() {
+    let _turn = serial::turn!();
     let dir = edge::repo().join("deploy/errors");
     let mut seen = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("deploy/errors") {
@@ -1263,7 +1264,7 @@ fn decode_status(block: &[u8]) -> u16 {
 
 #[test]
 fn http2_with_prior_knowledge_is_served_through_the_edge() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     create(&edge, "H2C", 1);
@@ -1294,7 +1295,7 @@ fn http2_with_prior_knowledge_is_served_through_the_edge() {
 
 #[test]
 fn deploy_run_local_stops_everything_on_sigterm_and_exits_zero() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let mut edge = Edge::start(&db.url, 3, &[]);
     assert_eq!(
@@ -1341,7 +1342,7 @@ fn replica_pids_in(log: &[String]) -> Vec<i32> {
 
 #[test]
 fn deploy_run_local_fails_with_a_clear_message_when_a_replica_or_haproxy_cannot_start() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     // No database there: every replica gives up after DB_STARTUP_TIMEOUT_SECS.
     let failed = Edge::try_start(
         "postgres://postgres@127.0.0.1:1/nothing",

@@ -15,6 +15,7 @@ use crate::support;
 use crate::support::client::{self, Exchange, tally};
 use crate::support::cluster::OwnedCluster;
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 
 /// The longest any one request may take, even while the database is gone:
 /// an upper bound on a hang, not a performance requirement.
@@ -202,6 +203,7 @@ fn warnings(log: &[String]) -> Vec<&String> {
 
 #[test]
 fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_recovers_by_itself() {
+    let _turn = serial::turn!();
     let cluster = OwnedCluster::new();
     let server = ServerProcess::spawn(&cluster.url(), &[]);
     let addr = server.addr;
@@ -541,16 +543,19 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
 
 #[test]
 fn a_fast_restart_of_postgresql_mid_sale_loses_no_claim_and_oversells_nothing() {
+    let _turn = serial::turn!();
     restart_in_the_middle_of_a_flash_sale("fast");
 }
 
 #[test]
 fn an_immediate_restart_of_postgresql_mid_sale_loses_no_claim_and_oversells_nothing() {
+    let _turn = serial::turn!();
     restart_in_the_middle_of_a_flash_sale("immediate");
 }
 
 #[test]
 fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_on_exactly() {
+    let _turn = serial::turn!();
     const USERS: usize = 2000;
     const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
@@ -746,6 +751,7 @@ fn count_answers(answers: &[Exchange], status: u16, code: &str) -> usize {
 
 #[test]
 fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_attacks_exactly() {
+    let _turn = serial::turn!();
     let cluster = OwnedCluster::new();
     let servers: Vec<ServerProcess> = (0..3)
         .map(|_| ServerProcess::spawn(&cluster.url(), &[]))

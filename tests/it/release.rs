@@ -21,6 +21,7 @@ use crate::support;
 use crate::support::client::{self, Exchange};
 use crate::support::http::{metric, request_with, scrape};
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 use crate::support::{TestApp, TestDb, wait_for};
 
 /// What the client gives any one request before calling it a hang.
@@ -170,6 +171,7 @@ fn remaining(db: &TestDb, coupon: &str) -> i32 {
 
 #[test]
 fn a_released_unit_is_served_by_every_replica() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
@@ -263,6 +265,7 @@ enum Job {
 
 #[test]
 fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
+    let _turn = serial::turn!();
     const AMOUNT: usize = 40;
     const RELEASED: usize = 20;
     const NEW_USERS: usize = 100;
@@ -402,6 +405,7 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
 
 #[test]
 fn stock_changed_behind_the_service_is_served_by_every_replica() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
@@ -461,6 +465,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
 
 #[test]
 fn a_release_racing_the_same_users_claim_leaves_one_truth() {
+    let _turn = serial::turn!();
     const ROUNDS: usize = 40;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
@@ -549,6 +554,7 @@ fn tables(db: &TestDb) -> Tables {
 
 #[test]
 fn bad_releases_get_their_documented_answer_and_change_nothing() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn_with(|c| c.admin_token = Some(TOKEN.into()));
     let auth = [("Authorization", "Bearer t")];
     let created = request_with(
@@ -718,6 +724,7 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
 
 #[test]
 fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_again() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);

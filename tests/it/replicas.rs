@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use crate::support::client::{self, Exchange, Failure};
 use crate::support::http::{metric, scrape};
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 use crate::support::{self, TestDb};
 
 /// What the client gives any one request before calling it a hang.
@@ -99,6 +100,7 @@ fn remaining_of_granted(exchanges: &[Exchange]) -> Vec<i64> {
 
 #[test]
 fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
+    let _turn = serial::turn!();
     const STOCK: usize = 1000;
     const USERS: usize = 3000;
     const THREADS_PER_SERVER: usize = 16;
@@ -199,6 +201,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
 
 #[test]
 fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_join_its_batch() {
+    let _turn = serial::turn!();
     const PER_SERVER: usize = 5;
     let db = TestDb::new();
     // The test holds the lock for as long as the claims take to queue: the
@@ -293,6 +296,7 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
 
 #[test]
 fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_behind() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "1500")]);
     create(server.addr, "STUCK", 10);
@@ -332,6 +336,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
 
 #[test]
 fn a_claim_transaction_that_fails_releases_the_lock_and_keeps_its_connection() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     // One connection: the failed claim's is the one every later claim uses.
     let first = ServerProcess::spawn(&db.url, &[("DB_POOL_SIZE", "1")]);
@@ -386,6 +391,7 @@ fn not_taken(e: &Exchange) -> bool {
 
 #[test]
 fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() {
+    let _turn = serial::turn!();
     const DRAIN: Duration = Duration::from_secs(3);
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "3")]);
@@ -488,6 +494,7 @@ fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() 
 
 #[test]
 fn a_second_signal_ends_the_drain_at_once() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "600")]);
     let addr = server.addr;
@@ -530,6 +537,7 @@ fn send(addr: SocketAddr, request: &str) -> (SocketAddr, String) {
 
 #[test]
 fn the_request_log_line_names_the_peer_and_the_address_our_proxy_forwarded() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[]);
     let get = |path: &str, headers: &str| {

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 use crate::support::{self, TestDb};
 
 /// Longer than anything here should take: the bound on a hang.
@@ -327,11 +328,13 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
 
 #[test]
 fn sigterm_with_claims_and_reads_in_flight_answers_every_one_and_exits_zero() {
+    let _turn = serial::turn!();
     signal_while_requests_are_in_flight(libc::SIGTERM, "SIGTERM");
 }
 
 #[test]
 fn sigint_with_claims_and_reads_in_flight_answers_every_one_and_exits_zero() {
+    let _turn = serial::turn!();
     signal_while_requests_are_in_flight(libc::SIGINT, "SIGINT");
 }
 
@@ -364,6 +367,7 @@ fn read_until_stopped(addr: SocketAddr, n: usize, stop: &AtomicBool) -> Vec<Exch
 /// was sent well before the signal may not.
 #[test]
 fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 use crate::support::{TestApp, TestDb};
 
 /// Sends one keep-alive request and reads exactly one response, then holds
@@ -58,6 +59,7 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
 
 #[test]
 fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_answers() {
+    let _turn = serial::turn!();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
@@ -96,6 +98,7 @@ fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_ans
 
 #[test]
 fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
+    let _turn = serial::turn!();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
@@ -169,6 +172,7 @@ fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
 
 #[test]
 fn running_out_of_descriptors_does_not_stop_the_server_for_good() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     // The server raises its soft limit to the hard one; a low hard limit
     // makes descriptors run out after a few dozen connections.

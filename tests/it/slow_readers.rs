@@ -13,6 +13,7 @@ use socket2::{Domain, Socket, Type};
 use crate::support::TestDb;
 use crate::support::client::{self, Exchange};
 use crate::support::process::ServerProcess;
+use crate::support::serial;
 
 /// Claims on the large coupon, and the length of each user id.
 const CLAIMS: i64 = 48_000;
@@ -121,6 +122,7 @@ fn one_round(addr: SocketAddr, round: usize) -> Vec<(String, Exchange)> {
 
 #[test]
 fn thirty_two_slow_readers_of_a_large_coupon_leave_health_metrics_and_claims_answered() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let write_timeout = WRITE_TIMEOUT_SECS.to_string();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_WRITE_TIMEOUT_SECS", &write_timeout)]);

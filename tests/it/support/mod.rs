@@ -7,6 +7,7 @@ pub mod edge;
 pub mod http;
 pub mod postgres;
 pub mod process;
+pub mod serial;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
