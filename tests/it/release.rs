@@ -738,7 +738,7 @@ fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_aga
     );
     let mut watch = db.client();
     let mut admin =
-        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
+        postgres::Client::connect(&support::database::url_for("postgres"), postgres::NoTls)
             .unwrap();
     let allow = |admin: &mut postgres::Client, allowed: bool| {
         admin

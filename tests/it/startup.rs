@@ -84,7 +84,7 @@ fn a_malformed_setting_stops_start_up_naming_it() {
 #[test]
 fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
     let _turn = serial::turn!();
-    let port = support::postgres::free_port().unwrap();
+    let port = support::database::free_port().unwrap();
     let url = format!("postgres://app:hunter2secret@127.0.0.1:{port}/coupons");
     let started = Instant::now();
     let (code, out) = run_binary(

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::postgres::{as_postgres, find_bin_dir, free_port};
+use super::database::{as_postgres, find_bin_dir, free_port};
 
 /// The database the application gets inside the cluster.
 pub const APP_DB: &str = "app";

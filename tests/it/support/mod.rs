@@ -3,9 +3,9 @@
 
 pub mod client;
 pub mod cluster;
+pub mod database;
 pub mod edge;
 pub mod http;
-pub mod postgres;
 pub mod process;
 pub mod serial;
 
@@ -39,13 +39,13 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("creating a test database");
         TestDb {
-            url: postgres::url_for(&name),
+            url: database::url_for(&name),
             name,
         }
     }
 
-    pub fn client(&self) -> ::postgres::Client {
-        ::postgres::Client::connect(&self.url, ::postgres::NoTls)
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls)
             .expect("connecting to the test database")
     }
 
@@ -61,7 +61,7 @@ impl TestDb {
 
 impl TestDb {
     /// Drops the database now, under whatever is connected to it.
-    pub fn drop_now(&self) -> Result<(), ::postgres::Error> {
+    pub fn drop_now(&self) -> Result<(), postgres::Error> {
         admin().batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
@@ -75,8 +75,8 @@ impl Drop for TestDb {
     }
 }
 
-fn admin() -> ::postgres::Client {
-    ::postgres::Client::connect(&postgres::url_for("postgres"), ::postgres::NoTls)
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&database::url_for("postgres"), postgres::NoTls)
         .expect("connecting to the test PostgreSQL server")
 }
 
@@ -142,7 +142,7 @@ pub fn test_config(database_url: &str) -> Config {
 }
 
 /// Every coupon's amount equals its remaining stock plus its claims.
-pub fn assert_invariant(client: &mut ::postgres::Client) {
+pub fn assert_invariant(client: &mut postgres::Client) {
     let rows = client
         .query(
             "SELECT c.name, c.amount, c.remaining_amount, count(cl.id) \
