@@ -1,34 +1,17 @@
 //! The spec's stress scenarios, with real threads against the real server.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Barrier};
-use std::thread;
 
-use crate::support::serial;
-use crate::support::{self, Answer, TestApp};
+use crate::support::crowd::claims_at_once;
+use crate::support::{Answer, TestApp, http, serial};
 
-/// Fires one claim per (user, coupon) pair, all released at once by a
-/// barrier, and returns the answers in the same order.
-fn claim_all_at_once(app: &TestApp, claims: Vec<(String, String)>) -> Vec<Answer> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
+/// Fires one claim per (user, coupon) pair, all at once, and returns the
+/// answers in the same order.
+fn claim_all_at_once(app: &TestApp, claims: &[(String, String)]) -> Vec<Answer> {
     let base = app.base.clone();
-    let handles: Vec<_> = claims
-        .into_iter()
-        .map(|(user, coupon)| {
-            let barrier = Arc::clone(&barrier);
-            let url = format!("{base}/api/coupons/claim");
-            thread::spawn(move || {
-                let body =
-                    serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
-                barrier.wait();
-                support::http::request("POST", &url, Some(&body))
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("claim thread"))
-        .collect()
+    claims_at_once(claims, move |_, user, coupon| {
+        http::claim(&base, user, coupon)
+    })
 }
 
 fn tally(answers: &[Answer]) -> BTreeMap<(u16, String), usize> {
@@ -65,10 +48,10 @@ fn flash_sale_attack_hands_out_exactly_the_stock() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("FLASH", 5);
-    let claims = (0..50)
+    let claims: Vec<(String, String)> = (0..50)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -114,10 +97,10 @@ fn double_dip_attack_lets_one_user_claim_once() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("DIP", 100);
-    let claims = (0..10)
+    let claims: Vec<(String, String)> = (0..10)
         .map(|_| ("the_same_user".to_owned(), "DIP".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -146,10 +129,10 @@ fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("BIG", 50);
-    let claims = (0..500)
+    let claims: Vec<(String, String)> = (0..500)
         .map(|i| (format!("user_{i}"), "BIG".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -191,7 +174,7 @@ fn two_hundred_users_on_three_coupons_at_once_stay_consistent() {
             }
         }
     }
-    let answers = claim_all_at_once(&app, claims.clone());
+    let answers = claim_all_at_once(&app, &claims);
 
     for (name, amount) in stock {
         let granted = claims

@@ -3,31 +3,21 @@
 //! arrival order would give.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
 use crate::support;
+use crate::support::crowd::claims_at_once;
 use crate::support::process::ServerProcess;
 use crate::support::serial;
-use crate::support::{Answer, TestApp, TestDb};
+use crate::support::{Answer, TestApp, TestDb, http};
 
+/// The claims all at once, claim i to server i mod n.
 fn claim_concurrently(bases: &[String], claims: &[(String, String)]) -> Vec<Answer> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, (user, coupon))| {
-            let barrier = Arc::clone(&barrier);
-            let url = format!("{}/api/coupons/claim", bases[i % bases.len()]);
-            let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
-            thread::spawn(move || {
-                barrier.wait();
-                support::http::request("POST", &url, Some(&body))
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let bases = bases.to_vec();
+    claims_at_once(claims, move |i, user, coupon| {
+        http::claim(&bases[i % bases.len()], user, coupon)
+    })
 }
 
 /// Checks the answers for one coupon against the sequential model: some

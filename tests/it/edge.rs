@@ -6,13 +6,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::support::client::{self, Exchange, tally};
+use crate::support::crowd::{all_at_once, claims_at_once};
 use crate::support::edge::{self, Edge};
 use crate::support::http::{metric, scrape};
 use crate::support::serial::{self, Turn};
@@ -41,19 +42,9 @@ fn create(edge: &Edge, name: &str, amount: i64) {
 /// One claim per (user, coupon), all released at once, each on its own
 /// connection through the edge; the exchanges in the same order.
 fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Exchange> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .cloned()
-        .map(|(user, coupon)| {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                barrier.wait();
-                client::claim(addr, &user, &coupon, Duration::from_secs(60))
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    claims_at_once(claims, move |_, user, coupon| {
+        client::claim(addr, user, coupon, Duration::from_secs(60))
+    })
 }
 
 fn count(exchanges: &[Exchange], status: u16, code: &str) -> usize {
@@ -552,28 +543,21 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
     for round in 0..3 {
         // Past tiny_http's 5 s idle timeout and thread expiry.
         thread::sleep(Duration::from_millis(6500));
-        let barrier = Arc::new(Barrier::new(50));
         let released = Arc::new(Mutex::new(None::<Instant>));
-        let clients: Vec<_> = (0..50)
-            .map(|i| {
-                let barrier = Arc::clone(&barrier);
-                let held = Arc::clone(&held);
-                let released = Arc::clone(&released);
-                thread::spawn(move || {
-                    let request = client::claim_text(&format!("kept_{round}_{i}"), "KEPT");
-                    barrier.wait();
-                    released.lock().unwrap().get_or_insert_with(Instant::now);
-                    let mut stream =
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
-                    let answer =
-                        send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
-                    let answered_at = Instant::now();
-                    held.lock().unwrap().push(stream);
-                    answer.map(|(status, body)| (status, body, answered_at))
-                })
-            })
-            .collect();
-        let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let answers = all_at_once((0..50).map(|i| {
+            let held = Arc::clone(&held);
+            let released = Arc::clone(&released);
+            let request = client::claim_text(&format!("kept_{round}_{i}"), "KEPT");
+            move || {
+                released.lock().unwrap().get_or_insert_with(Instant::now);
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+                let answer =
+                    send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
+                let answered_at = Instant::now();
+                held.lock().unwrap().push(stream);
+                answer.map(|(status, body)| (status, body, answered_at))
+            }
+        }));
         let released = released.lock().unwrap().expect("released");
         let slowest = answers
             .iter()

@@ -6,14 +6,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::support;
 use crate::support::client::{self, Exchange, tally};
 use crate::support::cluster::OwnedCluster;
+use crate::support::crowd::claims_at_once;
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 
@@ -719,26 +720,12 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     );
 }
 
-/// All claims at once (a barrier), request i to server i mod n.
+/// All claims at once, request i to server i mod n.
 fn claim_at_once(addrs: &[SocketAddr], claims: &[(String, String)]) -> Vec<Exchange> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, (user, coupon))| {
-            let barrier = Arc::clone(&barrier);
-            let addr = addrs[i % addrs.len()];
-            let (user, coupon) = (user.clone(), coupon.clone());
-            thread::spawn(move || {
-                barrier.wait();
-                client::claim(addr, &user, &coupon, HANG)
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("a claim thread"))
-        .collect()
+    let addrs = addrs.to_vec();
+    claims_at_once(claims, move |i, user, coupon| {
+        client::claim(addrs[i % addrs.len()], user, coupon, HANG)
+    })
 }
 
 fn count_answers(answers: &[Exchange], status: u16, code: &str) -> usize {

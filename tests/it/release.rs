@@ -11,14 +11,14 @@
 //! bad-input cases), on 127.0.0.1, against a database of its own.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Barrier};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::support;
 use crate::support::client::{self, Exchange};
+use crate::support::crowd::all_at_once;
 use crate::support::http::{metric, request_with, scrape};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
@@ -294,30 +294,25 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
     }
     fastrand::seed(7);
     fastrand::shuffle(&mut jobs);
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                mine.into_iter()
-                    .map(|(server, job)| {
-                        let server = &servers[server];
-                        let answer = match &job {
-                            Job::Release(_, user) => outcome(&release(server, "RACE", user)),
-                            Job::Claim(_, user) => claim(server, user, "RACE"),
-                        };
-                        (job, answer)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let results: Vec<(Job, (u16, String))> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a request thread"))
-        .collect();
+    let results: Vec<(Job, (u16, String))> = all_at_once((0..THREADS).map(|t| {
+        let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
+        let servers = Arc::clone(&servers);
+        move || {
+            mine.into_iter()
+                .map(|(server, job)| {
+                    let server = &servers[server];
+                    let answer = match &job {
+                        Job::Release(_, user) => outcome(&release(server, "RACE", user)),
+                        Job::Claim(_, user) => claim(server, user, "RACE"),
+                    };
+                    (job, answer)
+                })
+                .collect::<Vec<_>>()
+        }
+    }))
+    .into_iter()
+    .flatten()
+    .collect();
 
     let mut tally: BTreeMap<(&str, u16, String), usize> = BTreeMap::new();
     let mut granted: HashSet<String> = HashSet::new();
@@ -480,23 +475,19 @@ fn a_release_racing_the_same_users_claim_leaves_one_truth() {
             1 => (0, 1),
             _ => (1, 0),
         };
-        let barrier = Arc::new(Barrier::new(2));
-        let releasing = {
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                outcome(&release(&servers[release_on], "DUEL", "me"))
-            })
-        };
-        let claiming = {
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                claim(&servers[claim_on], "me", "DUEL")
-            })
-        };
-        let released = releasing.join().unwrap();
-        let claimed = claiming.join().unwrap();
+        // The release and the claim, at once.
+        let [released, claimed]: [(u16, String); 2] = all_at_once([true, false].map(|releasing| {
+            let servers = Arc::clone(&servers);
+            move || {
+                if releasing {
+                    outcome(&release(&servers[release_on], "DUEL", "me"))
+                } else {
+                    claim(&servers[claim_on], "me", "DUEL")
+                }
+            }
+        }))
+        .try_into()
+        .expect("two answers");
         // "me" held the unit when the round began.
         assert_eq!(released.0, 200, "round {round}: {released:?}");
         assert!(

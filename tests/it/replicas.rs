@@ -10,12 +10,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::all_at_once;
 use crate::support::http::{metric, scrape};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
@@ -112,28 +113,22 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
     // User i claims through server i % 3; each server gets its users from
     // THREADS_PER_SERVER threads at once.
     let threads = 3 * THREADS_PER_SERVER;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let barrier = Arc::clone(&barrier);
-            let addr = addrs[t % 3];
-            thread::spawn(move || {
-                barrier.wait();
-                (t..USERS)
-                    .step_by(threads)
-                    .map(|i| {
-                        let user = format!("user_{i}");
-                        let exchange = client::claim(addr, &user, "HOT", LIMIT);
-                        (user, exchange)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let results: Vec<(String, Exchange)> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a claim thread"))
-        .collect();
+    let results: Vec<(String, Exchange)> = all_at_once((0..threads).map(|t| {
+        let addr = addrs[t % 3];
+        move || {
+            (t..USERS)
+                .step_by(threads)
+                .map(|i| {
+                    let user = format!("user_{i}");
+                    let exchange = client::claim(addr, &user, "HOT", LIMIT);
+                    (user, exchange)
+                })
+                .collect::<Vec<_>>()
+        }
+    }))
+    .into_iter()
+    .flatten()
+    .collect();
     assert_eq!(results.len(), USERS);
     let exchanges: Vec<Exchange> = results.iter().map(|(_, e)| e.clone()).collect();
 

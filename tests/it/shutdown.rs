@@ -10,12 +10,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::{all_at_once, spawn_at_once};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 use crate::support::{self, TestDb};
@@ -84,18 +85,9 @@ fn warm_the_pool(db: &TestDb, addr: SocketAddr) {
         if server_sessions(db, false) >= 6 {
             return;
         }
-        let barrier = Arc::new(Barrier::new(16));
-        let reads: Vec<_> = (0..16)
-            .map(|_| {
-                let barrier = Arc::clone(&barrier);
-                thread::spawn(move || {
-                    barrier.wait();
-                    client::get(addr, "/api/coupons/SHUT", LIMIT)
-                })
-            })
-            .collect();
-        for read in reads {
-            let e = read.join().expect("a warming read");
+        let reads =
+            all_at_once((0..16).map(|_| move || client::get(addr, "/api/coupons/SHUT", LIMIT)));
+        for e in reads {
             assert_eq!(e.status(), Some(200), "a warming read: {e:?}");
         }
     }
@@ -105,16 +97,21 @@ fn warm_the_pool(db: &TestDb, addr: SocketAddr) {
     );
 }
 
-/// Runs `f` on a thread released by `barrier`.
-fn at_once<T: Send + 'static>(
-    barrier: &Arc<Barrier>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let barrier = Arc::clone(barrier);
-    thread::spawn(move || {
-        barrier.wait();
-        f()
-    })
+/// A request the test sends.
+enum Request {
+    /// A claim of SHUT by this user.
+    Claim(String),
+    /// A GET of this path.
+    Get(&'static str),
+}
+
+impl Request {
+    fn send(self, addr: SocketAddr) -> Exchange {
+        match self {
+            Request::Claim(user) => client::claim(addr, &user, "SHUT", LIMIT),
+            Request::Get(path) => client::get(addr, path, LIMIT),
+        }
+    }
 }
 
 fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
@@ -135,27 +132,16 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
     // 60 users, four of them twice: 40 get a unit, the rest 400 or 409.
     // Beside them, reads of the coupon (held) and of /healthz (not held).
     let users: Vec<String> = (0..60).chain(0..4).map(|i| format!("user_{i}")).collect();
-    let barrier = Arc::new(Barrier::new(users.len() + HELD_READS + 4));
-    let claims: Vec<_> = users
+    let requests = users
         .iter()
-        .map(|user| {
-            let user = user.clone();
-            at_once(&barrier, move || {
-                let e = client::claim(addr, &user, "SHUT", LIMIT);
-                (user, e)
-            })
-        })
-        .collect();
-    let held_reads: Vec<_> = (0..HELD_READS)
-        .map(|_| {
-            at_once(&barrier, move || {
-                client::get(addr, "/api/coupons/SHUT", LIMIT)
-            })
-        })
-        .collect();
-    let health: Vec<_> = (0..4)
-        .map(|_| at_once(&barrier, move || client::get(addr, "/healthz", LIMIT)))
-        .collect();
+        .map(|user| Request::Claim(user.clone()))
+        .chain((0..HELD_READS).map(|_| Request::Get("/api/coupons/SHUT")))
+        .chain((0..4).map(|_| Request::Get("/healthz")));
+    let mut in_flight =
+        spawn_at_once(requests.map(|request| move || request.send(addr))).into_iter();
+    let claims: Vec<_> = in_flight.by_ref().take(users.len()).collect();
+    let held_reads: Vec<_> = in_flight.by_ref().take(HELD_READS).collect();
+    let health: Vec<_> = in_flight.collect();
 
     // The claim transaction and the reads wait for the test's locks.
     let held = 1 + HELD_READS as i64;
@@ -199,9 +185,10 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
 
     let exit = server.wait_exit(Duration::from_secs(30));
     let exited = Instant::now();
-    let claims: Vec<(String, Exchange)> = claims
+    let claims: Vec<(String, Exchange)> = users
         .into_iter()
-        .map(|h| h.join().expect("a claim thread"))
+        .zip(claims)
+        .map(|(user, h)| (user, h.join().expect("a claim thread")))
         .collect();
     let held_reads: Vec<Exchange> = held_reads
         .into_iter()

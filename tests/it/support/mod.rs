@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod crowd;
 pub mod database;
 pub mod edge;
 pub mod http;
@@ -122,10 +123,7 @@ impl TestApp {
     }
 
     pub fn claim(&self, user: &str, coupon: &str) -> Answer {
-        self.post_json(
-            "/api/coupons/claim",
-            &serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string(),
-        )
+        http::claim(&self.base, user, coupon)
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
