@@ -1,8 +1,8 @@
 //! The spec's stress scenarios, with real threads against the real server.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
-use crate::support::crowd::claims_at_once;
+use crate::support::crowd::{claims_at_once, count, tally};
 use crate::support::{Answer, TestApp, http, serial};
 
 /// Fires one claim per (user, coupon) pair, all at once, and returns the
@@ -12,21 +12,6 @@ fn claim_all_at_once(app: &TestApp, claims: &[(String, String)]) -> Vec<Answer> 
     claims_at_once(claims, move |_, user, coupon| {
         http::claim(&base, user, coupon)
     })
-}
-
-fn tally(answers: &[Answer]) -> BTreeMap<(u16, String), usize> {
-    let mut counts = BTreeMap::new();
-    for a in answers {
-        *counts.entry((a.status, a.code().to_owned())).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn count(answers: &[Answer], status: u16, code: &str) -> usize {
-    answers
-        .iter()
-        .filter(|a| a.status == status && a.code() == code)
-        .count()
 }
 
 fn report_retries(app: &TestApp, scenario: &str) {

@@ -20,8 +20,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::client::{self, Exchange, tally};
+use crate::support::client::{self, Exchange};
 use crate::support::cluster::OwnedCluster;
+use crate::support::crowd::tally;
 use crate::support::process::{ServerProcess, Starting};
 use crate::support::serial::{self, Turn};
 

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::support::client::{self, Exchange, tally};
-use crate::support::crowd::{all_at_once, claims_at_once};
+use crate::support::client::{self, Exchange};
+use crate::support::crowd::{all_at_once, claims_at_once, count, tally};
 use crate::support::edge::{self, Edge};
 use crate::support::http::{metric, scrape};
 use crate::support::serial::{self, Turn};
@@ -45,14 +45,6 @@ fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Excha
     claims_at_once(claims, move |_, user, coupon| {
         client::claim(addr, user, coupon, Duration::from_secs(60))
     })
-}
-
-fn count(exchanges: &[Exchange], status: u16, code: &str) -> usize {
-    exchanges
-        .iter()
-        .filter_map(Exchange::answered)
-        .filter(|a| a.status() == status && (code.is_empty() || a.code() == code))
-        .count()
 }
 
 /// A sale of `stock` units to `users` distinct users at once through the

@@ -22,7 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crate::support::client::{self, Exchange, Failure, tally};
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::tally;
 use crate::support::edge::{Edge, Replica};
 use crate::support::serial::{self, Turn};
 use crate::support::{self, TestDb};

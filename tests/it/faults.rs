@@ -12,9 +12,9 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::support;
-use crate::support::client::{self, Exchange, tally};
+use crate::support::client::{self, Exchange};
 use crate::support::cluster::OwnedCluster;
-use crate::support::crowd::claims_at_once;
+use crate::support::crowd::{claims_at_once, count, tally};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 
@@ -728,14 +728,6 @@ fn claim_at_once(addrs: &[SocketAddr], claims: &[(String, String)]) -> Vec<Excha
     })
 }
 
-fn count_answers(answers: &[Exchange], status: u16, code: &str) -> usize {
-    answers
-        .iter()
-        .filter_map(Exchange::answered)
-        .filter(|a| a.status() == status && (status == 200 || a.code() == code))
-        .count()
-}
-
 #[test]
 fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_attacks_exactly() {
     let _turn = serial::turn!();
@@ -761,13 +753,13 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         assert_no_500_no_hang(&refs, &log(), &flash);
         eprintln!("{flash}: {:?}", tally(answers.iter()));
         assert_eq!(
-            count_answers(&answers, 200, ""),
+            count(&answers, 200, ""),
             5,
             "{flash}: {:?}",
             tally(answers.iter())
         );
         assert_eq!(
-            count_answers(&answers, 400, "out_of_stock"),
+            count(&answers, 400, "out_of_stock"),
             45,
             "{flash}: {:?}",
             tally(answers.iter())
@@ -796,13 +788,13 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         assert_no_500_no_hang(&refs, &log(), &dip);
         eprintln!("{dip}: {:?}", tally(answers.iter()));
         assert_eq!(
-            count_answers(&answers, 200, ""),
+            count(&answers, 200, ""),
             1,
             "{dip}: {:?}",
             tally(answers.iter())
         );
         assert_eq!(
-            count_answers(&answers, 409, "already_claimed"),
+            count(&answers, 409, "already_claimed"),
             9,
             "{dip}: {:?}",
             tally(answers.iter())

@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
-use crate::support::crowd::all_at_once;
+use crate::support::crowd::{all_at_once, tally};
 use crate::support::http::{metric, scrape};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
@@ -143,7 +143,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
             )
         })
         .collect();
-    let counts = client::tally(exchanges.iter());
+    let counts = tally(exchanges.iter());
     eprintln!(
         "{USERS} claims on {STOCK} units over 3 servers: {counts:?}; retries: {serialization} \
          serialization failures, {deadlock} deadlocks, {unique} unique violations, {exhausted} \
@@ -256,7 +256,7 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
         .get(0);
     assert!(released);
     let exchanges: Vec<Exchange> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let counts = client::tally(exchanges.iter());
+    let counts = tally(exchanges.iter());
     assert_eq!(
         counts,
         [((200, String::new()), 3 * PER_SERVER)].into(),

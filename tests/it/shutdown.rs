@@ -8,7 +8,7 @@
 //! server) and the claims table (reads of the coupon wait for it). It sends
 //! the signal while they wait and lets go a second later.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
-use crate::support::crowd::{all_at_once, spawn_at_once};
+use crate::support::crowd::{all_at_once, spawn_at_once, tally};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 use crate::support::{self, TestDb};
@@ -29,21 +29,6 @@ const STOCK: i64 = 40;
 /// Reads of the coupon held in flight; fewer than the server's 8 workers
 /// and 8 connections, so that claims still get through to queue.
 const HELD_READS: usize = 3;
-
-fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for e in exchanges {
-        let key = match &e.result {
-            Ok(a) => format!("{} {}", a.status(), a.code()),
-            Err(Failure::Connect { kind, .. }) => format!("connect failed: {kind:?}"),
-            Err(Failure::Send { .. }) => "send failed".to_owned(),
-            Err(Failure::Cut { received, .. }) => format!("cut after {received} bytes"),
-            Err(Failure::TimedOut { received }) => format!("timed out after {received} bytes"),
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
-}
 
 /// "1.2ms before" or "3ms after" `mark`.
 fn relative(at: Option<Instant>, mark: Instant) -> String {
