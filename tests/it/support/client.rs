@@ -52,7 +52,7 @@ impl Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Connect { kind, .. } => write!(f, "connect failed: {kind:?}"),
+            Failure::Connect { error, .. } => write!(f, "connect failed: {error}"),
             Failure::Send { error } => write!(f, "send failed: {error}"),
             Failure::Cut { received, error } => write!(f, "cut after {received} bytes: {error}"),
             Failure::TimedOut { received } => write!(f, "timed out after {received} bytes"),

@@ -1,5 +1,4 @@
 //! Test support: a fresh database per test and the real server on port 0.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod cluster;
