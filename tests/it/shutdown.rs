@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crate::support::client::{self, Exchange, Failure};
@@ -99,6 +99,60 @@ impl Request {
     }
 }
 
+/// The requests sent at once while the test holds its locks: threads
+/// (`JoinHandle<Exchange>`) until joined, then what became of them.
+struct InFlight<T> {
+    /// 60 users, four of them twice: 40 get a unit, the rest 400 or 409.
+    claims: Vec<(String, T)>,
+    /// Reads of the coupon, held by the lock on the claims table.
+    held_reads: Vec<T>,
+    /// Reads of /healthz, which nothing holds.
+    health: Vec<T>,
+}
+
+impl InFlight<JoinHandle<Exchange>> {
+    fn send(addr: SocketAddr) -> Self {
+        let users: Vec<String> = (0..60).chain(0..4).map(|i| format!("user_{i}")).collect();
+        let requests = users
+            .iter()
+            .map(|user| Request::Claim(user.clone()))
+            .chain((0..HELD_READS).map(|_| Request::Get("/api/coupons/SHUT")))
+            .chain((0..4).map(|_| Request::Get("/healthz")));
+        let n = users.len();
+        let mut threads =
+            spawn_at_once(requests.map(|request| move || request.send(addr))).into_iter();
+        InFlight {
+            claims: users.into_iter().zip(threads.by_ref().take(n)).collect(),
+            held_reads: threads.by_ref().take(HELD_READS).collect(),
+            health: threads.collect(),
+        }
+    }
+
+    fn join(self) -> InFlight<Exchange> {
+        let join = |thread: JoinHandle<Exchange>| thread.join().expect("a request thread");
+        InFlight {
+            claims: self
+                .claims
+                .into_iter()
+                .map(|(user, thread)| (user, join(thread)))
+                .collect(),
+            held_reads: self.held_reads.into_iter().map(join).collect(),
+            health: self.health.into_iter().map(join).collect(),
+        }
+    }
+}
+
+/// What the checks after the signal go by.
+struct Signalled<'a> {
+    /// SIGTERM or SIGINT, for messages.
+    name: &'a str,
+    /// When the signal was sent, and when the test let go of its locks.
+    at: Instant,
+    released: Instant,
+    /// The end of the server's log, for messages.
+    tail: &'a [String],
+}
+
 fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
@@ -113,31 +167,71 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
          LOCK TABLE claims IN ACCESS EXCLUSIVE MODE",
     )
     .expect("locking the coupon row and the claims table");
+    let in_flight = InFlight::send(addr);
+    the_first_claim_and_the_reads_wait_for_the_locks_and_the_other_claims_queue(
+        &db,
+        addr,
+        name,
+        in_flight.claims.len(),
+    );
 
-    // 60 users, four of them twice: 40 get a unit, the rest 400 or 409.
-    // Beside them, reads of the coupon (held) and of /healthz (not held).
-    let users: Vec<String> = (0..60).chain(0..4).map(|i| format!("user_{i}")).collect();
-    let requests = users
-        .iter()
-        .map(|user| Request::Claim(user.clone()))
-        .chain((0..HELD_READS).map(|_| Request::Get("/api/coupons/SHUT")))
-        .chain((0..4).map(|_| Request::Get("/healthz")));
-    let mut in_flight =
-        spawn_at_once(requests.map(|request| move || request.send(addr))).into_iter();
-    let claims: Vec<_> = in_flight.by_ref().take(users.len()).collect();
-    let held_reads: Vec<_> = in_flight.by_ref().take(HELD_READS).collect();
-    let health: Vec<_> = in_flight.collect();
+    let signalled = Instant::now();
+    server.signal(signal);
+    let probes = new_connections_after_the_signal(addr);
+    thread::sleep(HOLD_AFTER_SIGNAL);
+    let released = Instant::now();
+    tx.commit().expect("releasing the locks");
+    let exit = server.wait_exit(Duration::from_secs(30));
+    let exited = Instant::now();
+    let ended = in_flight.join();
+    let probes = probes.join().expect("the probes");
+    let log = server.log();
+    let tail = &log[log.len().saturating_sub(15)..];
+    eprintln!(
+        "{name}: exit {exit:?} {:?} after the signal ({:?} after the locks were released); \
+         claims {:?}; held reads {:?}; health {:?}; new connections after the signal {:?}",
+        exited - signalled,
+        exited - released,
+        tally(ended.claims.iter().map(|(_, e)| e)),
+        tally(ended.held_reads.iter()),
+        tally(ended.health.iter()),
+        tally(probes.iter()),
+    );
 
-    // The claim transaction and the reads wait for the test's locks.
+    let signalled = Signalled {
+        name,
+        at: signalled,
+        released,
+        tail,
+    };
+    the_server_logged_the_signal_and_exited_zero(&signalled, exit, &log);
+    let granted =
+        every_claim_in_flight_was_answered_once_the_locks_were_released(&signalled, &ended.claims);
+    every_200_is_a_row_in_claims(&signalled, &db, &granted);
+    the_held_reads_were_answered_with_the_whole_coupon_once_the_locks_were_released(
+        &signalled,
+        &ended.held_reads,
+    );
+    healthz_said_200_before_the_signal(&signalled, &ended.health);
+    new_connections_after_the_signal_were_refused_or_told_503(&signalled, &probes);
+}
+
+/// The claim transaction and the reads wait for the test's locks, and every
+/// other claim queues behind the first.
+fn the_first_claim_and_the_reads_wait_for_the_locks_and_the_other_claims_queue(
+    db: &TestDb,
+    addr: SocketAddr,
+    name: &str,
+    claims: usize,
+) {
     let held = 1 + HELD_READS as i64;
     assert!(
-        support::wait_for(Duration::from_secs(10), || server_sessions(&db, true)
+        support::wait_for(Duration::from_secs(10), || server_sessions(db, true)
             >= held),
         "{name}: expected {held} server sessions waiting for a lock, saw {}",
-        server_sessions(&db, true)
+        server_sessions(db, true)
     );
-    // Every other claim queues behind the first.
-    let queued = (users.len() - 1) as f64;
+    let queued = (claims - 1) as f64;
     let base = format!("http://{addr}");
     let waiting = || {
         support::http::metric(
@@ -150,11 +244,12 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
         "{name}: expected {queued} claims queued, saw {}",
         waiting()
     );
+}
 
-    let signalled = Instant::now();
-    server.signal(signal);
-    // New connections while the server finishes: refused or 503.
-    let probes = thread::spawn(move || {
+/// Five GETs of /healthz on new connections while the server finishes,
+/// from 300 ms after the signal.
+fn new_connections_after_the_signal(addr: SocketAddr) -> JoinHandle<Vec<Exchange>> {
+    thread::spawn(move || {
         thread::sleep(Duration::from_millis(300));
         (0..5)
             .map(|_| {
@@ -163,40 +258,15 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
                 e
             })
             .collect::<Vec<_>>()
-    });
-    thread::sleep(HOLD_AFTER_SIGNAL);
-    let released = Instant::now();
-    tx.commit().expect("releasing the locks");
+    })
+}
 
-    let exit = server.wait_exit(Duration::from_secs(30));
-    let exited = Instant::now();
-    let claims: Vec<(String, Exchange)> = users
-        .into_iter()
-        .zip(claims)
-        .map(|(user, h)| (user, h.join().expect("a claim thread")))
-        .collect();
-    let held_reads: Vec<Exchange> = held_reads
-        .into_iter()
-        .map(|h| h.join().expect("a read"))
-        .collect();
-    let health: Vec<Exchange> = health
-        .into_iter()
-        .map(|h| h.join().expect("a read"))
-        .collect();
-    let probes = probes.join().expect("the probes");
-    let log = server.log();
-    let tail = &log[log.len().saturating_sub(15)..];
-
-    eprintln!(
-        "{name}: exit {exit:?} {:?} after the signal ({:?} after the locks were released); \
-         claims {:?}; held reads {:?}; health {:?}; new connections after the signal {:?}",
-        exited - signalled,
-        exited - released,
-        tally(claims.iter().map(|(_, e)| e)),
-        tally(held_reads.iter()),
-        tally(health.iter()),
-        tally(probes.iter()),
-    );
+fn the_server_logged_the_signal_and_exited_zero(
+    signalled: &Signalled,
+    exit: Option<Option<i32>>,
+    log: &[String],
+) {
+    let Signalled { name, tail, .. } = signalled;
     assert_eq!(
         exit,
         Some(Some(0)),
@@ -207,12 +277,24 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             .any(|l| l.contains("received; finishing requests")),
         "{name}: the server did not log the signal: {tail:#?}"
     );
+}
 
-    // Every claim was in flight at the signal and got a complete answer.
+/// Every claim was in flight at the signal and got a complete answer, once
+/// the row was free: exactly STOCK of them 200. The users answered 200.
+fn every_claim_in_flight_was_answered_once_the_locks_were_released<'a>(
+    signalled: &Signalled,
+    claims: &'a [(String, Exchange)],
+) -> HashSet<&'a str> {
+    let Signalled {
+        name,
+        at,
+        released,
+        tail,
+    } = signalled;
     let mut granted = HashSet::new();
-    for (user, e) in &claims {
+    for (user, e) in claims {
         assert!(
-            e.sent.is_some_and(|sent| sent < signalled),
+            e.sent.is_some_and(|sent| sent < *at),
             "{name}: {user}'s claim was not sent before the signal: {e:?}"
         );
         let answered = e.answered().unwrap_or_else(|| {
@@ -228,11 +310,16 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             _ => panic!("{name}: {user}'s claim in flight: {answered:?}; log tail: {tail:#?}"),
         }
         assert!(
-            e.finished >= released,
+            e.finished >= *released,
             "{name}: {user}'s claim was answered while the row was still held: {e:?}"
         );
     }
     assert_eq!(granted.len() as i64, STOCK, "{name}: 200s");
+    granted
+}
+
+fn every_200_is_a_row_in_claims(signalled: &Signalled, db: &TestDb, granted: &HashSet<&str>) {
+    let name = signalled.name;
     let holders: HashSet<String> = db
         .client()
         .query("SELECT user_id FROM claims WHERE coupon_name = 'SHUT'", &[])
@@ -241,16 +328,27 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(holders.len() as i64, STOCK, "{name}: rows in claims");
-    for user in &granted {
+    for user in granted {
         assert!(
             holders.contains(*user),
             "{name}: {user} got 200 but has no claim"
         );
     }
     db.assert_invariant();
+}
 
-    // The held reads were in flight too, and finish with the whole coupon.
-    for e in &held_reads {
+/// The held reads were in flight too, and finish with the whole coupon.
+fn the_held_reads_were_answered_with_the_whole_coupon_once_the_locks_were_released(
+    signalled: &Signalled,
+    held_reads: &[Exchange],
+) {
+    let Signalled {
+        name,
+        released,
+        tail,
+        ..
+    } = signalled;
+    for e in held_reads {
         let answered = e.answered().unwrap_or_else(|| {
             panic!(
                 "{name}: a read in flight at the signal got no complete answer: {e:?}; \
@@ -267,20 +365,30 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             "{name}: a read's counts disagree: {body}"
         );
         assert!(
-            e.finished >= released,
+            e.finished >= *released,
             "{name}: a read was answered while the claims table was still held: {e:?}"
         );
     }
-    for e in &health {
+}
+
+fn healthz_said_200_before_the_signal(signalled: &Signalled, health: &[Exchange]) {
+    let name = signalled.name;
+    for e in health {
         assert_eq!(
             e.status(),
             Some(200),
             "{name}: /healthz before the signal: {e:?}"
         );
     }
+}
 
-    // New connections after the signal: refused, or told 503 shutting_down.
-    for e in &probes {
+/// New connections after the signal: refused, or told 503 shutting_down.
+fn new_connections_after_the_signal_were_refused_or_told_503(
+    signalled: &Signalled,
+    probes: &[Exchange],
+) {
+    let Signalled { name, tail, .. } = signalled;
+    for e in probes {
         assert!(e.elapsed() < LIMIT, "{name}: a new connection hung: {e:?}");
         match &e.result {
             Err(Failure::Connect { kind, .. }) => assert_eq!(
