@@ -2,10 +2,10 @@
 //! database clock. The exact edges are unit-tested in domain::window; here
 //! the database decides around them.
 
-mod support;
-
 use serde_json::json;
-use support::TestApp;
+
+use crate::support::serial;
+use crate::support::{self, TestApp};
 
 /// The database clock, shifted by `seconds`, as RFC 3339.
 fn db_time(app: &TestApp, seconds: f64) -> String {
@@ -46,6 +46,7 @@ fn create_windowed(app: &TestApp, name: &str, starts: Option<String>, expires: O
 
 #[test]
 fn a_claim_before_the_start_gets_403_not_started_and_changes_nothing() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     create_windowed(&app, "SOON", Some(db_time(&app, 3600.0)), None);
     app.claim("u1", "SOON").assert_error(403, "not_started");
@@ -55,6 +56,7 @@ fn a_claim_before_the_start_gets_403_not_started_and_changes_nothing() {
 
 #[test]
 fn a_claim_just_after_the_start_succeeds() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     create_windowed(
         &app,
@@ -67,6 +69,7 @@ fn a_claim_just_after_the_start_succeeds() {
 
 #[test]
 fn a_claim_just_after_the_end_gets_410_expired() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     create_windowed(
         &app,
@@ -80,6 +83,7 @@ fn a_claim_just_after_the_end_gets_410_expired() {
 
 #[test]
 fn a_window_that_opens_is_decided_by_the_database_clock_as_it_passes() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let (starts, expires) = (db_time(&app, 2.0), db_time(&app, 4.0));
     create_windowed(&app, "TICK", Some(starts.clone()), Some(expires.clone()));
@@ -94,6 +98,7 @@ fn a_window_that_opens_is_decided_by_the_database_clock_as_it_passes() {
 
 #[test]
 fn get_shows_the_window_only_when_it_was_set() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("PLAIN", 1);
     let plain = app.get("/api/coupons/PLAIN").body;
@@ -114,6 +119,7 @@ fn get_shows_the_window_only_when_it_was_set() {
 
 #[test]
 fn invalid_windows_are_refused_with_a_code_naming_the_problem() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let cases = [
         (

@@ -83,6 +83,12 @@ pub fn request_with(
     }
 }
 
+/// POST /api/coupons/claim at `base` (e.g. `http://127.0.0.1:8080`).
+pub fn claim(base: &str, user: &str, coupon: &str) -> Answer {
+    let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
+    request("POST", &format!("{base}/api/coupons/claim"), Some(&body))
+}
+
 /// Sends raw bytes and reads until the server closes or `timeout` passes;
 /// returns everything received.
 pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {

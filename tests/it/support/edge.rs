@@ -71,13 +71,10 @@ pub struct Edge {
 pub struct EdgeServer {
     /// app1 ... app10
     pub name: String,
-    /// The replica's address, once the name resolved to one.
-    pub addr: Option<SocketAddr>,
     /// "UP", "DOWN", "MAINT (resolution)", "UP 1/2" (going down), ...
     pub status: String,
-    /// Requests it is serving now, and waiting in its own queue.
+    /// Requests it is serving now.
     pub current: u64,
-    pub queued: u64,
 }
 
 /// The repository's root (where Cargo.toml is).
@@ -267,13 +264,11 @@ impl Edge {
             .split(',')
             .collect();
         let column = |name: &str| header.iter().position(|h| *h == name);
-        let (Some(px), Some(sv), Some(status), Some(addr), Some(scur), Some(qcur)) = (
+        let (Some(px), Some(sv), Some(status), Some(scur)) = (
             column("pxname"),
             column("svname"),
             column("status"),
-            column("addr"),
             column("scur"),
-            column("qcur"),
         ) else {
             panic!("unexpected `show stat` header: {header:?}");
         };
@@ -283,10 +278,8 @@ impl Edge {
             .filter(|f| f[sv] != "FRONTEND" && f[sv] != "BACKEND")
             .map(|f| EdgeServer {
                 name: f[sv].to_owned(),
-                addr: f[addr].parse().ok(),
                 status: f[status].to_owned(),
                 current: f[scur].parse().unwrap_or(0),
-                queued: f[qcur].parse().unwrap_or(0),
             })
             .collect()
     }

@@ -3,8 +3,6 @@
 //! of the service keeps answering, and each slow reader is served, refused
 //! at once, or cut off by HTTP_WRITE_TIMEOUT_SECS.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
@@ -12,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Socket, Type};
 
-use support::TestDb;
-use support::client::{self, Exchange};
-use support::process::ServerProcess;
+use crate::support::TestDb;
+use crate::support::client::{self, Exchange};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
 
 /// Claims on the large coupon, and the length of each user id.
 const CLAIMS: i64 = 48_000;
@@ -123,6 +122,7 @@ fn one_round(addr: SocketAddr, round: usize) -> Vec<(String, Exchange)> {
 
 #[test]
 fn thirty_two_slow_readers_of_a_large_coupon_leave_health_metrics_and_claims_answered() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let write_timeout = WRITE_TIMEOUT_SECS.to_string();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_WRITE_TIMEOUT_SECS", &write_timeout)]);

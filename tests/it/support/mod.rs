@@ -1,12 +1,13 @@
 //! Test support: a fresh database per test and the real server on port 0.
-#![allow(dead_code)]
 
 pub mod client;
 pub mod cluster;
+pub mod crowd;
+pub mod database;
 pub mod edge;
 pub mod http;
-pub mod postgres;
 pub mod process;
+pub mod serial;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -38,13 +39,13 @@ impl TestDb {
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .expect("creating a test database");
         TestDb {
-            url: postgres::url_for(&name),
+            url: database::url_for(&name),
             name,
         }
     }
 
-    pub fn client(&self) -> ::postgres::Client {
-        ::postgres::Client::connect(&self.url, ::postgres::NoTls)
+    pub fn client(&self) -> postgres::Client {
+        postgres::Client::connect(&self.url, postgres::NoTls)
             .expect("connecting to the test database")
     }
 
@@ -60,7 +61,7 @@ impl TestDb {
 
 impl TestDb {
     /// Drops the database now, under whatever is connected to it.
-    pub fn drop_now(&self) -> Result<(), ::postgres::Error> {
+    pub fn drop_now(&self) -> Result<(), postgres::Error> {
         admin().batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             self.name
@@ -74,8 +75,8 @@ impl Drop for TestDb {
     }
 }
 
-fn admin() -> ::postgres::Client {
-    ::postgres::Client::connect(&postgres::url_for("postgres"), ::postgres::NoTls)
+fn admin() -> postgres::Client {
+    postgres::Client::connect(&database::url_for("postgres"), postgres::NoTls)
         .expect("connecting to the test PostgreSQL server")
 }
 
@@ -121,10 +122,7 @@ impl TestApp {
     }
 
     pub fn claim(&self, user: &str, coupon: &str) -> Answer {
-        self.post_json(
-            "/api/coupons/claim",
-            &serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string(),
-        )
+        http::claim(&self.base, user, coupon)
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -141,7 +139,7 @@ pub fn test_config(database_url: &str) -> Config {
 }
 
 /// Every coupon's amount equals its remaining stock plus its claims.
-pub fn assert_invariant(client: &mut ::postgres::Client) {
+pub fn assert_invariant(client: &mut postgres::Client) {
     let rows = client
         .query(
             "SELECT c.name, c.amount, c.remaining_amount, count(cl.id) \

@@ -1,50 +1,17 @@
 //! The spec's stress scenarios, with real threads against the real server.
 
-mod support;
+use std::collections::HashSet;
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Barrier};
-use std::thread;
+use crate::support::crowd::{claims_at_once, count, tally};
+use crate::support::{Answer, TestApp, http, serial};
 
-use support::{Answer, TestApp};
-
-/// Fires one claim per (user, coupon) pair, all released at once by a
-/// barrier, and returns the answers in the same order.
-fn claim_all_at_once(app: &TestApp, claims: Vec<(String, String)>) -> Vec<Answer> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
+/// Fires one claim per (user, coupon) pair, all at once, and returns the
+/// answers in the same order.
+fn claim_all_at_once(app: &TestApp, claims: &[(String, String)]) -> Vec<Answer> {
     let base = app.base.clone();
-    let handles: Vec<_> = claims
-        .into_iter()
-        .map(|(user, coupon)| {
-            let barrier = Arc::clone(&barrier);
-            let url = format!("{base}/api/coupons/claim");
-            thread::spawn(move || {
-                let body =
-                    serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
-                barrier.wait();
-                support::http::request("POST", &url, Some(&body))
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("claim thread"))
-        .collect()
-}
-
-fn tally(answers: &[Answer]) -> BTreeMap<(u16, String), usize> {
-    let mut counts = BTreeMap::new();
-    for a in answers {
-        *counts.entry((a.status, a.code().to_owned())).or_insert(0) += 1;
-    }
-    counts
-}
-
-fn count(answers: &[Answer], status: u16, code: &str) -> usize {
-    answers
-        .iter()
-        .filter(|a| a.status == status && a.code() == code)
-        .count()
+    claims_at_once(claims, move |_, user, coupon| {
+        http::claim(&base, user, coupon)
+    })
 }
 
 fn report_retries(app: &TestApp, scenario: &str) {
@@ -63,12 +30,13 @@ fn report_retries(app: &TestApp, scenario: &str) {
 
 #[test]
 fn flash_sale_attack_hands_out_exactly_the_stock() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("FLASH", 5);
-    let claims = (0..50)
+    let claims: Vec<(String, String)> = (0..50)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -111,12 +79,13 @@ fn flash_sale_attack_hands_out_exactly_the_stock() {
 
 #[test]
 fn double_dip_attack_lets_one_user_claim_once() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("DIP", 100);
-    let claims = (0..10)
+    let claims: Vec<(String, String)> = (0..10)
         .map(|_| ("the_same_user".to_owned(), "DIP".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -142,12 +111,13 @@ fn double_dip_attack_lets_one_user_claim_once() {
 
 #[test]
 fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("BIG", 50);
-    let claims = (0..500)
+    let claims: Vec<(String, String)> = (0..500)
         .map(|i| (format!("user_{i}"), "BIG".to_owned()))
         .collect();
-    let answers = claim_all_at_once(&app, claims);
+    let answers = claim_all_at_once(&app, &claims);
 
     assert_eq!(
         answers.iter().filter(|a| a.status == 200).count(),
@@ -173,6 +143,7 @@ fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
 
 #[test]
 fn two_hundred_users_on_three_coupons_at_once_stay_consistent() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let stock: [(&str, i64); 3] = [("C1", 10), ("C2", 50), ("C3", 500)];
     for (name, amount) in stock {
@@ -188,7 +159,7 @@ fn two_hundred_users_on_three_coupons_at_once_stay_consistent() {
             }
         }
     }
-    let answers = claim_all_at_once(&app, claims.clone());
+    let answers = claim_all_at_once(&app, &claims);
 
     for (name, amount) in stock {
         let granted = claims

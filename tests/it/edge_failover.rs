@@ -12,21 +12,21 @@
 //! wrong answer (anything else, including a claim with no answer within
 //! the time limit), which fails the test whatever happened to the replicas.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure, tally};
-use support::edge::{Edge, Replica};
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::tally;
+use crate::support::edge::{Edge, Replica};
+use crate::support::serial::{self, Turn};
+use crate::support::{self, TestDb};
 
 /// Replicas behind the edge.
 const REPLICAS: usize = 3;
@@ -55,11 +55,10 @@ const MAX_CLAIMS_PER_CLIENT: usize = 50_000;
 const MAX_SALE: Duration = Duration::from_secs(60);
 
 /// The tests here each run three replicas and HAProxy and put real load on
-/// them; on a 2-core machine they run one at a time, so that liveness bounds
-/// measure the edge and not the neighbouring test.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// them; on a 2-core machine they run one at a time, beside no other test,
+/// so that liveness bounds measure the edge and not the neighbouring test.
+fn one_at_a_time() -> Turn {
+    serial::alone()
 }
 
 fn start_edge(db: &TestDb) -> Edge {
@@ -543,7 +542,7 @@ fn check_sold_out(db: &TestDb, sent: &[Sent], committed: usize) {
 
 #[test]
 fn a_replica_leaving_by_sigterm_mid_sale_costs_no_failed_request_and_exits_zero() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let (db, edge) = set_up();
 
     let t0 = Instant::now();
@@ -642,7 +641,7 @@ fn a_replica_leaving_by_sigterm_mid_sale_costs_no_failed_request_and_exits_zero(
 #[test]
 fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edge_routes_around_it()
 {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let (db, edge) = set_up();
 
     let t0 = Instant::now();

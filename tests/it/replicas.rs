@@ -7,20 +7,20 @@
 //!
 //! Every server here is the real binary as a child process, on 127.0.0.1.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure};
-use support::http::{metric, scrape};
-use support::process::ServerProcess;
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::{all_at_once, tally};
+use crate::support::http::{metric, scrape};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
+use crate::support::{self, TestDb};
 
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -101,6 +101,7 @@ fn remaining_of_granted(exchanges: &[Exchange]) -> Vec<i64> {
 
 #[test]
 fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
+    let _turn = serial::turn!();
     const STOCK: usize = 1000;
     const USERS: usize = 3000;
     const THREADS_PER_SERVER: usize = 16;
@@ -112,28 +113,22 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
     // User i claims through server i % 3; each server gets its users from
     // THREADS_PER_SERVER threads at once.
     let threads = 3 * THREADS_PER_SERVER;
-    let barrier = Arc::new(Barrier::new(threads));
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let barrier = Arc::clone(&barrier);
-            let addr = addrs[t % 3];
-            thread::spawn(move || {
-                barrier.wait();
-                (t..USERS)
-                    .step_by(threads)
-                    .map(|i| {
-                        let user = format!("user_{i}");
-                        let exchange = client::claim(addr, &user, "HOT", LIMIT);
-                        (user, exchange)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let results: Vec<(String, Exchange)> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a claim thread"))
-        .collect();
+    let results: Vec<(String, Exchange)> = all_at_once((0..threads).map(|t| {
+        let addr = addrs[t % 3];
+        move || {
+            (t..USERS)
+                .step_by(threads)
+                .map(|i| {
+                    let user = format!("user_{i}");
+                    let exchange = client::claim(addr, &user, "HOT", LIMIT);
+                    (user, exchange)
+                })
+                .collect::<Vec<_>>()
+        }
+    }))
+    .into_iter()
+    .flatten()
+    .collect();
     assert_eq!(results.len(), USERS);
     let exchanges: Vec<Exchange> = results.iter().map(|(_, e)| e.clone()).collect();
 
@@ -148,7 +143,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
             )
         })
         .collect();
-    let counts = client::tally(exchanges.iter());
+    let counts = tally(exchanges.iter());
     eprintln!(
         "{USERS} claims on {STOCK} units over 3 servers: {counts:?}; retries: {serialization} \
          serialization failures, {deadlock} deadlocks, {unique} unique violations, {exhausted} \
@@ -201,6 +196,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
 
 #[test]
 fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_join_its_batch() {
+    let _turn = serial::turn!();
     const PER_SERVER: usize = 5;
     let db = TestDb::new();
     // The test holds the lock for as long as the claims take to queue: the
@@ -260,7 +256,7 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
         .get(0);
     assert!(released);
     let exchanges: Vec<Exchange> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let counts = client::tally(exchanges.iter());
+    let counts = tally(exchanges.iter());
     assert_eq!(
         counts,
         [((200, String::new()), 3 * PER_SERVER)].into(),
@@ -295,6 +291,7 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
 
 #[test]
 fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_behind() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "1500")]);
     create(server.addr, "STUCK", 10);
@@ -334,6 +331,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
 
 #[test]
 fn a_claim_transaction_that_fails_releases_the_lock_and_keeps_its_connection() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     // One connection: the failed claim's is the one every later claim uses.
     let first = ServerProcess::spawn(&db.url, &[("DB_POOL_SIZE", "1")]);
@@ -388,6 +386,7 @@ fn not_taken(e: &Exchange) -> bool {
 
 #[test]
 fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() {
+    let _turn = serial::turn!();
     const DRAIN: Duration = Duration::from_secs(3);
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "3")]);
@@ -490,6 +489,7 @@ fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() 
 
 #[test]
 fn a_second_signal_ends_the_drain_at_once() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "600")]);
     let addr = server.addr;
@@ -532,6 +532,7 @@ fn send(addr: SocketAddr, request: &str) -> (SocketAddr, String) {
 
 #[test]
 fn the_request_log_line_names_the_peer_and_the_address_our_proxy_forwarded() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[]);
     let get = |path: &str, headers: &str| {

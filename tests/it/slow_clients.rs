@@ -1,17 +1,16 @@
 //! Clients that hold connections, send slowly or exhaust descriptors must
 //! not stop the server answering everyone else.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::process::ServerProcess;
-use support::{TestApp, TestDb};
+use crate::support::crowd::{all_at_once, claims_at_once};
+use crate::support::process::ServerProcess;
+use crate::support::{TestApp, TestDb, http, serial};
 
 /// Sends one keep-alive request and reads exactly one response, then holds
 /// the connection open as browsers and Go's client do, unless the answer
@@ -59,6 +58,7 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
 
 #[test]
 fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_answers() {
+    let _turn = serial::turn!();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
@@ -66,30 +66,24 @@ fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_ans
     for round in 0..3 {
         // Past the server's socket timeout and tiny_http's 5 s thread expiry.
         thread::sleep(Duration::from_millis(6500));
-        let barrier = Arc::new(Barrier::new(200));
         let answered = Arc::new(AtomicUsize::new(0));
-        let clients: Vec<_> = (0..200)
-            .map(|_| {
-                let barrier = Arc::clone(&barrier);
-                let answered = Arc::clone(&answered);
-                thread::spawn(move || {
-                    barrier.wait();
-                    let (status, held) = request_and_hold(addr, Duration::from_secs(20));
-                    if status.is_some() {
-                        answered.fetch_add(1, Ordering::SeqCst);
-                    }
-                    // Held, like a browser's or Go's connection pool, until
-                    // every client has its answer (bounded).
-                    let deadline = Instant::now() + Duration::from_secs(25);
-                    while answered.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
-                        thread::sleep(Duration::from_millis(50));
-                    }
-                    drop(held);
-                    status
-                })
-            })
-            .collect();
-        let statuses: Vec<Option<u16>> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let statuses: Vec<Option<u16>> = all_at_once((0..200).map(|_| {
+            let answered = Arc::clone(&answered);
+            move || {
+                let (status, held) = request_and_hold(addr, Duration::from_secs(20));
+                if status.is_some() {
+                    answered.fetch_add(1, Ordering::SeqCst);
+                }
+                // Held, like a browser's or Go's connection pool, until
+                // every client has its answer (bounded).
+                let deadline = Instant::now() + Duration::from_secs(25);
+                while answered.load(Ordering::SeqCst) < 200 && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(50));
+                }
+                drop(held);
+                status
+            }
+        }));
         let answered = statuses.iter().filter(|s| **s == Some(200)).count();
         assert_eq!(answered, 200, "round {round}: {statuses:?}");
     }
@@ -97,6 +91,7 @@ fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_ans
 
 #[test]
 fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
+    let _turn = serial::turn!();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
@@ -130,20 +125,13 @@ fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
 
     let started = Instant::now();
     assert_eq!(app.get("/healthz").status, 200);
-    let barrier = Arc::new(Barrier::new(50));
     let base = app.base.clone();
-    let claims: Vec<_> = (0..50)
-        .map(|i| {
-            let barrier = Arc::clone(&barrier);
-            let url = format!("{base}/api/coupons/claim");
-            thread::spawn(move || {
-                let body = format!(r#"{{"user_id":"user_{i}","coupon_name":"FLASH"}}"#);
-                barrier.wait();
-                support::http::request("POST", &url, Some(&body)).status
-            })
-        })
+    let claims: Vec<(String, String)> = (0..50)
+        .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
-    let statuses: Vec<u16> = claims.into_iter().map(|c| c.join().unwrap()).collect();
+    let statuses: Vec<u16> = claims_at_once(&claims, move |_, user, coupon| {
+        http::claim(&base, user, coupon).status
+    });
     eprintln!(
         "flash sale beside 2,000 held connections took {:?}",
         started.elapsed()
@@ -170,13 +158,14 @@ fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
 
 #[test]
 fn running_out_of_descriptors_does_not_stop_the_server_for_good() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     // The server raises its soft limit to the hard one; a low hard limit
     // makes descriptors run out after a few dozen connections.
     let mut server =
         ServerProcess::spawn_with_fd_limit(&db.url, 64, &[("HTTP_IDLE_TIMEOUT_SECS", "30")]);
     let addr = server.addr;
-    let ok = |limit| support::http::try_status(&format!("http://{addr}/healthz"), limit);
+    let ok = |limit| http::try_status(&format!("http://{addr}/healthz"), limit);
     assert_eq!(ok(Duration::from_secs(5)), Some(200));
 
     // Hold far more connections than the server has descriptors for.

@@ -1,8 +1,6 @@
 //! `flash-coupons attack`, the real binary, against the real service, a
 //! fake service that answers wrongly, and nothing at all.
 
-mod support;
-
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Output, Stdio};
@@ -10,7 +8,9 @@ use std::thread;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::TestApp;
+
+use crate::support::TestApp;
+use crate::support::serial;
 
 /// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
 /// it printed.
@@ -55,6 +55,7 @@ fn assert_has_lines(text: &str, wanted: &[&str]) {
 
 #[test]
 fn an_attack_on_the_real_service_passes_every_check_and_exits_zero() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let (code, stdout, stderr) = attack(&["--url", &app.base, "--users", "300", "--stock", "40"]);
 
@@ -102,6 +103,7 @@ fn an_attack_on_the_real_service_passes_every_check_and_exits_zero() {
 
 #[test]
 fn two_runs_against_one_service_use_fresh_coupons_and_both_pass() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     for _ in 0..2 {
         let (code, stdout, stderr) = attack(&["--url", &app.base]);
@@ -113,6 +115,7 @@ fn two_runs_against_one_service_use_fresh_coupons_and_both_pass() {
 
 #[test]
 fn a_service_that_grants_every_claim_fails_the_checks_and_exits_one() {
+    let _turn = serial::turn!();
     let base = fake_service_granting_every_claim();
     let (code, stdout, stderr) = attack(&["--url", &base, "--users", "20", "--stock", "5"]);
 
@@ -141,6 +144,7 @@ fn a_service_that_grants_every_claim_fails_the_checks_and_exits_one() {
 
 #[test]
 fn an_unreachable_service_is_reported_and_exits_two() {
+    let _turn = serial::turn!();
     // A port that was free a moment ago: nothing listens there.
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -158,6 +162,7 @@ fn an_unreachable_service_is_reported_and_exits_two() {
 
 #[test]
 fn usage_errors_exit_two_and_help_exits_zero() {
+    let _turn = serial::turn!();
     for args in [
         &[][..],
         &["--url", "https://127.0.0.1:1"],

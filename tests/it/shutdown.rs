@@ -8,18 +8,18 @@
 //! server) and the claims table (reads of the coupon wait for it). It sends
 //! the signal while they wait and lets go a second later.
 
-mod support;
-
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::client::{self, Exchange, Failure};
-use support::process::ServerProcess;
+use crate::support::client::{self, Exchange, Failure};
+use crate::support::crowd::{all_at_once, spawn_at_once, tally};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
+use crate::support::{self, TestDb};
 
 /// Longer than anything here should take: the bound on a hang.
 const LIMIT: Duration = Duration::from_secs(40);
@@ -29,21 +29,6 @@ const STOCK: i64 = 40;
 /// Reads of the coupon held in flight; fewer than the server's 8 workers
 /// and 8 connections, so that claims still get through to queue.
 const HELD_READS: usize = 3;
-
-fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for e in exchanges {
-        let key = match &e.result {
-            Ok(a) => format!("{} {}", a.status(), a.code()),
-            Err(Failure::Connect { kind, .. }) => format!("connect failed: {kind:?}"),
-            Err(Failure::Send { .. }) => "send failed".to_owned(),
-            Err(Failure::Cut { received, .. }) => format!("cut after {received} bytes"),
-            Err(Failure::TimedOut { received }) => format!("timed out after {received} bytes"),
-        };
-        *counts.entry(key).or_insert(0) += 1;
-    }
-    counts
-}
 
 /// "1.2ms before" or "3ms after" `mark`.
 fn relative(at: Option<Instant>, mark: Instant) -> String {
@@ -85,18 +70,9 @@ fn warm_the_pool(db: &TestDb, addr: SocketAddr) {
         if server_sessions(db, false) >= 6 {
             return;
         }
-        let barrier = Arc::new(Barrier::new(16));
-        let reads: Vec<_> = (0..16)
-            .map(|_| {
-                let barrier = Arc::clone(&barrier);
-                thread::spawn(move || {
-                    barrier.wait();
-                    client::get(addr, "/api/coupons/SHUT", LIMIT)
-                })
-            })
-            .collect();
-        for read in reads {
-            let e = read.join().expect("a warming read");
+        let reads =
+            all_at_once((0..16).map(|_| move || client::get(addr, "/api/coupons/SHUT", LIMIT)));
+        for e in reads {
             assert_eq!(e.status(), Some(200), "a warming read: {e:?}");
         }
     }
@@ -106,16 +82,75 @@ fn warm_the_pool(db: &TestDb, addr: SocketAddr) {
     );
 }
 
-/// Runs `f` on a thread released by `barrier`.
-fn at_once<T: Send + 'static>(
-    barrier: &Arc<Barrier>,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> JoinHandle<T> {
-    let barrier = Arc::clone(barrier);
-    thread::spawn(move || {
-        barrier.wait();
-        f()
-    })
+/// A request the test sends.
+enum Request {
+    /// A claim of SHUT by this user.
+    Claim(String),
+    /// A GET of this path.
+    Get(&'static str),
+}
+
+impl Request {
+    fn send(self, addr: SocketAddr) -> Exchange {
+        match self {
+            Request::Claim(user) => client::claim(addr, &user, "SHUT", LIMIT),
+            Request::Get(path) => client::get(addr, path, LIMIT),
+        }
+    }
+}
+
+/// The requests sent at once while the test holds its locks: threads
+/// (`JoinHandle<Exchange>`) until joined, then what became of them.
+struct InFlight<T> {
+    /// 60 users, four of them twice: 40 get a unit, the rest 400 or 409.
+    claims: Vec<(String, T)>,
+    /// Reads of the coupon, held by the lock on the claims table.
+    held_reads: Vec<T>,
+    /// Reads of /healthz, which nothing holds.
+    health: Vec<T>,
+}
+
+impl InFlight<JoinHandle<Exchange>> {
+    fn send(addr: SocketAddr) -> Self {
+        let users: Vec<String> = (0..60).chain(0..4).map(|i| format!("user_{i}")).collect();
+        let requests = users
+            .iter()
+            .map(|user| Request::Claim(user.clone()))
+            .chain((0..HELD_READS).map(|_| Request::Get("/api/coupons/SHUT")))
+            .chain((0..4).map(|_| Request::Get("/healthz")));
+        let n = users.len();
+        let mut threads =
+            spawn_at_once(requests.map(|request| move || request.send(addr))).into_iter();
+        InFlight {
+            claims: users.into_iter().zip(threads.by_ref().take(n)).collect(),
+            held_reads: threads.by_ref().take(HELD_READS).collect(),
+            health: threads.collect(),
+        }
+    }
+
+    fn join(self) -> InFlight<Exchange> {
+        let join = |thread: JoinHandle<Exchange>| thread.join().expect("a request thread");
+        InFlight {
+            claims: self
+                .claims
+                .into_iter()
+                .map(|(user, thread)| (user, join(thread)))
+                .collect(),
+            held_reads: self.held_reads.into_iter().map(join).collect(),
+            health: self.health.into_iter().map(join).collect(),
+        }
+    }
+}
+
+/// What the checks after the signal go by.
+struct Signalled<'a> {
+    /// SIGTERM or SIGINT, for messages.
+    name: &'a str,
+    /// When the signal was sent, and when the test let go of its locks.
+    at: Instant,
+    released: Instant,
+    /// The end of the server's log, for messages.
+    tail: &'a [String],
 }
 
 fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
@@ -132,42 +167,71 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
          LOCK TABLE claims IN ACCESS EXCLUSIVE MODE",
     )
     .expect("locking the coupon row and the claims table");
+    let in_flight = InFlight::send(addr);
+    the_first_claim_and_the_reads_wait_for_the_locks_and_the_other_claims_queue(
+        &db,
+        addr,
+        name,
+        in_flight.claims.len(),
+    );
 
-    // 60 users, four of them twice: 40 get a unit, the rest 400 or 409.
-    // Beside them, reads of the coupon (held) and of /healthz (not held).
-    let users: Vec<String> = (0..60).chain(0..4).map(|i| format!("user_{i}")).collect();
-    let barrier = Arc::new(Barrier::new(users.len() + HELD_READS + 4));
-    let claims: Vec<_> = users
-        .iter()
-        .map(|user| {
-            let user = user.clone();
-            at_once(&barrier, move || {
-                let e = client::claim(addr, &user, "SHUT", LIMIT);
-                (user, e)
-            })
-        })
-        .collect();
-    let held_reads: Vec<_> = (0..HELD_READS)
-        .map(|_| {
-            at_once(&barrier, move || {
-                client::get(addr, "/api/coupons/SHUT", LIMIT)
-            })
-        })
-        .collect();
-    let health: Vec<_> = (0..4)
-        .map(|_| at_once(&barrier, move || client::get(addr, "/healthz", LIMIT)))
-        .collect();
+    let signalled = Instant::now();
+    server.signal(signal);
+    let probes = new_connections_after_the_signal(addr);
+    thread::sleep(HOLD_AFTER_SIGNAL);
+    let released = Instant::now();
+    tx.commit().expect("releasing the locks");
+    let exit = server.wait_exit(Duration::from_secs(30));
+    let exited = Instant::now();
+    let ended = in_flight.join();
+    let probes = probes.join().expect("the probes");
+    let log = server.log();
+    let tail = &log[log.len().saturating_sub(15)..];
+    eprintln!(
+        "{name}: exit {exit:?} {:?} after the signal ({:?} after the locks were released); \
+         claims {:?}; held reads {:?}; health {:?}; new connections after the signal {:?}",
+        exited - signalled,
+        exited - released,
+        tally(ended.claims.iter().map(|(_, e)| e)),
+        tally(ended.held_reads.iter()),
+        tally(ended.health.iter()),
+        tally(probes.iter()),
+    );
 
-    // The claim transaction and the reads wait for the test's locks.
+    let signalled = Signalled {
+        name,
+        at: signalled,
+        released,
+        tail,
+    };
+    the_server_logged_the_signal_and_exited_zero(&signalled, exit, &log);
+    let granted =
+        every_claim_in_flight_was_answered_once_the_locks_were_released(&signalled, &ended.claims);
+    every_200_is_a_row_in_claims(&signalled, &db, &granted);
+    the_held_reads_were_answered_with_the_whole_coupon_once_the_locks_were_released(
+        &signalled,
+        &ended.held_reads,
+    );
+    healthz_said_200_before_the_signal(&signalled, &ended.health);
+    new_connections_after_the_signal_were_refused_or_told_503(&signalled, &probes);
+}
+
+/// The claim transaction and the reads wait for the test's locks, and every
+/// other claim queues behind the first.
+fn the_first_claim_and_the_reads_wait_for_the_locks_and_the_other_claims_queue(
+    db: &TestDb,
+    addr: SocketAddr,
+    name: &str,
+    claims: usize,
+) {
     let held = 1 + HELD_READS as i64;
     assert!(
-        support::wait_for(Duration::from_secs(10), || server_sessions(&db, true)
+        support::wait_for(Duration::from_secs(10), || server_sessions(db, true)
             >= held),
         "{name}: expected {held} server sessions waiting for a lock, saw {}",
-        server_sessions(&db, true)
+        server_sessions(db, true)
     );
-    // Every other claim queues behind the first.
-    let queued = (users.len() - 1) as f64;
+    let queued = (claims - 1) as f64;
     let base = format!("http://{addr}");
     let waiting = || {
         support::http::metric(
@@ -180,11 +244,12 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
         "{name}: expected {queued} claims queued, saw {}",
         waiting()
     );
+}
 
-    let signalled = Instant::now();
-    server.signal(signal);
-    // New connections while the server finishes: refused or 503.
-    let probes = thread::spawn(move || {
+/// Five GETs of /healthz on new connections while the server finishes,
+/// from 300 ms after the signal.
+fn new_connections_after_the_signal(addr: SocketAddr) -> JoinHandle<Vec<Exchange>> {
+    thread::spawn(move || {
         thread::sleep(Duration::from_millis(300));
         (0..5)
             .map(|_| {
@@ -193,39 +258,15 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
                 e
             })
             .collect::<Vec<_>>()
-    });
-    thread::sleep(HOLD_AFTER_SIGNAL);
-    let released = Instant::now();
-    tx.commit().expect("releasing the locks");
+    })
+}
 
-    let exit = server.wait_exit(Duration::from_secs(30));
-    let exited = Instant::now();
-    let claims: Vec<(String, Exchange)> = claims
-        .into_iter()
-        .map(|h| h.join().expect("a claim thread"))
-        .collect();
-    let held_reads: Vec<Exchange> = held_reads
-        .into_iter()
-        .map(|h| h.join().expect("a read"))
-        .collect();
-    let health: Vec<Exchange> = health
-        .into_iter()
-        .map(|h| h.join().expect("a read"))
-        .collect();
-    let probes = probes.join().expect("the probes");
-    let log = server.log();
-    let tail = &log[log.len().saturating_sub(15)..];
-
-    eprintln!(
-        "{name}: exit {exit:?} {:?} after the signal ({:?} after the locks were released); \
-         claims {:?}; held reads {:?}; health {:?}; new connections after the signal {:?}",
-        exited - signalled,
-        exited - released,
-        tally(claims.iter().map(|(_, e)| e)),
-        tally(held_reads.iter()),
-        tally(health.iter()),
-        tally(probes.iter()),
-    );
+fn the_server_logged_the_signal_and_exited_zero(
+    signalled: &Signalled,
+    exit: Option<Option<i32>>,
+    log: &[String],
+) {
+    let Signalled { name, tail, .. } = signalled;
     assert_eq!(
         exit,
         Some(Some(0)),
@@ -236,12 +277,24 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             .any(|l| l.contains("received; finishing requests")),
         "{name}: the server did not log the signal: {tail:#?}"
     );
+}
 
-    // Every claim was in flight at the signal and got a complete answer.
+/// Every claim was in flight at the signal and got a complete answer, once
+/// the row was free: exactly STOCK of them 200. The users answered 200.
+fn every_claim_in_flight_was_answered_once_the_locks_were_released<'a>(
+    signalled: &Signalled,
+    claims: &'a [(String, Exchange)],
+) -> HashSet<&'a str> {
+    let Signalled {
+        name,
+        at,
+        released,
+        tail,
+    } = signalled;
     let mut granted = HashSet::new();
-    for (user, e) in &claims {
+    for (user, e) in claims {
         assert!(
-            e.sent.is_some_and(|sent| sent < signalled),
+            e.sent.is_some_and(|sent| sent < *at),
             "{name}: {user}'s claim was not sent before the signal: {e:?}"
         );
         let answered = e.answered().unwrap_or_else(|| {
@@ -257,11 +310,16 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             _ => panic!("{name}: {user}'s claim in flight: {answered:?}; log tail: {tail:#?}"),
         }
         assert!(
-            e.finished >= released,
+            e.finished >= *released,
             "{name}: {user}'s claim was answered while the row was still held: {e:?}"
         );
     }
     assert_eq!(granted.len() as i64, STOCK, "{name}: 200s");
+    granted
+}
+
+fn every_200_is_a_row_in_claims(signalled: &Signalled, db: &TestDb, granted: &HashSet<&str>) {
+    let name = signalled.name;
     let holders: HashSet<String> = db
         .client()
         .query("SELECT user_id FROM claims WHERE coupon_name = 'SHUT'", &[])
@@ -270,16 +328,27 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
         .map(|r| r.get(0))
         .collect();
     assert_eq!(holders.len() as i64, STOCK, "{name}: rows in claims");
-    for user in &granted {
+    for user in granted {
         assert!(
             holders.contains(*user),
             "{name}: {user} got 200 but has no claim"
         );
     }
     db.assert_invariant();
+}
 
-    // The held reads were in flight too, and finish with the whole coupon.
-    for e in &held_reads {
+/// The held reads were in flight too, and finish with the whole coupon.
+fn the_held_reads_were_answered_with_the_whole_coupon_once_the_locks_were_released(
+    signalled: &Signalled,
+    held_reads: &[Exchange],
+) {
+    let Signalled {
+        name,
+        released,
+        tail,
+        ..
+    } = signalled;
+    for e in held_reads {
         let answered = e.answered().unwrap_or_else(|| {
             panic!(
                 "{name}: a read in flight at the signal got no complete answer: {e:?}; \
@@ -296,20 +365,30 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
             "{name}: a read's counts disagree: {body}"
         );
         assert!(
-            e.finished >= released,
+            e.finished >= *released,
             "{name}: a read was answered while the claims table was still held: {e:?}"
         );
     }
-    for e in &health {
+}
+
+fn healthz_said_200_before_the_signal(signalled: &Signalled, health: &[Exchange]) {
+    let name = signalled.name;
+    for e in health {
         assert_eq!(
             e.status(),
             Some(200),
             "{name}: /healthz before the signal: {e:?}"
         );
     }
+}
 
-    // New connections after the signal: refused, or told 503 shutting_down.
-    for e in &probes {
+/// New connections after the signal: refused, or told 503 shutting_down.
+fn new_connections_after_the_signal_were_refused_or_told_503(
+    signalled: &Signalled,
+    probes: &[Exchange],
+) {
+    let Signalled { name, tail, .. } = signalled;
+    for e in probes {
         assert!(e.elapsed() < LIMIT, "{name}: a new connection hung: {e:?}");
         match &e.result {
             Err(Failure::Connect { kind, .. }) => assert_eq!(
@@ -329,11 +408,13 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
 
 #[test]
 fn sigterm_with_claims_and_reads_in_flight_answers_every_one_and_exits_zero() {
+    let _turn = serial::turn!();
     signal_while_requests_are_in_flight(libc::SIGTERM, "SIGTERM");
 }
 
 #[test]
 fn sigint_with_claims_and_reads_in_flight_answers_every_one_and_exits_zero() {
+    let _turn = serial::turn!();
     signal_while_requests_are_in_flight(libc::SIGINT, "SIGINT");
 }
 
@@ -366,6 +447,7 @@ fn read_until_stopped(addr: SocketAddr, n: usize, stop: &AtomicBool) -> Vec<Exch
 /// was sent well before the signal may not.
 #[test]
 fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;

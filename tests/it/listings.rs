@@ -1,12 +1,12 @@
 //! Paginated listings and the streamed coupon body.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::Value;
-use support::TestApp;
-use support::http::{raw, statuses};
+
+use crate::support::TestApp;
+use crate::support::http::{raw, statuses};
+use crate::support::serial;
 
 fn seed_claims(app: &TestApp, coupon: &str, n: i64) {
     app.create(coupon, n);
@@ -28,6 +28,7 @@ fn seed_claims(app: &TestApp, coupon: &str, n: i64) {
 
 #[test]
 fn claims_are_listed_in_claim_order_page_by_page_until_no_next_cursor() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     seed_claims(&app, "PAGED", 250);
     let mut seen = Vec::new();
@@ -50,6 +51,7 @@ fn claims_are_listed_in_claim_order_page_by_page_until_no_next_cursor() {
 
 #[test]
 fn the_claims_listing_defaults_to_100_and_refuses_bad_limits_and_cursors() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     seed_claims(&app, "L", 150);
     let first = app.get("/api/coupons/L/claims");
@@ -73,6 +75,7 @@ fn the_claims_listing_defaults_to_100_and_refuses_bad_limits_and_cursors() {
 
 #[test]
 fn coupons_are_listed_by_name_page_by_page() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     for i in 0..25 {
         app.create(&format!("C{i:02}"), i);
@@ -97,6 +100,7 @@ fn coupons_are_listed_by_name_page_by_page() {
 
 #[test]
 fn a_coupon_with_many_claims_is_streamed_whole_and_in_order() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     seed_claims(&app, "HUGE", 25_000);
     let body = app.get("/api/coupons/HUGE").body;
@@ -109,6 +113,7 @@ fn a_coupon_with_many_claims_is_streamed_whole_and_in_order() {
 
 #[test]
 fn the_coupon_body_has_its_length_for_http_1_1_and_1_0_alike() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     seed_claims(&app, "S", 3);
     for request in [

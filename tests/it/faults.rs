@@ -4,18 +4,19 @@
 //! processes, and talks raw HTTP to it with a client that never panics, so
 //! that a hang, a cut-off answer or a 500 is seen and named.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange, tally};
-use support::cluster::OwnedCluster;
-use support::process::ServerProcess;
+use crate::support;
+use crate::support::client::{self, Exchange};
+use crate::support::cluster::OwnedCluster;
+use crate::support::crowd::{claims_at_once, count, tally};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
 
 /// The longest any one request may take, even while the database is gone:
 /// an upper bound on a hang, not a performance requirement.
@@ -203,9 +204,104 @@ fn warnings(log: &[String]) -> Vec<&String> {
 
 #[test]
 fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_recovers_by_itself() {
+    let _turn = serial::turn!();
     let cluster = OwnedCluster::new();
     let server = ServerProcess::spawn(&cluster.url(), &[]);
-    let addr = server.addr;
+    let outage = stop_postgresql_under_a_load_of_claims(&cluster, server.addr);
+    let log = server.log();
+    outage.report(&log);
+
+    no_request_got_a_500_or_hung(&outage, &log);
+    every_claim_wholly_inside_the_outage_got_503(&outage);
+    healthz_a_read_and_a_claim_during_the_outage_got_503_database_unavailable(&outage);
+    healthz_then_a_claim_then_the_load_got_200_again(&outage, &log);
+    no_claim_was_lost_or_oversold(&cluster, &outage.runs);
+}
+
+/// A load of claims on one server with PostgreSQL stopped under it for a
+/// while and started again: everything sent, and when.
+struct Outage {
+    /// The load's users: claims from 8 threads, one attempt each.
+    runs: Vec<UserRun>,
+    /// Sent 4 s into the outage: /healthz, a GET of a coupon, a claim.
+    health: Exchange,
+    coupon: Exchange,
+    claim: Exchange,
+    /// /healthz polled from the start until it said 200 (`healthy`).
+    health_polls: Vec<Exchange>,
+    healthy: bool,
+    /// Then claims until one got 200 (`claimed`).
+    probe_claims: Vec<Exchange>,
+    claimed: bool,
+    /// The load got 50 more 200s after that.
+    load_recovered: bool,
+    stop_began: Instant,
+    stopped: Instant,
+    start_began: Instant,
+    started: Instant,
+    healthy_at: Instant,
+    recovered_at: Instant,
+    /// The load's 200s when the stop returned, at recovery, at the end.
+    ok_before: usize,
+    ok_at_recovery: usize,
+    ok_at_end: usize,
+}
+
+impl Outage {
+    fn attempts(&self) -> Vec<&Exchange> {
+        all_attempts(&self.runs).collect()
+    }
+
+    /// The load's requests sent after the stop returned and answered
+    /// before the start began.
+    fn wholly_inside(&self) -> Vec<&Exchange> {
+        all_attempts(&self.runs)
+            .filter(|e| e.started >= self.stopped && e.finished <= self.start_began)
+            .collect()
+    }
+
+    fn report(&self, log: &[String]) {
+        let attempts = self.attempts();
+        let during_outage = self.wholly_inside();
+        let slowest_in_outage = during_outage.iter().map(|e| e.elapsed()).max();
+        let first_503 = attempts
+            .iter()
+            .filter(|e| e.status() == Some(503))
+            .map(|e| e.finished)
+            .min();
+        eprintln!(
+            "load: {} requests {:?}; stop took {:?}, outage {:?}, start took {:?}; \
+             {} requests wholly inside the outage, slowest {:?}; first 503 {:?} after the stop \
+             began; healthy {:?} after the start ({} polls), a claim succeeded {:?} after the \
+             start ({} probes); 200s before the stop {}, at recovery {}, at the end {}",
+            attempts.len(),
+            tally(attempts.iter().copied()),
+            self.stopped - self.stop_began,
+            self.start_began - self.stopped,
+            self.started - self.start_began,
+            during_outage.len(),
+            slowest_in_outage,
+            first_503.map(|t| t.saturating_duration_since(self.stop_began)),
+            self.healthy_at - self.started,
+            self.health_polls.len(),
+            self.recovered_at - self.started,
+            self.probe_claims.len(),
+            self.ok_before,
+            self.ok_at_recovery,
+            self.ok_at_end,
+        );
+        let warned = warnings(log);
+        eprintln!(
+            "server: {} warnings/errors, e.g. {:#?}",
+            warned.len(),
+            &warned[..warned.len().min(4)]
+        );
+    }
+}
+
+/// 100,000 users on two coupons of a million units each, claimed from 8
+/// threads for at most 45 s, until told to stop.
+fn start_a_load_of_claims(addr: SocketAddr) -> (Arc<Progress>, JoinHandle<Vec<UserRun>>) {
     for name in ["LOAD_A", "LOAD_B"] {
         create(addr, name, 1_000_000);
     }
@@ -229,7 +325,14 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
         deadline: Instant::now() + Duration::from_secs(45),
     }
     .start(&progress);
+    (progress, load)
+}
 
+/// Once the load gets 200s, stops PostgreSQL for 4 s and sends /healthz, a
+/// GET and a claim; starts it again and waits (bounded) for /healthz, then
+/// a claim, then the load, to get 200 again.
+fn stop_postgresql_under_a_load_of_claims(cluster: &OwnedCluster, addr: SocketAddr) -> Outage {
+    let (progress, load) = start_a_load_of_claims(addr);
     assert!(
         support::wait_for(Duration::from_secs(15), || progress.ok() >= 50),
         "the load never got going"
@@ -241,35 +344,24 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
 
     // The database stays away for a while under the load.
     thread::sleep(Duration::from_secs(4));
-    let probes = [
+    let [health, coupon, claim] = [
         thread::spawn(move || client::get(addr, "/healthz", HANG)),
         thread::spawn(move || client::get(addr, "/api/coupons/LOAD_A", HANG)),
         thread::spawn(move || client::claim(addr, "outage_probe", "LOAD_B", HANG)),
     ]
     .map(|probe| probe.join().expect("a probe"));
-    let [health, coupon, claim] = probes;
     let start_began = Instant::now();
     cluster.start();
     let started = Instant::now();
 
     // Recovery without a restart of the service: /healthz, then a claim.
-    let mut health_polls = Vec::new();
-    let healthy = support::wait_for(Duration::from_secs(20), || {
-        let e = client::get(addr, "/healthz", HANG);
-        let ok = e.status() == Some(200);
-        health_polls.push(e);
-        ok
-    });
+    let (healthy, health_polls) = poll_until_healthy(addr);
     let healthy_at = Instant::now();
-    let mut probe_claims = Vec::new();
-    let claimed = healthy
-        && support::wait_for(Duration::from_secs(20), || {
-            let n = probe_claims.len();
-            let e = client::claim(addr, &format!("probe_{n}"), "LOAD_A", HANG);
-            let ok = e.status() == Some(200);
-            probe_claims.push(e);
-            ok
-        });
+    let (claimed, probe_claims) = if healthy {
+        claim_until_one_is_granted(addr)
+    } else {
+        (false, Vec::new())
+    };
     let recovered_at = Instant::now();
     let ok_at_recovery = progress.ok();
     // The load itself must get 200s again too.
@@ -278,54 +370,71 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
     });
     progress.stop.store(true, Ordering::SeqCst);
     let runs = load.join().expect("the load");
-    let log = server.log();
+    Outage {
+        runs,
+        health,
+        coupon,
+        claim,
+        health_polls,
+        healthy,
+        probe_claims,
+        claimed,
+        load_recovered,
+        stop_began,
+        stopped,
+        start_began,
+        started,
+        healthy_at,
+        recovered_at,
+        ok_before,
+        ok_at_recovery,
+        ok_at_end: progress.ok(),
+    }
+}
 
-    let attempts: Vec<&Exchange> = all_attempts(&runs).collect();
-    let during_outage: Vec<&Exchange> = attempts
-        .iter()
-        .copied()
-        .filter(|e| e.started >= stopped && e.finished <= start_began)
-        .collect();
-    let slowest_in_outage = during_outage.iter().map(|e| e.elapsed()).max();
-    let first_503 = attempts
-        .iter()
-        .filter(|e| e.status() == Some(503))
-        .map(|e| e.finished)
-        .min();
-    eprintln!(
-        "load: {} requests {:?}; stop took {:?}, outage {:?}, start took {:?}; \
-         {} requests wholly inside the outage, slowest {:?}; first 503 {:?} after the stop began; \
-         healthy {:?} after the start ({} polls), a claim succeeded {:?} after the start \
-         ({} probes); 200s before the stop {ok_before}, at recovery {ok_at_recovery}, \
-         at the end {}",
-        attempts.len(),
-        tally(attempts.iter().copied()),
-        stopped - stop_began,
-        start_began - stopped,
-        started - start_began,
-        during_outage.len(),
-        slowest_in_outage,
-        first_503.map(|t| t.saturating_duration_since(stop_began)),
-        healthy_at - started,
-        health_polls.len(),
-        recovered_at - started,
-        probe_claims.len(),
-        progress.ok(),
-    );
-    let warned = warnings(&log);
-    eprintln!(
-        "server: {} warnings/errors, e.g. {:#?}",
-        warned.len(),
-        &warned[..warned.len().min(4)]
-    );
+/// GET /healthz until it says 200 (at most 20 s); whether it did, and
+/// every poll.
+fn poll_until_healthy(addr: SocketAddr) -> (bool, Vec<Exchange>) {
+    let mut polls = Vec::new();
+    let healthy = support::wait_for(Duration::from_secs(20), || {
+        let e = client::get(addr, "/healthz", HANG);
+        let ok = e.status() == Some(200);
+        polls.push(e);
+        ok
+    });
+    (healthy, polls)
+}
 
-    assert_no_500_no_hang(&attempts, &log, "the load");
-    assert_no_500_no_hang(&[&coupon, &claim], &log, "the requests during the outage");
-    let health_polls: Vec<&Exchange> = health_polls.iter().collect();
-    assert_health_no_500_no_hang(&health_polls, &log, "/healthz polls");
-    assert_health_no_500_no_hang(&[&health], &log, "/healthz during the outage");
-    let probe_claims: Vec<&Exchange> = probe_claims.iter().collect();
-    assert_no_500_no_hang(&probe_claims, &log, "the claims after the restart");
+/// Claims of LOAD_A by new users until one gets 200 (at most 20 s);
+/// whether one did, and every claim.
+fn claim_until_one_is_granted(addr: SocketAddr) -> (bool, Vec<Exchange>) {
+    let mut claims = Vec::new();
+    let claimed = support::wait_for(Duration::from_secs(20), || {
+        let n = claims.len();
+        let e = client::claim(addr, &format!("probe_{n}"), "LOAD_A", HANG);
+        let ok = e.status() == Some(200);
+        claims.push(e);
+        ok
+    });
+    (claimed, claims)
+}
+
+fn no_request_got_a_500_or_hung(outage: &Outage, log: &[String]) {
+    assert_no_500_no_hang(&outage.attempts(), log, "the load");
+    assert_no_500_no_hang(
+        &[&outage.coupon, &outage.claim],
+        log,
+        "the requests during the outage",
+    );
+    let health_polls: Vec<&Exchange> = outage.health_polls.iter().collect();
+    assert_health_no_500_no_hang(&health_polls, log, "/healthz polls");
+    assert_health_no_500_no_hang(&[&outage.health], log, "/healthz during the outage");
+    let probe_claims: Vec<&Exchange> = outage.probe_claims.iter().collect();
+    assert_no_500_no_hang(&probe_claims, log, "the claims after the restart");
+}
+
+fn every_claim_wholly_inside_the_outage_got_503(outage: &Outage) {
+    let during_outage = outage.wholly_inside();
     assert!(
         !during_outage.is_empty(),
         "no request ran wholly inside the outage"
@@ -338,6 +447,15 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
             "a claim while the database was stopped: {e:?}"
         );
     }
+}
+
+fn healthz_a_read_and_a_claim_during_the_outage_got_503_database_unavailable(outage: &Outage) {
+    let Outage {
+        health,
+        coupon,
+        claim,
+        ..
+    } = outage;
     health.answered().map_or_else(
         || panic!("/healthz during the outage: {health:?}"),
         |a| a.answer.assert_error(503, "database_unavailable"),
@@ -350,23 +468,30 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
         || panic!("a claim during the outage: {claim:?}"),
         |a| a.answer.assert_error(503, "database_unavailable"),
     );
+}
+
+fn healthz_then_a_claim_then_the_load_got_200_again(outage: &Outage, log: &[String]) {
     assert!(
-        healthy,
+        outage.healthy,
         "/healthz did not say 200 within 20 s of the database coming back: last {:?}\n\
          server log tail: {:#?}",
-        health_polls.last(),
-        tail(&log, 30)
+        outage.health_polls.last(),
+        tail(log, 30)
     );
     assert!(
-        claimed,
+        outage.claimed,
         "no claim succeeded within 20 s of /healthz recovering: last {:?}\n\
          server log tail: {:#?}",
-        probe_claims.last(),
-        tail(&log, 30)
+        outage.probe_claims.last(),
+        tail(log, 30)
     );
-    assert!(load_recovered, "the load did not get 200s again");
+    assert!(outage.load_recovered, "the load did not get 200s again");
+}
 
-    // Nothing lost, nothing oversold.
+/// The invariant holds, every 200 has its claim, and every claim of the
+/// load's users was answered 200 or is in doubt (its commit acknowledgement
+/// lost to the outage).
+fn no_claim_was_lost_or_oversold(cluster: &OwnedCluster, runs: &[UserRun]) {
     cluster.assert_invariant();
     let holders: HashSet<(String, String)> = ["LOAD_A", "LOAD_B"]
         .iter()
@@ -376,7 +501,7 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
         .iter()
         .map(|r| ((r.user.as_str(), r.coupon.as_str()), r))
         .collect();
-    for run in &runs {
+    for run in runs {
         if run.got(200) {
             assert!(
                 holders.contains(&(run.user.clone(), run.coupon.clone())),
@@ -542,16 +667,19 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
 
 #[test]
 fn a_fast_restart_of_postgresql_mid_sale_loses_no_claim_and_oversells_nothing() {
+    let _turn = serial::turn!();
     restart_in_the_middle_of_a_flash_sale("fast");
 }
 
 #[test]
 fn an_immediate_restart_of_postgresql_mid_sale_loses_no_claim_and_oversells_nothing() {
+    let _turn = serial::turn!();
     restart_in_the_middle_of_a_flash_sale("immediate");
 }
 
 #[test]
 fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_on_exactly() {
+    let _turn = serial::turn!();
     const USERS: usize = 2000;
     const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
@@ -715,38 +843,17 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     );
 }
 
-/// All claims at once (a barrier), request i to server i mod n.
+/// All claims at once, request i to server i mod n.
 fn claim_at_once(addrs: &[SocketAddr], claims: &[(String, String)]) -> Vec<Exchange> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, (user, coupon))| {
-            let barrier = Arc::clone(&barrier);
-            let addr = addrs[i % addrs.len()];
-            let (user, coupon) = (user.clone(), coupon.clone());
-            thread::spawn(move || {
-                barrier.wait();
-                client::claim(addr, &user, &coupon, HANG)
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .map(|h| h.join().expect("a claim thread"))
-        .collect()
-}
-
-fn count_answers(answers: &[Exchange], status: u16, code: &str) -> usize {
-    answers
-        .iter()
-        .filter_map(Exchange::answered)
-        .filter(|a| a.status() == status && (status == 200 || a.code() == code))
-        .count()
+    let addrs = addrs.to_vec();
+    claims_at_once(claims, move |i, user, coupon| {
+        client::claim(addrs[i % addrs.len()], user, coupon, HANG)
+    })
 }
 
 #[test]
 fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_attacks_exactly() {
+    let _turn = serial::turn!();
     let cluster = OwnedCluster::new();
     let servers: Vec<ServerProcess> = (0..3)
         .map(|_| ServerProcess::spawn(&cluster.url(), &[]))
@@ -769,13 +876,13 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         assert_no_500_no_hang(&refs, &log(), &flash);
         eprintln!("{flash}: {:?}", tally(answers.iter()));
         assert_eq!(
-            count_answers(&answers, 200, ""),
+            count(&answers, 200, ""),
             5,
             "{flash}: {:?}",
             tally(answers.iter())
         );
         assert_eq!(
-            count_answers(&answers, 400, "out_of_stock"),
+            count(&answers, 400, "out_of_stock"),
             45,
             "{flash}: {:?}",
             tally(answers.iter())
@@ -804,13 +911,13 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         assert_no_500_no_hang(&refs, &log(), &dip);
         eprintln!("{dip}: {:?}", tally(answers.iter()));
         assert_eq!(
-            count_answers(&answers, 200, ""),
+            count(&answers, 200, ""),
             1,
             "{dip}: {:?}",
             tally(answers.iter())
         );
         assert_eq!(
-            count_answers(&answers, 409, "already_claimed"),
+            count(&answers, 409, "already_claimed"),
             9,
             "{dip}: {:?}",
             tally(answers.iter())

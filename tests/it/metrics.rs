@@ -1,9 +1,8 @@
 //! GET /metrics: the counters move as requests are answered.
 
-mod support;
-
-use support::TestApp;
-use support::http::metric;
+use crate::support::http::metric;
+use crate::support::serial;
+use crate::support::{self, TestApp};
 
 fn scrape(app: &TestApp) -> String {
     support::http::scrape(&app.base)
@@ -11,6 +10,7 @@ fn scrape(app: &TestApp) -> String {
 
 #[test]
 fn claim_outcomes_batches_and_request_latencies_are_counted() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let before = scrape(&app);
     assert_eq!(
@@ -80,6 +80,7 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
 
 #[test]
 fn retries_seen_by_the_store_appear_in_metrics() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("R", 1000);
     // Two servers on one database conflict with each other and retry.

@@ -1,13 +1,12 @@
 //! Start-up: configuration errors and an unreachable database end the
 //! process with one clear line, and nothing ever prints the password.
 
-mod support;
-
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestApp;
+use crate::support::serial;
+use crate::support::{self, TestApp};
 
 /// Runs the binary with exactly `env`, bounded by `limit`; returns the exit
 /// code and everything it wrote.
@@ -49,6 +48,7 @@ fn run_binary(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
 
 #[test]
 fn a_missing_database_url_stops_start_up_with_one_line() {
+    let _turn = serial::turn!();
     let (code, out) = run_binary(&[], Duration::from_secs(10));
     assert_eq!(code, Some(2), "{out}");
     assert_eq!(out.trim().lines().count(), 1, "{out}");
@@ -58,6 +58,7 @@ fn a_missing_database_url_stops_start_up_with_one_line() {
 
 #[test]
 fn a_malformed_setting_stops_start_up_naming_it() {
+    let _turn = serial::turn!();
     for (key, value) in [
         ("WORKERS", "lots"),
         ("DB_POOL_SIZE", "0"),
@@ -82,7 +83,8 @@ fn a_malformed_setting_stops_start_up_naming_it() {
 
 #[test]
 fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
-    let port = support::postgres::free_port().unwrap();
+    let _turn = serial::turn!();
+    let port = support::database::free_port().unwrap();
     let url = format!("postgres://app:hunter2secret@127.0.0.1:{port}/coupons");
     let started = Instant::now();
     let (code, out) = run_binary(
@@ -102,6 +104,7 @@ fn an_unreachable_database_is_retried_for_a_bounded_time_then_start_up_fails() {
 
 #[test]
 fn no_answer_carries_sql_text_or_the_connection_string() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     // Drop the database under the server: every query now fails inside.
     app.db.drop_now().unwrap();

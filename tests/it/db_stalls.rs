@@ -12,8 +12,6 @@
 //! DB_CHECKOUT_TIMEOUT_MS (waiting for and checking a connection) plus
 //! DB_QUERY_TIMEOUT_MS (its transaction) plus a little.
 
-mod support;
-
 use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,9 +19,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use support::client::{self, Exchange, tally};
-use support::cluster::OwnedCluster;
-use support::process::{ServerProcess, Starting};
+use crate::support;
+use crate::support::client::{self, Exchange};
+use crate::support::cluster::OwnedCluster;
+use crate::support::crowd::tally;
+use crate::support::process::{ServerProcess, Starting};
+use crate::support::serial::{self, Turn};
 
 /// The deadlines the run-time tests give the server.
 const QUERY_TIMEOUT: Duration = Duration::from_millis(1500);
@@ -47,13 +48,10 @@ const NO_DB_BOUND: Duration = Duration::from_secs(3);
 
 /// The run-time tests hold deadlines of 1.5 s against a real cluster each:
 /// run side by side with one another (four clusters and servers on two
-/// cores), a healthy transaction was seen to outlive one. They take turns.
-static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
-    ONE_CLUSTER_AT_A_TIME
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+/// cores), a healthy transaction was seen to outlive one. They take turns,
+/// each beside no other test.
+fn one_cluster_at_a_time() -> Turn {
+    serial::alone()
 }
 
 /// What the client gives any one request before calling it a hang.
@@ -146,6 +144,7 @@ fn final_log(server: &Starting, wanted: &str) -> Vec<String> {
 
 #[test]
 fn a_database_that_accepts_connections_and_never_answers_ends_start_up_within_its_timeout() {
+    let _turn = serial::turn!();
     let silent = SilentDatabase::start();
     let budget = Duration::from_secs(3);
     let began = Instant::now();
@@ -189,6 +188,7 @@ fn a_database_that_accepts_connections_and_never_answers_ends_start_up_within_it
 
 #[test]
 fn sigterm_during_a_start_up_that_waits_on_a_silent_database_ends_the_server_at_once() {
+    let _turn = serial::turn!();
     let silent = SilentDatabase::start();
     let mut server = Starting::spawn(&silent.url(), &[("DB_STARTUP_TIMEOUT_SECS", "60")]);
     assert!(

@@ -1,16 +1,17 @@
 //! The spec's API, response by response, against the real server and a real
 //! PostgreSQL.
 
-mod support;
-
 use std::time::Duration;
 
 use serde_json::json;
-use support::TestApp;
-use support::http::{raw, request_with, statuses};
+
+use crate::support::TestApp;
+use crate::support::http::{raw, request_with, statuses};
+use crate::support::serial;
 
 #[test]
 fn create_returns_201_with_the_coupon_and_its_location() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let answer = app.create("PROMO_SUPER", 100);
     assert_eq!(answer.status, 201);
@@ -24,6 +25,7 @@ fn create_returns_201_with_the_coupon_and_its_location() {
 
 #[test]
 fn create_accepts_zero_and_the_largest_amount() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     assert_eq!(app.create("NONE", 0).status, 201);
     assert_eq!(app.create("MAX", i64::from(i32::MAX)).status, 201);
@@ -35,6 +37,7 @@ fn create_accepts_zero_and_the_largest_amount() {
 
 #[test]
 fn create_returns_409_when_the_name_is_taken_and_keeps_the_first() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("TWICE", 5);
     app.create("TWICE", 7).assert_error(409, "coupon_exists");
@@ -43,6 +46,7 @@ fn create_returns_409_when_the_name_is_taken_and_keeps_the_first() {
 
 #[test]
 fn create_percent_encodes_the_location_of_an_unusual_name() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let answer = app.create("50% off/now", 1);
     assert_eq!(
@@ -56,6 +60,7 @@ fn create_percent_encodes_the_location_of_an_unusual_name() {
 
 #[test]
 fn create_refuses_each_invalid_field_with_a_code_naming_it() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let long = "x".repeat(129);
     let cases = [
@@ -117,6 +122,7 @@ fn create_refuses_each_invalid_field_with_a_code_naming_it() {
 
 #[test]
 fn post_bodies_that_are_not_one_json_object_get_400() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     for (body, code) in [
         ("", "invalid_json"),
@@ -136,6 +142,7 @@ fn post_bodies_that_are_not_one_json_object_get_400() {
 
 #[test]
 fn post_with_a_type_not_read_as_json_gets_415() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let body = r#"{"name":"A","amount":1}"#;
     for content_type in [
@@ -176,6 +183,7 @@ fn post_with_a_type_not_read_as_json_gets_415() {
 
 #[test]
 fn a_body_over_16_kib_gets_413_and_creates_nothing() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let body = json!({"name": "A", "amount": 1, "pad": "x".repeat(17 * 1024)}).to_string();
     app.post_json("/api/coupons", &body)
@@ -186,6 +194,7 @@ fn a_body_over_16_kib_gets_413_and_creates_nothing() {
 
 #[test]
 fn a_huge_declared_body_gets_413_and_the_server_keeps_serving() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let head = "POST /api/coupons HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
                 Content-Length: 999999999999\r\n\r\n{\"name\":\"A\"";
@@ -197,6 +206,7 @@ fn a_huge_declared_body_gets_413_and_the_server_keeps_serving() {
 
 #[test]
 fn a_chunked_body_is_read_like_any_other() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let body = r#"{"name":"CHUNKED","amount":3}"#;
     let request = format!(
@@ -211,6 +221,7 @@ fn a_chunked_body_is_read_like_any_other() {
 
 #[test]
 fn claim_returns_200_with_the_claim_and_the_stock_left() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("PROMO", 2);
     let answer = app.claim("user_12345", "PROMO");
@@ -223,6 +234,7 @@ fn claim_returns_200_with_the_claim_and_the_stock_left() {
 
 #[test]
 fn claim_returns_409_when_the_user_already_holds_the_coupon() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("PROMO", 5);
     assert_eq!(app.claim("u1", "PROMO").status, 200);
@@ -233,6 +245,7 @@ fn claim_returns_409_when_the_user_already_holds_the_coupon() {
 
 #[test]
 fn claim_returns_409_not_400_for_a_holder_of_a_sold_out_coupon() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("ONE", 1);
     assert_eq!(app.claim("u1", "ONE").status, 200);
@@ -242,6 +255,7 @@ fn claim_returns_409_not_400_for_a_holder_of_a_sold_out_coupon() {
 
 #[test]
 fn claim_returns_400_out_of_stock_for_a_coupon_opened_with_zero() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("ZERO", 0);
     app.claim("u1", "ZERO").assert_error(400, "out_of_stock");
@@ -250,6 +264,7 @@ fn claim_returns_400_out_of_stock_for_a_coupon_opened_with_zero() {
 
 #[test]
 fn claim_returns_404_for_an_unknown_coupon() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.claim("u1", "NOPE")
         .assert_error(404, "coupon_not_found");
@@ -257,6 +272,7 @@ fn claim_returns_404_for_an_unknown_coupon() {
 
 #[test]
 fn one_user_may_claim_several_different_coupons() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("A", 1);
     app.create("B", 1);
@@ -266,6 +282,7 @@ fn one_user_may_claim_several_different_coupons() {
 
 #[test]
 fn claim_refuses_each_invalid_field_with_a_code_naming_it() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("PROMO", 5);
     let cases = [
@@ -314,6 +331,7 @@ fn claim_refuses_each_invalid_field_with_a_code_naming_it() {
 
 #[test]
 fn get_lists_claimers_in_claim_order() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("ORDER", 5);
     for user in ["zed", "amy", "mid"] {
@@ -327,6 +345,7 @@ fn get_lists_claimers_in_claim_order() {
 
 #[test]
 fn get_returns_an_empty_list_never_null_when_nobody_claimed() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("EMPTY", 3);
     assert_eq!(app.get("/api/coupons/EMPTY").body["claimed_by"], json!([]));
@@ -334,6 +353,7 @@ fn get_returns_an_empty_list_never_null_when_nobody_claimed() {
 
 #[test]
 fn get_returns_404_for_an_unknown_coupon() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.get("/api/coupons/NOPE")
         .assert_error(404, "coupon_not_found");
@@ -341,6 +361,7 @@ fn get_returns_404_for_an_unknown_coupon() {
 
 #[test]
 fn get_percent_decodes_the_name_in_the_path() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("SUMMER SALE é", 1);
     let answer = app.get("/api/coupons/SUMMER%20SALE%20%C3%A9");
@@ -350,6 +371,7 @@ fn get_percent_decodes_the_name_in_the_path() {
 
 #[test]
 fn get_refuses_a_path_name_that_is_not_utf8_or_breaks_the_rules() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.get("/api/coupons/%FF%FE")
         .assert_error(400, "invalid_path");
@@ -359,6 +381,7 @@ fn get_refuses_a_path_name_that_is_not_utf8_or_breaks_the_rules() {
 
 #[test]
 fn a_coupon_named_claim_can_be_read_but_not_posted_to() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("claim", 1);
     assert_eq!(app.get("/api/coupons/claim").body["name"], "claim");
@@ -366,6 +389,7 @@ fn a_coupon_named_claim_can_be_read_but_not_posted_to() {
 
 #[test]
 fn sql_looking_names_are_stored_and_returned_literally() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let name = "x'); DROP TABLE coupons; --";
     assert_eq!(app.create(name, 2).status, 201);
@@ -379,6 +403,7 @@ fn sql_looking_names_are_stored_and_returned_literally() {
 
 #[test]
 fn quotes_and_backslashes_in_a_claim_reach_the_database_as_they_were_sent() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     // One claim at a time goes to the database as literals in one message:
     // every character must arrive as sent, and none may end a literal.
@@ -409,6 +434,7 @@ fn quotes_and_backslashes_in_a_claim_reach_the_database_as_they_were_sent() {
 
 #[test]
 fn wrong_methods_get_405_with_an_allow_header() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     for (method, path, allow) in [
         ("PUT", "/api/coupons", "GET, POST"),
@@ -426,6 +452,7 @@ fn wrong_methods_get_405_with_an_allow_header() {
 
 #[test]
 fn unknown_paths_get_404_not_found() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     for path in [
         "/",
@@ -440,6 +467,7 @@ fn unknown_paths_get_404_not_found() {
 
 #[test]
 fn healthz_answers_200_when_the_database_answers() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let answer = app.get("/healthz");
     assert_eq!(answer.status, 200);
@@ -448,6 +476,7 @@ fn healthz_answers_200_when_the_database_answers() {
 
 #[test]
 fn healthz_answers_503_when_the_database_is_gone() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     assert_eq!(app.get("/healthz").status, 200);
     // Dropping the database under the server makes every new connection fail.
@@ -460,6 +489,7 @@ fn healthz_answers_503_when_the_database_is_gone() {
 
 #[test]
 fn the_server_applies_its_schema_to_an_empty_database_and_again_harmlessly() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let mut client = app.db.client();
     client
@@ -476,6 +506,7 @@ fn the_server_applies_its_schema_to_an_empty_database_and_again_harmlessly() {
 
 #[test]
 fn the_database_refuses_a_second_claim_even_without_the_service() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("RAW", 5);
     let mut client = app.db.client();
@@ -499,6 +530,7 @@ fn the_database_refuses_a_second_claim_even_without_the_service() {
 
 #[test]
 fn pipelined_and_http_1_0_requests_are_each_answered() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let two = "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
     assert_eq!(
@@ -514,6 +546,7 @@ fn pipelined_and_http_1_0_requests_are_each_answered() {
 
 #[test]
 fn with_an_admin_token_creating_needs_it_and_claims_stay_open() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn_with(|c| c.admin_token = Some("s3cret-token".into()));
     let body = r#"{"name":"GUARDED","amount":2}"#;
     let url = app.url("/api/coupons");

@@ -2,15 +2,14 @@
 //! worked on one at a time and answered in order, so no answer ever waits
 //! for a request queued behind it.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use support::TestDb;
-use support::client::{Answered, claim_text, pipelined, request_text};
-use support::process::ServerProcess;
+use crate::support::client::{Answered, claim_text, pipelined, request_text};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
+use crate::support::{self, TestDb};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -87,16 +86,19 @@ fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
 
 #[test]
 fn sixty_coupons_each_claimed_twice_in_one_send_are_answered_exactly_on_kept_connections() {
+    let _turn = serial::turn!();
     pipelined_pairs(&[("HTTP_KEEP_ALIVE_REQUESTS", "0")], 60);
 }
 
 #[test]
 fn sixty_coupons_each_claimed_twice_in_one_send_are_answered_exactly_with_default_settings() {
+    let _turn = serial::turn!();
     pipelined_pairs(&[], 60);
 }
 
 #[test]
 fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
@@ -124,6 +126,7 @@ fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
 
 #[test]
 fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_answered() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
@@ -154,6 +157,7 @@ fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_
 #[test]
 fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_and_nothing_unanswered_is_claimed()
  {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;

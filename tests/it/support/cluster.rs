@@ -1,5 +1,5 @@
 //! A PostgreSQL cluster that one test owns outright, so that it may stop,
-//! kill and restart it under a running server: initdb into a temporary
+//! restart and pause it under a running server: initdb into a temporary
 //! directory (as the postgres user when we are root), a free port, loopback
 //! only. Dropping it stops the cluster and removes the directory.
 
@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::postgres::{as_postgres, find_bin_dir, free_port};
+use super::database::{as_postgres, find_bin_dir, free_port};
 
 /// The database the application gets inside the cluster.
 pub const APP_DB: &str = "app";
@@ -19,7 +19,6 @@ pub struct OwnedCluster {
     data: PathBuf,
     port: u16,
     as_root: bool,
-    running: AtomicBool,
     /// Its processes are stopped with SIGSTOP (see `pause`).
     paused: AtomicBool,
 }
@@ -51,7 +50,6 @@ impl OwnedCluster {
             dir,
             port,
             as_root,
-            running: AtomicBool::new(false),
             paused: AtomicBool::new(false),
         };
         if as_root {
@@ -76,10 +74,6 @@ impl OwnedCluster {
         cluster
     }
 
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// The application's database, as a URL for DATABASE_URL.
     pub fn url(&self) -> String {
         self.url_for(APP_DB)
@@ -99,10 +93,6 @@ impl OwnedCluster {
             .unwrap_or_else(|e| panic!("connecting to the owned cluster ({dbname}): {e}"))
     }
 
-    pub fn is_running(&self) -> bool {
-        self.running.load(Ordering::SeqCst)
-    }
-
     /// Starts the cluster and waits until it accepts connections.
     pub fn start(&self) {
         let log = self.dir.join("log");
@@ -114,29 +104,17 @@ impl OwnedCluster {
                 .arg(&self.data)
                 .args(["-o", &self.options(), "start"]),
         );
-        self.running.store(true, Ordering::SeqCst);
     }
 
     /// A clean stop (`pg_ctl stop -m fast`): sessions are ended, open
     /// transactions roll back, a checkpoint is written.
     pub fn stop(&self) {
-        self.stop_with("fast");
-    }
-
-    /// An immediate stop (`pg_ctl stop -m immediate`): every process quits
-    /// at once and the next start runs crash recovery, as after a crash.
-    pub fn kill(&self) {
-        self.stop_with("immediate");
-    }
-
-    fn stop_with(&self, mode: &str) {
         self.run(
             self.pg("pg_ctl")
-                .args(["-w", "-t", "60", "-m", mode, "-D"])
+                .args(["-w", "-t", "60", "-m", "fast", "-D"])
                 .arg(&self.data)
                 .arg("stop"),
         );
-        self.running.store(false, Ordering::SeqCst);
     }
 
     /// `pg_ctl restart -m mode` (`fast` or `immediate`), waiting until the
@@ -152,7 +130,6 @@ impl OwnedCluster {
                 .arg(&self.data)
                 .args(["-o", &self.options(), "restart"]),
         );
-        self.running.store(true, Ordering::SeqCst);
         began.elapsed()
     }
 

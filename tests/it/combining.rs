@@ -2,32 +2,22 @@
 //! transaction, and every answer is what one-at-a-time processing in some
 //! arrival order would give.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use support::process::ServerProcess;
-use support::{Answer, TestApp, TestDb};
+use crate::support;
+use crate::support::crowd::claims_at_once;
+use crate::support::process::ServerProcess;
+use crate::support::serial;
+use crate::support::{Answer, TestApp, TestDb, http};
 
+/// The claims all at once, claim i to server i mod n.
 fn claim_concurrently(bases: &[String], claims: &[(String, String)]) -> Vec<Answer> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, (user, coupon))| {
-            let barrier = Arc::clone(&barrier);
-            let url = format!("{}/api/coupons/claim", bases[i % bases.len()]);
-            let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
-            thread::spawn(move || {
-                barrier.wait();
-                support::http::request("POST", &url, Some(&body))
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
+    let bases = bases.to_vec();
+    claims_at_once(claims, move |i, user, coupon| {
+        http::claim(&bases[i % bases.len()], user, coupon)
+    })
 }
 
 /// Checks the answers for one coupon against the sequential model: some
@@ -101,6 +91,7 @@ fn holders_in_order(app_db: &TestDb, coupon: &str) -> Vec<String> {
 
 #[test]
 fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_model() {
+    let _turn = serial::turn!();
     // The test holds the coupon's row for as long as the claims take to
     // queue: the query deadline must not cut the leader's wait meanwhile.
     let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
@@ -157,6 +148,7 @@ fn a_batch_mixing_repeats_earlier_holders_and_a_sell_out_matches_the_sequential_
 
 #[test]
 fn claims_on_a_sold_out_coupon_are_answered_without_a_write() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.create("GONE", 2);
     assert_eq!(app.claim("a", "GONE").status, 200);
@@ -176,6 +168,7 @@ fn claims_on_a_sold_out_coupon_are_answered_without_a_write() {
 
 #[test]
 fn two_server_processes_on_one_database_share_the_attacks_exactly() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let one = ServerProcess::spawn(&db.url, &[]);
     let two = ServerProcess::spawn(&db.url, &[]);

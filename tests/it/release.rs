@@ -10,18 +10,19 @@
 //! Every server is the real binary as a child process (or in-process for the
 //! bad-input cases), on 127.0.0.1, against a database of its own.
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Barrier};
-use std::thread;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::client::{self, Exchange};
-use support::http::{metric, request_with, scrape};
-use support::process::ServerProcess;
-use support::{TestApp, TestDb, wait_for};
+
+use crate::support;
+use crate::support::client::{self, Exchange};
+use crate::support::crowd::all_at_once;
+use crate::support::http::{metric, request_with, scrape};
+use crate::support::process::ServerProcess;
+use crate::support::serial;
+use crate::support::{TestApp, TestDb, wait_for};
 
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
@@ -170,6 +171,7 @@ fn remaining(db: &TestDb, coupon: &str) -> i32 {
 
 #[test]
 fn a_released_unit_is_served_by_every_replica() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
@@ -263,6 +265,7 @@ enum Job {
 
 #[test]
 fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
+    let _turn = serial::turn!();
     const AMOUNT: usize = 40;
     const RELEASED: usize = 20;
     const NEW_USERS: usize = 100;
@@ -291,30 +294,25 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
     }
     fastrand::seed(7);
     fastrand::shuffle(&mut jobs);
-    let barrier = Arc::new(Barrier::new(THREADS));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|t| {
-            let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                mine.into_iter()
-                    .map(|(server, job)| {
-                        let server = &servers[server];
-                        let answer = match &job {
-                            Job::Release(_, user) => outcome(&release(server, "RACE", user)),
-                            Job::Claim(_, user) => claim(server, user, "RACE"),
-                        };
-                        (job, answer)
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    let results: Vec<(Job, (u16, String))> = handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a request thread"))
-        .collect();
+    let results: Vec<(Job, (u16, String))> = all_at_once((0..THREADS).map(|t| {
+        let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
+        let servers = Arc::clone(&servers);
+        move || {
+            mine.into_iter()
+                .map(|(server, job)| {
+                    let server = &servers[server];
+                    let answer = match &job {
+                        Job::Release(_, user) => outcome(&release(server, "RACE", user)),
+                        Job::Claim(_, user) => claim(server, user, "RACE"),
+                    };
+                    (job, answer)
+                })
+                .collect::<Vec<_>>()
+        }
+    }))
+    .into_iter()
+    .flatten()
+    .collect();
 
     let mut tally: BTreeMap<(&str, u16, String), usize> = BTreeMap::new();
     let mut granted: HashSet<String> = HashSet::new();
@@ -402,6 +400,7 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
 
 #[test]
 fn stock_changed_behind_the_service_is_served_by_every_replica() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
@@ -461,6 +460,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
 
 #[test]
 fn a_release_racing_the_same_users_claim_leaves_one_truth() {
+    let _turn = serial::turn!();
     const ROUNDS: usize = 40;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
@@ -475,23 +475,19 @@ fn a_release_racing_the_same_users_claim_leaves_one_truth() {
             1 => (0, 1),
             _ => (1, 0),
         };
-        let barrier = Arc::new(Barrier::new(2));
-        let releasing = {
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                outcome(&release(&servers[release_on], "DUEL", "me"))
-            })
-        };
-        let claiming = {
-            let (servers, barrier) = (Arc::clone(&servers), Arc::clone(&barrier));
-            thread::spawn(move || {
-                barrier.wait();
-                claim(&servers[claim_on], "me", "DUEL")
-            })
-        };
-        let released = releasing.join().unwrap();
-        let claimed = claiming.join().unwrap();
+        // The release and the claim, at once.
+        let [released, claimed]: [(u16, String); 2] = all_at_once([true, false].map(|releasing| {
+            let servers = Arc::clone(&servers);
+            move || {
+                if releasing {
+                    outcome(&release(&servers[release_on], "DUEL", "me"))
+                } else {
+                    claim(&servers[claim_on], "me", "DUEL")
+                }
+            }
+        }))
+        .try_into()
+        .expect("two answers");
         // "me" held the unit when the round began.
         assert_eq!(released.0, 200, "round {round}: {released:?}");
         assert!(
@@ -549,6 +545,7 @@ fn tables(db: &TestDb) -> Tables {
 
 #[test]
 fn bad_releases_get_their_documented_answer_and_change_nothing() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn_with(|c| c.admin_token = Some(TOKEN.into()));
     let auth = [("Authorization", "Bearer t")];
     let created = request_with(
@@ -718,6 +715,7 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
 
 #[test]
 fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_again() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
@@ -731,7 +729,7 @@ fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_aga
     );
     let mut watch = db.client();
     let mut admin =
-        postgres::Client::connect(&support::postgres::url_for("postgres"), postgres::NoTls)
+        postgres::Client::connect(&support::database::url_for("postgres"), postgres::NoTls)
             .unwrap();
     let allow = |admin: &mut postgres::Client, allowed: bool| {
         admin

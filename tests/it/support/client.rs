@@ -2,7 +2,6 @@
 //! purpose: it says which step failed (connecting, sending, or getting the
 //! answer), whether an answer was cut off, and how long it all took.
 
-use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
@@ -49,17 +48,16 @@ impl Failure {
     }
 }
 
-/// (status, code) -> how many, for messages; failures under status 0.
-pub fn tally<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> BTreeMap<(u16, String), usize> {
-    let mut counts = BTreeMap::new();
-    for e in exchanges {
-        let key = match &e.result {
-            Ok(a) => (a.status(), a.code().to_owned()),
-            Err(f) => (0, format!("{f:?}").chars().take(60).collect()),
-        };
-        *counts.entry(key).or_insert(0) += 1;
+/// What failed, in a few words (the key of a tally).
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Connect { error, .. } => write!(f, "connect failed: {error}"),
+            Failure::Send { error } => write!(f, "send failed: {error}"),
+            Failure::Cut { received, error } => write!(f, "cut after {received} bytes: {error}"),
+            Failure::TimedOut { received } => write!(f, "timed out after {received} bytes"),
+        }
     }
-    counts
 }
 
 /// One request and what became of it.

@@ -2,17 +2,16 @@
 //! while, and a request head slower than its accept loop's life. Each test
 //! runs the real binary and looks at its threads and sockets in /proc.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::TestDb;
-use support::http::try_status;
-use support::process::{ServerProcess, unused_uid};
+use crate::support::http::try_status;
+use crate::support::process::{ServerProcess, unused_uid};
+use crate::support::serial;
+use crate::support::{self, TestDb};
 
 /// The generations (`http-<n>`) that have threads in the server now.
 fn generations(server: &ServerProcess) -> BTreeSet<u64> {
@@ -54,6 +53,7 @@ fn assert_nothing_left_held(server: &ServerProcess, gone: &BTreeSet<u64>, thread
 #[test]
 fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_stale_wake_retires_a_healthy_loop()
  {
+    let _turn = serial::turn!();
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: running the server as a user of its own needs root");
         return;
@@ -184,6 +184,7 @@ fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_
 
 #[test]
 fn a_request_head_completed_long_after_its_accept_loop_retired_gets_a_real_answer() {
+    let _turn = serial::turn!();
     let db = TestDb::new();
     // A short idle timeout retires generations every 3 s without a new
     // connection; one byte a second keeps the slow head under it.

@@ -3,15 +3,15 @@
 //! cover yet) documents, in the documented error shape, changes nothing in
 //! the database, and leaves the server answering.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::TestApp;
-use support::http::raw;
+
+use crate::support::http::raw;
+use crate::support::serial;
+use crate::support::{self, TestApp};
 
 /// The coupon every case runs beside, with one claim on it.
 const SEEDED: &str = "SEEDED";
@@ -1206,6 +1206,7 @@ fn assert_cases(app: &TestApp, cases: &[Case]) {
 
 #[test]
 fn every_malformed_request_gets_its_documented_4xx_and_changes_nothing() {
+    let _turn = serial::turn!();
     let app = seeded_app(|_| {});
     let cases = cases();
     assert!(cases.len() >= 40, "only {} cases", cases.len());
@@ -1288,6 +1289,7 @@ fn bodies_that_stop_short_of_their_length() -> Vec<Case> {
 
 #[test]
 fn a_body_that_stops_short_of_its_length_gets_408_or_400_incomplete_body() {
+    let _turn = serial::turn!();
     let app = seeded_app(|config| config.idle_timeout = SHORT_IDLE);
     assert_cases(&app, &bodies_that_stop_short_of_their_length());
 }
@@ -1307,6 +1309,7 @@ fn one_answer(app: &TestApp, request: &[u8]) -> Response {
 /// through `[patch.crates-io]`) takes its place.
 #[test]
 fn a_chunked_body_with_a_trailer_section_is_read_like_one_without() {
+    let _turn = serial::turn!();
     use Want::{Error, Healthy};
     let one = &["X-T: 1"][..];
     let several = &["X-T: 1", "X-Checksum: abc", "Server-Timing: db;dur=5"][..];
@@ -1362,6 +1365,7 @@ fn a_chunked_body_with_a_trailer_section_is_read_like_one_without() {
 /// what it says, a create 201 and a claim 200, like `application/json`.
 #[test]
 fn a_json_body_sent_with_any_accepted_content_type_is_served() {
+    let _turn = serial::turn!();
     let app = seeded_app(|_| {});
     let types: [Option<&str>; 7] = [
         None,
@@ -1421,6 +1425,7 @@ fn encode_segment(text: &str) -> String {
 
 #[test]
 fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let names = [
         "'; DROP TABLE coupons; --",
@@ -1517,6 +1522,7 @@ fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally
 #[test]
 #[ignore = "tiny_http 0.12 bug, not fixable from outside it: an HTTP/2.0 request line hangs its connection thread (README, tiny_http)"]
 fn a_request_line_of_http_2_gets_an_answer_and_the_server_lets_go_of_it() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let exchange = raw(
         app.addr(),
@@ -1534,6 +1540,7 @@ fn a_request_line_of_http_2_gets_an_answer_and_the_server_lets_go_of_it() {
 /// internal_error instead of 400 invalid_cursor.
 #[test]
 fn a_listing_cursor_holding_a_nul_gets_400_invalid_cursor() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     app.get("/api/coupons?after=n00")
         .assert_error(400, "invalid_cursor");
@@ -1545,6 +1552,7 @@ fn a_listing_cursor_holding_a_nul_gets_400_invalid_cursor() {
 /// the client gets tiny_http's empty 500, not JSON.
 #[test]
 fn a_timestamp_past_year_9999_in_utc_gets_a_400() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let answer = app.post_json(
         "/api/coupons",
@@ -1559,6 +1567,7 @@ fn a_timestamp_past_year_9999_in_utc_gets_a_400() {
 /// and in every GET, because formatting it fails and falls back to "".
 #[test]
 fn a_timestamp_before_year_0_in_utc_is_refused_not_shown_blank() {
+    let _turn = serial::turn!();
     let app = TestApp::spawn();
     let answer = app.post_json(
         "/api/coupons",

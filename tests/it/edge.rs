@@ -3,27 +3,27 @@
 //! binary cargo built), each test on a fresh database. HAProxy must be
 //! installed (Debian/Ubuntu: apt-get install haproxy).
 
-mod support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
-use std::sync::{Arc, Barrier, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::TestDb;
-use support::client::{self, Exchange, tally};
-use support::edge::{self, Edge};
-use support::http::{metric, scrape};
+
+use crate::support::client::{self, Exchange};
+use crate::support::crowd::{all_at_once, claims_at_once, count, tally};
+use crate::support::edge::{self, Edge};
+use crate::support::http::{metric, scrape};
+use crate::support::serial::{self, Turn};
+use crate::support::{self, TestDb};
 
 /// The tests here each run three replicas and HAProxy and put real load on
-/// them; on a 2-core machine they run one at a time, so that liveness bounds
-/// measure the edge and not the neighbouring test.
-fn one_at_a_time() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+/// them; on a 2-core machine they run one at a time, beside no other test,
+/// so that liveness bounds measure the edge and not the neighbouring test.
+fn one_at_a_time() -> Turn {
+    serial::alone()
 }
 
 fn post(edge: &Edge, path: &str, body: &Value) -> support::Answer {
@@ -42,27 +42,9 @@ fn create(edge: &Edge, name: &str, amount: i64) {
 /// One claim per (user, coupon), all released at once, each on its own
 /// connection through the edge; the exchanges in the same order.
 fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Exchange> {
-    let barrier = Arc::new(Barrier::new(claims.len()));
-    let handles: Vec<_> = claims
-        .iter()
-        .cloned()
-        .map(|(user, coupon)| {
-            let barrier = Arc::clone(&barrier);
-            thread::spawn(move || {
-                barrier.wait();
-                client::claim(addr, &user, &coupon, Duration::from_secs(60))
-            })
-        })
-        .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn count(exchanges: &[Exchange], status: u16, code: &str) -> usize {
-    exchanges
-        .iter()
-        .filter_map(Exchange::answered)
-        .filter(|a| a.status() == status && (code.is_empty() || a.code() == code))
-        .count()
+    claims_at_once(claims, move |_, user, coupon| {
+        client::claim(addr, user, coupon, Duration::from_secs(60))
+    })
 }
 
 /// A sale of `stock` units to `users` distinct users at once through the
@@ -141,7 +123,7 @@ fn claims_by_replica(edge: &Edge) -> Vec<f64> {
 
 #[test]
 fn the_flash_sale_and_double_dip_attacks_through_the_edge_give_exact_counts() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
 
@@ -330,7 +312,7 @@ fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_thread_afterwards() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     // Threads before, measured once health checks are going.
@@ -543,7 +525,7 @@ fn send_and_read_one(
 
 #[test]
 fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle_pauses() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     create(&edge, "KEPT", 100);
@@ -553,28 +535,21 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
     for round in 0..3 {
         // Past tiny_http's 5 s idle timeout and thread expiry.
         thread::sleep(Duration::from_millis(6500));
-        let barrier = Arc::new(Barrier::new(50));
         let released = Arc::new(Mutex::new(None::<Instant>));
-        let clients: Vec<_> = (0..50)
-            .map(|i| {
-                let barrier = Arc::clone(&barrier);
-                let held = Arc::clone(&held);
-                let released = Arc::clone(&released);
-                thread::spawn(move || {
-                    let request = client::claim_text(&format!("kept_{round}_{i}"), "KEPT");
-                    barrier.wait();
-                    released.lock().unwrap().get_or_insert_with(Instant::now);
-                    let mut stream =
-                        TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
-                    let answer =
-                        send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
-                    let answered_at = Instant::now();
-                    held.lock().unwrap().push(stream);
-                    answer.map(|(status, body)| (status, body, answered_at))
-                })
-            })
-            .collect();
-        let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        let answers = all_at_once((0..50).map(|i| {
+            let held = Arc::clone(&held);
+            let released = Arc::clone(&released);
+            let request = client::claim_text(&format!("kept_{round}_{i}"), "KEPT");
+            move || {
+                released.lock().unwrap().get_or_insert_with(Instant::now);
+                let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).ok()?;
+                let answer =
+                    send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
+                let answered_at = Instant::now();
+                held.lock().unwrap().push(stream);
+                answer.map(|(status, body)| (status, body, answered_at))
+            }
+        }));
         let released = released.lock().unwrap().expect("released");
         let slowest = answers
             .iter()
@@ -607,7 +582,7 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
 
 #[test]
 fn two_thousand_idle_and_a_thousand_trickling_connections_at_the_edge_do_not_change_a_flash_sale() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     flash_coupons::listener::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let db = TestDb::new();
@@ -678,7 +653,7 @@ fn two_thousand_idle_and_a_thousand_trickling_connections_at_the_edge_do_not_cha
 
 #[test]
 fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queue_then_gets_503() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     // Two workers each, so the edge lets two requests at a time through to
     // each replica (run-local derives the limit from WORKERS); four may wait.
@@ -864,7 +839,7 @@ fn health_from(from: Ipv4Addr, to: SocketAddr) -> (u16, String, Option<String>, 
 
 #[test]
 fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_after_the_window() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     // Client addresses of this test's own (run-local's readiness probes
     // came from 127.0.0.1).
@@ -924,7 +899,7 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
 /// does not complete in time) with its built-in HTML, whatever is configured.
 #[test]
 fn the_edges_own_answers_carry_the_services_json_error_body() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     let addr = edge.addr;
@@ -1083,6 +1058,7 @@ fn read_answer(mut stream: TcpStream, limit: Duration) -> RawAnswer {
 
 #[test]
 fn every_error_file_of_the_edge_is_the_services_json_error_body() {
+    let _turn = serial::turn!();
     let dir = edge::repo().join("deploy/errors");
     let mut seen = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("deploy/errors") {
@@ -1264,7 +1240,7 @@ fn decode_status(block: &[u8]) -> u16 {
 
 #[test]
 fn http2_with_prior_knowledge_is_served_through_the_edge() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
     create(&edge, "H2C", 1);
@@ -1295,7 +1271,7 @@ fn http2_with_prior_knowledge_is_served_through_the_edge() {
 
 #[test]
 fn deploy_run_local_stops_everything_on_sigterm_and_exits_zero() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     let db = TestDb::new();
     let mut edge = Edge::start(&db.url, 3, &[]);
     assert_eq!(
@@ -1342,7 +1318,7 @@ fn replica_pids_in(log: &[String]) -> Vec<i32> {
 
 #[test]
 fn deploy_run_local_fails_with_a_clear_message_when_a_replica_or_haproxy_cannot_start() {
-    let _one = one_at_a_time();
+    let _turn = one_at_a_time();
     // No database there: every replica gives up after DB_STARTUP_TIMEOUT_SECS.
     let failed = Edge::try_start(
         "postgres://postgres@127.0.0.1:1/nothing",
