@@ -215,7 +215,39 @@ fn postgresql_stopped_under_a_load_of_claims_gives_quick_503s_and_the_service_re
     every_claim_wholly_inside_the_outage_got_503(&outage);
     healthz_a_read_and_a_claim_during_the_outage_got_503_database_unavailable(&outage);
     healthz_then_a_claim_then_the_load_got_200_again(&outage, &log);
+    the_503s_were_one_run_in_the_log(&outage, &log);
     no_claim_was_lost_or_oversold(&cluster, &outage.runs);
+}
+
+/// Every request failed alike while the database was down: their causes
+/// are one run of failures in the log (the first in full, then a count at
+/// most every 10 s), not a warning each, and the run's end is said once
+/// requests are served again.
+fn the_503s_were_one_run_in_the_log(outage: &Outage, log: &[String]) {
+    let answered_503 = outage
+        .attempts()
+        .iter()
+        .filter(|e| e.status() == Some(503))
+        .count();
+    let cause_lines: Vec<&String> = log
+        .iter()
+        .filter(|l| {
+            l.contains("WARN")
+                && (l.contains(": database unavailable") || l.contains("answered 503 in a row"))
+        })
+        .collect();
+    let most = 2 + (outage.recovered_at - outage.stop_began).as_secs() as usize / 10;
+    assert!(
+        (1..=most).contains(&cause_lines.len()),
+        "{} warnings for {answered_503} claims answered 503 (at most {most} expected): {:#?}",
+        cause_lines.len(),
+        &cause_lines[..cause_lines.len().min(10)]
+    );
+    assert!(
+        log.iter().any(|l| l.contains("requests are served again")),
+        "no line for the end of the run: {:#?}",
+        tail(log, 20)
+    );
 }
 
 /// A load of claims on one server with PostgreSQL stopped under it for a
