@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const STEP: usize = 64 * 1024;
 
 /// The largest body that is not large. Smaller answers fit in the kernel's
-/// socket buffers of a normal connection and leave their writer at once; at
-/// 64 KiB, 64 clients reading a 79 KB coupon body at full speed already ran
-/// out of large-answer places (bench/run S5: 22 of 630 answered 503).
+/// socket buffers of a normal connection and leave their writer at once; a
+/// lower bound made clients reading an ordinary coupon at full speed run
+/// out of large-answer places.
 pub const LARGE: usize = 1024 * 1024;
 
 #[derive(Debug)]
