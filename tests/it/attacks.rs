@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use crate::support::crowd::{claims_at_once, count, tally};
+use crate::support::crowd::{assert_outcomes, claims_at_once, tally};
 use crate::support::{Answer, TestApp, http, serial};
 
 /// Fires one claim per (user, coupon) pair, all at once, and returns the
@@ -38,17 +38,10 @@ fn flash_sale_attack_hands_out_exactly_the_stock() {
         .collect();
     let answers = claim_all_at_once(&app, &claims);
 
-    assert_eq!(
-        answers.iter().filter(|a| a.status == 200).count(),
-        5,
-        "{:?}",
-        tally(&answers)
-    );
-    assert_eq!(
-        count(&answers, 400, "out_of_stock"),
-        45,
-        "{:?}",
-        tally(&answers)
+    assert_outcomes(
+        &answers,
+        &[(200, "", 5), (400, "out_of_stock", 45)],
+        "FLASH",
     );
     let coupon = app.get("/api/coupons/FLASH").body;
     assert_eq!(coupon["remaining_amount"], 0);
@@ -87,17 +80,10 @@ fn double_dip_attack_lets_one_user_claim_once() {
         .collect();
     let answers = claim_all_at_once(&app, &claims);
 
-    assert_eq!(
-        answers.iter().filter(|a| a.status == 200).count(),
-        1,
-        "{:?}",
-        tally(&answers)
-    );
-    assert_eq!(
-        count(&answers, 409, "already_claimed"),
-        9,
-        "{:?}",
-        tally(&answers)
+    assert_outcomes(
+        &answers,
+        &[(200, "", 1), (409, "already_claimed", 9)],
+        "DIP",
     );
     assert_eq!(
         app.db
@@ -119,17 +105,10 @@ fn five_hundred_claimers_on_fifty_units_get_exactly_fifty() {
         .collect();
     let answers = claim_all_at_once(&app, &claims);
 
-    assert_eq!(
-        answers.iter().filter(|a| a.status == 200).count(),
-        50,
-        "{:?}",
-        tally(&answers)
-    );
-    assert_eq!(
-        count(&answers, 400, "out_of_stock"),
-        450,
-        "{:?}",
-        tally(&answers)
+    assert_outcomes(
+        &answers,
+        &[(200, "", 50), (400, "out_of_stock", 450)],
+        "BIG",
     );
     assert_eq!(app.get("/api/coupons/BIG").body["remaining_amount"], 0);
     assert_eq!(

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::support::client::{self, Exchange};
-use crate::support::crowd::{all_at_once, claims_at_once, count, tally};
+use crate::support::crowd::{all_at_once, assert_outcomes, claims_at_once, count, tally};
 use crate::support::edge::{self, Edge};
 use crate::support::http::{metric, scrape};
 use crate::support::serial::{self, Turn};
@@ -62,17 +62,10 @@ fn flash_sale(edge: &Edge, db: &TestDb, coupon: &str, stock: usize, users: usize
         started.elapsed(),
         tally(exchanges.iter())
     );
-    assert_eq!(
-        count(&exchanges, 200, ""),
-        stock,
-        "{:?}",
-        tally(exchanges.iter())
-    );
-    assert_eq!(
-        count(&exchanges, 400, "out_of_stock"),
-        users - stock,
-        "{:?}",
-        tally(exchanges.iter())
+    assert_outcomes(
+        &exchanges,
+        &[(200, "", stock), (400, "out_of_stock", users - stock)],
+        coupon,
     );
     let winners: HashSet<String> = exchanges
         .iter()
@@ -138,17 +131,10 @@ fn the_flash_sale_and_double_dip_attacks_through_the_edge_give_exact_counts() {
         .collect();
     let exchanges = claim_all_at_once(edge.addr, &claims);
     eprintln!("double dip through the edge: {:?}", tally(exchanges.iter()));
-    assert_eq!(
-        count(&exchanges, 200, ""),
-        1,
-        "{:?}",
-        tally(exchanges.iter())
-    );
-    assert_eq!(
-        count(&exchanges, 409, "already_claimed"),
-        9,
-        "{:?}",
-        tally(exchanges.iter())
+    assert_outcomes(
+        &exchanges,
+        &[(200, "", 1), (409, "already_claimed", 9)],
+        "DIP",
     );
     assert_eq!(
         db.count("SELECT count(*) FROM claims WHERE coupon_name = 'DIP'"),
@@ -772,25 +758,12 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
         assert!(answer.retry_after.is_some(), "no Retry-After: {answer:?}");
         assert!(e.elapsed() < Duration::from_secs(15), "{e:?}");
     }
-    assert_eq!(
-        count(&excess, 503, "service_unavailable"),
-        4,
-        "{:?}",
-        tally(excess.iter())
+    assert_outcomes(
+        &excess,
+        &[(503, "service_unavailable", 4), (503, "overloaded", 3)],
+        "the excess",
     );
-    assert_eq!(
-        count(&excess, 503, "overloaded"),
-        3,
-        "{:?}",
-        tally(excess.iter())
-    );
-
-    assert_eq!(
-        count(&held_claims, 200, ""),
-        6,
-        "{:?}",
-        tally(held_claims.iter())
-    );
+    assert_outcomes(&held_claims, &[(200, "", 6)], "the held claims");
     let coupon = support::http::request("GET", &edge.url("/api/coupons/HELD"), None);
     assert_eq!(coupon.body["remaining_amount"], 94, "{coupon:?}");
     db.assert_invariant();

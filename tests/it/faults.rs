@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::support;
 use crate::support::client::{self, Exchange};
 use crate::support::cluster::OwnedCluster;
-use crate::support::crowd::{claims_at_once, count, tally};
+use crate::support::crowd::{assert_outcomes, claims_at_once, tally};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 
@@ -907,18 +907,7 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         let refs: Vec<&Exchange> = answers.iter().collect();
         assert_no_500_no_hang(&refs, &log(), &flash);
         eprintln!("{flash}: {:?}", tally(answers.iter()));
-        assert_eq!(
-            count(&answers, 200, ""),
-            5,
-            "{flash}: {:?}",
-            tally(answers.iter())
-        );
-        assert_eq!(
-            count(&answers, 400, "out_of_stock"),
-            45,
-            "{flash}: {:?}",
-            tally(answers.iter())
-        );
+        assert_outcomes(&answers, &[(200, "", 5), (400, "out_of_stock", 45)], &flash);
         let winners: HashSet<String> = claims
             .iter()
             .zip(&answers)
@@ -942,18 +931,7 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         let refs: Vec<&Exchange> = answers.iter().collect();
         assert_no_500_no_hang(&refs, &log(), &dip);
         eprintln!("{dip}: {:?}", tally(answers.iter()));
-        assert_eq!(
-            count(&answers, 200, ""),
-            1,
-            "{dip}: {:?}",
-            tally(answers.iter())
-        );
-        assert_eq!(
-            count(&answers, 409, "already_claimed"),
-            9,
-            "{dip}: {:?}",
-            tally(answers.iter())
-        );
+        assert_outcomes(&answers, &[(200, "", 1), (409, "already_claimed", 9)], &dip);
         assert_eq!(cluster.holders(&dip), vec![format!("dipper_{round}")]);
         assert_eq!(
             cluster.count(&format!(

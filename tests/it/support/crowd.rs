@@ -104,6 +104,22 @@ pub fn tally<'a, T: Tallied + 'a>(
     counts
 }
 
+/// Asserts that the answers were exactly `expected`, as (status, error code
+/// or "" for a success, how many), nothing else; the whole tally on failure.
+pub fn assert_outcomes<'a, T: Tallied + 'a>(
+    requests: impl IntoIterator<Item = &'a T>,
+    expected: &[(u16, &str, usize)],
+    context: &str,
+) {
+    let got = tally(requests);
+    let wanted: BTreeMap<(u16, String), usize> = expected
+        .iter()
+        .filter(|(_, _, n)| *n > 0)
+        .map(|(status, code, n)| ((*status, (*code).to_owned()), *n))
+        .collect();
+    assert_eq!(got, wanted, "{context}");
+}
+
 /// How many were answered `status` with the error code `code`, or with any
 /// code when `code` is empty.
 pub fn count<'a, T: Tallied + 'a>(
