@@ -332,6 +332,34 @@ fn wait_until_gone(replica: &Replica, limit: Duration) -> Option<Instant> {
     None
 }
 
+/// A replica given SIGTERM left as it should: HAProxy showed it DOWN
+/// within 15 s, it stopped listening within 30 s, and run-local saw it exit
+/// with code 0. `left` is what `wait_until_down`, `wait_until_gone` and
+/// `exit_line` found.
+fn assert_left_by_sigterm(
+    edge: &Edge,
+    replica: &Replica,
+    left: (Option<Instant>, Option<Instant>, Option<String>),
+    interesting: &[String],
+) {
+    let (down, gone, exit) = left;
+    assert!(
+        down.is_some(),
+        "HAProxy did not show {replica:?} DOWN within 15 s of SIGTERM: {:?}",
+        view(edge)
+    );
+    assert!(
+        gone.is_some(),
+        "{replica:?} still listens 30 s after SIGTERM"
+    );
+    let exit = exit.unwrap_or_default();
+    assert!(
+        exit.ends_with("exited with code 0; the others carry on"),
+        "{exit:?}\n{}",
+        interesting.join("\n")
+    );
+}
+
 /// run-local's line about how `replica` ended, waiting up to `limit` for it
 /// (it looks every 200 ms).
 fn exit_line(edge: &Edge, replica: &Replica, limit: Duration) -> Option<String> {
@@ -594,21 +622,7 @@ fn a_replica_leaving_by_sigterm_mid_sale_costs_no_failed_request_and_exits_zero(
         sent_until_down > sent_before,
         "the edge sent the draining replica nothing between the signal and DOWN"
     );
-    assert!(
-        down.is_some(),
-        "HAProxy did not show it DOWN within 15 s: {:?}",
-        view(&edge)
-    );
-    assert!(
-        gone.is_some(),
-        "{leaving:?} still listens 30 s after SIGTERM"
-    );
-    let exit = exit.unwrap_or_default();
-    assert!(
-        exit.ends_with("exited with code 0; the others carry on"),
-        "{exit:?}\n{}",
-        interesting.join("\n")
-    );
+    assert_left_by_sigterm(&edge, &leaving, (down, gone, exit), &interesting);
     assert!(
         field_of(&edge, &leaving, "status").starts_with("DOWN"),
         "{:?}",
@@ -742,20 +756,11 @@ fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edg
         killed_exit.ends_with("was killed by signal 9; the others carry on"),
         "{killed_exit:?}"
     );
-    assert!(
-        leaving_down.is_some(),
-        "HAProxy did not show the SIGTERMed replica DOWN within 15 s: {:?}",
-        view(&edge)
-    );
-    assert!(
-        leaving_gone.is_some(),
-        "{leaving:?} still listens 30 s after SIGTERM"
-    );
-    let leaving_exit = leaving_exit.unwrap_or_default();
-    assert!(
-        leaving_exit.ends_with("exited with code 0; the others carry on"),
-        "{leaving_exit:?}\n{}",
-        interesting.join("\n")
+    assert_left_by_sigterm(
+        &edge,
+        &leaving,
+        (leaving_down, leaving_gone, leaving_exit),
+        &interesting,
     );
     for gone in [&killed, &leaving] {
         assert!(
