@@ -891,7 +891,7 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
         .map(|_| ServerProcess::spawn(&cluster.url(), &[]))
         .collect();
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    let log = || -> Vec<String> { servers.iter().flat_map(ServerProcess::log).collect() };
+    let log = || -> Vec<String> { servers.iter().flat_map(|s| s.log()).collect() };
 
     for round in 0..3 {
         let flash = format!("FLASH_{round}");

@@ -8,11 +8,26 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+/// A server that said it listens: the process (its log, signals, exit:
+/// see [`Starting`], which it derefs to) and its address.
 pub struct ServerProcess {
-    pub child: Child,
+    process: Starting,
     pub addr: SocketAddr,
     pub base: String,
-    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for ServerProcess {
+    type Target = Starting;
+
+    fn deref(&self) -> &Starting {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for ServerProcess {
+    fn deref_mut(&mut self) -> &mut Starting {
+        &mut self.process
+    }
 }
 
 impl ServerProcess {
@@ -61,31 +76,10 @@ impl ServerProcess {
             }
         };
         ServerProcess {
-            child,
+            process: Starting { child, log },
             addr,
             base: format!("http://{addr}"),
-            log,
         }
-    }
-
-    pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    pub fn signal(&self, signal: i32) {
-        signal_child(&self.child, signal);
-    }
-
-    /// Waits up to `limit` for the process to exit; its exit code if it did.
-    pub fn wait_exit(&mut self, limit: Duration) -> Option<Option<i32>> {
-        wait_child(&mut self.child, limit)
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
