@@ -1,5 +1,7 @@
--- Applied by the server at every start (and mountable into the postgres
--- image's initdb directory): every statement must be safe to run again.
+-- Applied by a server at start when the database records an older version
+-- of this file (see the end of it, and `store::schema`), and mountable into
+-- the postgres image's initdb directory: every statement must be safe to run
+-- again, over any earlier version.
 
 CREATE TABLE IF NOT EXISTS coupons (
     name             TEXT        PRIMARY KEY,
@@ -253,3 +255,19 @@ BEGIN
     RETURN NEXT;
 END
 $$;
+
+-- The version of this file, recorded by the server that applied it. A
+-- server starting against a database whose recorded version is its own (or
+-- newer) applies nothing: it takes no lock stronger than the claim path's,
+-- so that starting a replica never makes a running one's claims wait (see
+-- `store::schema`). Raise the number whenever this file changes, here and in
+-- src/store/schema.rs (SCHEMA_VERSION); a unit test there holds the two
+-- together.
+CREATE TABLE IF NOT EXISTS flash_coupons_schema (
+    only_row   BOOLEAN     PRIMARY KEY DEFAULT true CHECK (only_row),
+    version    INTEGER     NOT NULL,
+    applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+INSERT INTO flash_coupons_schema (version) VALUES (2)
+    ON CONFLICT (only_row) DO UPDATE
+    SET version = GREATEST(flash_coupons_schema.version, EXCLUDED.version), applied_at = now();

@@ -9,7 +9,8 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
 
-use flash_coupons::{Config, Server};
+use flash_coupons::store::OpenError;
+use flash_coupons::{Config, Server, StartError};
 
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
@@ -158,7 +159,12 @@ fn start_unless_signalled(
             Ok(Ok(server)) => Ok((server, None)),
             Ok(Err(err)) => {
                 error!("start-up failed: {}", with_causes(&err));
-                Err(ExitCode::FAILURE)
+                // A database the service cannot use as configured is a
+                // configuration mistake, like a bad setting.
+                match err {
+                    StartError::Database(OpenError::Unsuitable(_)) => Err(ExitCode::from(2)),
+                    _ => Err(ExitCode::FAILURE),
+                }
             }
             Err(_) => {
                 error!("start-up failed: the start-up thread panicked");

@@ -91,7 +91,7 @@ use crate::config::{Config, describe_database};
 use crate::context::{Context, Writers};
 use crate::http::{self, Gate, Job, Outgoing};
 use crate::listener;
-use crate::store::{StockListener, Store, StoreError};
+use crate::store::{OpenError, StockListener, Store};
 use crate::workers::WorkerPool;
 
 use accept::AcceptLoops;
@@ -108,8 +108,9 @@ const LANE_QUEUE_PER_THREAD: usize = 64;
 #[derive(Debug)]
 pub enum StartError {
     /// The store could not be opened: the database was not reached within
-    /// `DB_STARTUP_TIMEOUT_SECS`, or refused the schema.
-    Database(StoreError),
+    /// `DB_STARTUP_TIMEOUT_SECS`, refused us for good, cannot hold what the
+    /// service stores, or refused the schema.
+    Database(OpenError),
     /// The listening socket on `addr` (`LISTEN_ADDR`) could not be made, or
     /// asked its address, or given a second handle.
     Listen { addr: String, source: io::Error },

@@ -9,13 +9,13 @@ mod freshness;
 mod release;
 mod retry;
 mod schema;
+mod startup;
 mod watchdog;
 
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
 use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
@@ -25,9 +25,9 @@ pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
 pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
-pub use schema::SCHEMA_SQL;
+pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
+pub use startup::OpenError;
 
-use crate::failure_run::{Ended, FailureRun, Line};
 use connection::{CheckoutScope, Connector, FailureLog, Manager};
 use error::{Failure, classify};
 
@@ -58,10 +58,6 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
 const KEEPALIVE_RETRIES: u32 = 3;
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The least time given to one step of start-up (connecting, applying the
-/// schema), even when less of DB_STARTUP_TIMEOUT_SECS is left.
-const MIN_STARTUP_STEP: Duration = Duration::from_secs(1);
-
 /// The database, as the rest of the service sees it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -81,13 +77,13 @@ pub struct Store {
 impl Store {
     /// Connects (waiting for the database up to `startup_timeout`), applies
     /// the schema and fills the pool.
-    pub fn open(settings: &StoreSettings) -> Result<Store, StoreError> {
+    pub fn open(settings: &StoreSettings) -> Result<Store, OpenError> {
         let config = connection_config(settings);
         let mut listener_config = config.clone();
         listener_config.application_name(&format!("flash-coupons-listener-{}", std::process::id()));
         let connector = Connector::new(config, settings.query_timeout);
         let listener_connector = Connector::new(listener_config, settings.query_timeout);
-        start_up(&connector, settings.startup_timeout)?;
+        startup::start_up(&connector, settings.startup_timeout)?;
 
         let failures = Arc::new(FailureLog::default());
         let health = Arc::new(Mutex::new(None));
@@ -96,7 +92,8 @@ impl Store {
             .min_idle(Some(0))
             .connection_timeout(settings.checkout_timeout)
             .error_handler(Box::new(LogPoolErrors(Arc::clone(&failures))))
-            .build(Manager::new(connector.clone(), failures))?;
+            .build(Manager::new(connector.clone(), failures))
+            .map_err(|err| OpenError::Database(err.into()))?;
         Ok(Store {
             pool,
             health,
@@ -325,92 +322,6 @@ fn connection_config(settings: &StoreSettings) -> postgres::Config {
     };
     database.options(&options);
     database
-}
-
-/// Why one start-up attempt failed.
-enum Attempt {
-    /// Worth trying again while time is left (the database is unreachable,
-    /// silent, starting or busy).
-    Again(String),
-    /// Trying again cannot help (the schema does not apply).
-    Fatal(StoreError),
-}
-
-/// Connects and applies the schema, trying again until `budget` is spent.
-/// Every step is bounded (by what is left of the budget, at least
-/// MIN_STARTUP_STEP, at most the query timeout), so this gives up within
-/// the budget plus about two such steps even against a database that
-/// accepts connections and never answers.
-fn start_up(connector: &Connector, budget: Duration) -> Result<(), StoreError> {
-    let began = Instant::now();
-    let deadline = began + budget;
-    let step = || {
-        deadline.saturating_duration_since(Instant::now()).clamp(
-            MIN_STARTUP_STEP,
-            connector.query_timeout().max(MIN_STARTUP_STEP),
-        )
-    };
-    let mut pause = Duration::from_millis(100);
-    // The failed attempts, in the log as one run (see `failure_run`).
-    let run = FailureRun::default();
-    loop {
-        let err = match start_up_once(connector, step, &run) {
-            Ok(()) => return Ok(()),
-            Err(Attempt::Fatal(err)) => return Err(err),
-            Err(Attempt::Again(err)) => err,
-        };
-        if Instant::now() + pause < deadline {
-            match run.failed() {
-                Line::First => warn!("database not reachable yet ({err}); retrying in {pause:?}"),
-                Line::Count { failures, over } => warn!(
-                    "database still not reachable after {failures} attempts over {over:.1?} \
-                     ({err}); retrying for up to {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
-                    deadline.saturating_duration_since(Instant::now())
-                ),
-                Line::Quiet => debug!("database not reachable yet ({err}); retrying in {pause:?}"),
-            }
-            thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_secs(2));
-        } else {
-            // The last attempt's error, in words only: main prints a start-up
-            // error's sources after it, which would repeat them.
-            return Err(StoreError::Unavailable(
-                format!(
-                    "gave up after {:.1?} (DB_STARTUP_TIMEOUT_SECS={}): {err}",
-                    began.elapsed(),
-                    budget.as_secs()
-                )
-                .into(),
-            ));
-        }
-    }
-}
-
-fn start_up_once(
-    connector: &Connector,
-    step: impl Fn() -> Duration,
-    run: &FailureRun,
-) -> Result<(), Attempt> {
-    let mut client = connector
-        .open(step())
-        .map_err(|err| Attempt::Again(err.to_string()))?;
-    match run.succeeded() {
-        Some(Ended { failures, over }) => {
-            info!("connected to the database, after {failures} failed attempts over {over:.1?}")
-        }
-        None => info!("connected to the database"),
-    }
-    client
-        .run_within("applying the schema", step(), schema::apply)
-        .map_err(|err| match failure(&client, err) {
-            Failure::Retry { cause, .. } => {
-                Attempt::Again(format!("applying schema.sql: {}", cause.label()))
-            }
-            Failure::Fatal(StoreError::Unavailable(cause)) => {
-                Attempt::Again(format!("applying schema.sql: {cause}"))
-            }
-            Failure::Fatal(err) => Attempt::Fatal(err.context("applying schema.sql")),
-        })
 }
 
 /// r2d2's failed connects and checks, into the log at a readable rate.

@@ -25,6 +25,7 @@ mod metrics;
 mod pipelining;
 mod release;
 mod replicas;
+mod rolling_start;
 mod sale_windows;
 mod shutdown;
 mod slow_clients;

@@ -67,19 +67,13 @@ impl ServerProcess {
     }
 
     fn spawn_command(cmd: Command, database_url: &str, env: &[(&str, &str)]) -> ServerProcess {
-        let (mut child, log, addr_rx) = start(cmd, database_url, env);
-        let addr: SocketAddr = match addr_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(addr) => addr.parse().expect("a socket address in the log"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not start: {:?}", log.lock().unwrap());
-            }
-        };
-        ServerProcess {
-            process: Starting { child, log },
-            addr,
-            base: format!("http://{addr}"),
+        let (child, log, addr) = start(cmd, database_url, env);
+        Starting {
+            child,
+            log,
+            addr: Mutex::new(addr),
         }
+        .listening(Duration::from_secs(60))
     }
 }
 
@@ -88,6 +82,8 @@ impl ServerProcess {
 pub struct Starting {
     pub child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Gets the address once the server says it listens.
+    addr: Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl Starting {
@@ -95,8 +91,30 @@ impl Starting {
     /// as `ServerProcess::spawn`) and collects its stderr.
     pub fn spawn(database_url: &str, env: &[(&str, &str)]) -> Starting {
         let cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
-        let (child, log, _) = start(cmd, database_url, env);
-        Starting { child, log }
+        let (child, log, addr) = start(cmd, database_url, env);
+        Starting {
+            child,
+            log,
+            addr: Mutex::new(addr),
+        }
+    }
+
+    /// Waits up to `limit` for the server to say it listens; fails the
+    /// test if it does not.
+    pub fn listening(mut self, limit: Duration) -> ServerProcess {
+        let said = self.addr.lock().unwrap().recv_timeout(limit);
+        let addr: SocketAddr = match said {
+            Ok(addr) => addr.parse().expect("a socket address in the log"),
+            Err(_) => {
+                let _ = self.child.kill();
+                panic!("the server did not start: {:?}", self.log());
+            }
+        };
+        ServerProcess {
+            process: self,
+            addr,
+            base: format!("http://{addr}"),
+        }
     }
 
     /// Everything it wrote to stderr so far.

@@ -1,0 +1,220 @@
+//! A server starting beside running ones never makes their requests wait on
+//! a lock, even while a long reader (what pg_dump holds) has the tables: a
+//! database whose schema is current is not changed at all, and a change
+//! that is needed waits for its locks only briefly, backing off in between.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crate::support::client::{self, Exchange};
+use crate::support::edge::Edge;
+use crate::support::process::{ServerProcess, Starting};
+use crate::support::{TestDb, serial, wait_for};
+
+/// The longest any claim on a running server may take while another one
+/// starts: the outage this guards against made claims wait 4.5 s each.
+const CLAIM_BOUND: Duration = Duration::from_secs(1);
+/// How long the reader holds its locks once the new server is starting.
+const READER_HOLDS: Duration = Duration::from_secs(4);
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A session holding ACCESS SHARE on both tables until dropped, as
+/// `pg_dump` does for the length of a dump.
+struct LongReader(postgres::Client);
+
+impl LongReader {
+    fn start(db: &TestDb) -> LongReader {
+        let mut client = db.client();
+        client
+            .batch_execute("BEGIN; LOCK TABLE coupons, claims IN ACCESS SHARE MODE")
+            .expect("taking the reader's locks");
+        LongReader(client)
+    }
+
+    fn end(mut self) {
+        self.0.batch_execute("COMMIT").expect("ending the reader");
+    }
+}
+
+/// Claims one after another, each by a new user, on `addr` until stopped.
+struct Claimer {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Vec<Exchange>>,
+}
+
+impl Claimer {
+    fn start(addr: SocketAddr, coupon: &'static str) -> Claimer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            thread::spawn(move || {
+                let mut done = Vec::new();
+                // Bounded in count and time, whatever happens.
+                let until = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::SeqCst) && Instant::now() < until && done.len() < 100_000
+                {
+                    let user = format!("claimer-{}", done.len());
+                    done.push(client::claim(addr, &user, coupon, LIMIT));
+                }
+                done
+            })
+        };
+        Claimer { stop, thread }
+    }
+
+    /// Stops, then asserts that every claim was answered 200 within
+    /// CLAIM_BOUND; returns how many there were.
+    fn assert_all_served_promptly(self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        let done = self.thread.join().expect("the claimer");
+        assert!(!done.is_empty(), "no claim was sent");
+        for exchange in &done {
+            assert_eq!(exchange.status(), Some(200), "{exchange:?}");
+        }
+        let slowest = done.iter().map(Exchange::elapsed).max().unwrap_or_default();
+        assert!(
+            slowest < CLAIM_BOUND,
+            "the slowest of {} claims took {slowest:?}",
+            done.len()
+        );
+        done.len()
+    }
+}
+
+fn create(addr: SocketAddr, name: &str) {
+    let body = serde_json::json!({ "name": name, "amount": 1_000_000 }).to_string();
+    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
+    assert_eq!(created.status(), Some(201), "{created:?}");
+}
+
+fn healthy(addr: SocketAddr) -> bool {
+    client::get(addr, "/healthz", Duration::from_secs(5)).status() == Some(200)
+}
+
+fn recorded_version(db: &TestDb) -> i64 {
+    db.count("SELECT version::bigint FROM flash_coupons_schema")
+}
+
+#[test]
+fn a_server_starting_beside_a_long_reader_serves_at_once_when_the_schema_is_current() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let running = ServerProcess::spawn(&db.url, &[]);
+    create(running.addr, "ROLLING");
+    let claimer = Claimer::start(running.addr, "ROLLING");
+    let reader = LongReader::start(&db);
+
+    let began = Instant::now();
+    let second = ServerProcess::spawn(&db.url, &[]);
+    assert!(
+        wait_for(Duration::from_secs(10), || healthy(second.addr)),
+        "the new server was not serving while the reader held its locks: {:?}",
+        second.log()
+    );
+    let serving_after = began.elapsed();
+    thread::sleep(READER_HOLDS.saturating_sub(began.elapsed()));
+    assert_eq!(
+        client::claim(second.addr, "on-the-new-one", "ROLLING", LIMIT).status(),
+        Some(200)
+    );
+    reader.end();
+
+    let claims = claimer.assert_all_served_promptly();
+    assert!(
+        second
+            .log()
+            .iter()
+            .any(|l| l.contains("the schema is current")),
+        "{:?}",
+        second.log()
+    );
+    eprintln!("{claims} claims on the running server; the new one served after {serving_after:?}");
+    db.assert_invariant();
+}
+
+#[test]
+fn a_server_whose_schema_change_needs_locks_backs_off_until_the_reader_ends() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let running = ServerProcess::spawn(&db.url, &[]);
+    create(running.addr, "ROLLING");
+    // As if the database had been made by an older release.
+    db.client()
+        .batch_execute("UPDATE flash_coupons_schema SET version = 1")
+        .unwrap();
+    let claimer = Claimer::start(running.addr, "ROLLING");
+    let reader = LongReader::start(&db);
+
+    let mut second = Starting::spawn(&db.url, &[("DB_STARTUP_TIMEOUT_SECS", "60")]);
+    thread::sleep(READER_HOLDS);
+    assert!(
+        second
+            .log()
+            .iter()
+            .any(|l| l.contains("another session holds a lock")),
+        "the new server says what it waits for: {:?}",
+        second.log()
+    );
+    assert_eq!(
+        second.wait_exit(Duration::from_millis(50)),
+        None,
+        "{:?}",
+        second.log()
+    );
+    let reader_ended = Instant::now();
+    reader.end();
+
+    let second = second.listening(Duration::from_secs(15));
+    assert!(
+        wait_for(Duration::from_secs(5), || healthy(second.addr)),
+        "{:?}",
+        second.log()
+    );
+    let serving_after = reader_ended.elapsed();
+    let claims = claimer.assert_all_served_promptly();
+    assert_eq!(
+        recorded_version(&db),
+        2
+    );
+    eprintln!(
+        "{claims} claims on the running server; the new one served {serving_after:?} after the reader ended"
+    );
+    db.assert_invariant();
+}
+
+#[test]
+fn through_the_edge_a_deployment_starting_beside_a_long_reader_stalls_no_claim() {
+    let _turn = serial::alone();
+    let db = TestDb::new();
+    let running = Edge::start(&db.url, 2, &[]);
+    create(running.addr, "ROLLING");
+    db.client()
+        .batch_execute("UPDATE flash_coupons_schema SET version = 1")
+        .unwrap();
+    let claimer = Claimer::start(running.addr, "ROLLING");
+    let reader = LongReader::start(&db);
+
+    let url = db.url.clone();
+    let starting =
+        thread::spawn(move || Edge::start(&url, 2, &[("DB_STARTUP_TIMEOUT_SECS", "60")]));
+    thread::sleep(READER_HOLDS);
+    assert!(
+        !starting.is_finished(),
+        "the new replicas needed the reader's tables"
+    );
+    reader.end();
+
+    let second = starting.join().expect("the second deployment");
+    let health = client::get(second.addr, "/healthz", LIMIT);
+    assert_eq!(health.status(), Some(200), "{health:?}");
+    let claims = claimer.assert_all_served_promptly();
+    assert_eq!(
+        recorded_version(&db),
+        2
+    );
+    eprintln!("{claims} claims through the running edge");
+    db.assert_invariant();
+}
