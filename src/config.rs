@@ -161,8 +161,7 @@ impl Config {
             0,
             3600,
         )?);
-        // Not trimmed: a token is used exactly as given.
-        config.admin_token = lookup("ADMIN_TOKEN").filter(|t| !t.is_empty());
+        config.admin_token = admin_token(lookup("ADMIN_TOKEN"))?;
         if let Some(level) = get("LOG_LEVEL") {
             config.log_level = LevelFilter::from_str(level.trim()).map_err(|_| {
                 ConfigError(format!(
@@ -225,6 +224,23 @@ pub fn describe_database(config: &postgres::Config) -> String {
         config.get_dbname().unwrap_or("(default)"),
         config.get_user().unwrap_or("(default)")
     )
+}
+
+/// ADMIN_TOKEN exactly as given (empty: none). A token that starts or ends
+/// with whitespace is refused: the token a client presents is read from a
+/// header, whose surrounding whitespace is never part of its value, so such
+/// a token could never match.
+fn admin_token(raw: Option<String>) -> Result<Option<String>, ConfigError> {
+    match raw {
+        None => Ok(None),
+        Some(token) if token.is_empty() => Ok(None),
+        Some(token) if token.trim() != token => Err(ConfigError(
+            "ADMIN_TOKEN starts or ends with whitespace, which no request's token can match \
+             (a header's value never does); remove it"
+                .into(),
+        )),
+        Some(token) => Ok(Some(token)),
+    }
 }
 
 fn number<T>(
@@ -324,6 +340,18 @@ mod tests {
                 "{bad}: {err}"
             );
         }
+    }
+
+    #[test]
+    fn an_admin_token_with_surrounding_whitespace_is_refused() {
+        for bad in [" secret", "secret\n", "\tsecret", "   "] {
+            let err = config(&[URL, ("ADMIN_TOKEN", bad)]).unwrap_err();
+            assert!(err.to_string().starts_with("ADMIN_TOKEN"), "{bad:?}: {err}");
+        }
+        let c = config(&[URL, ("ADMIN_TOKEN", "s3 cr3t")]).unwrap();
+        assert_eq!(c.admin_token.as_deref(), Some("s3 cr3t"));
+        let c = config(&[URL, ("ADMIN_TOKEN", "")]).unwrap();
+        assert_eq!(c.admin_token, None);
     }
 
     #[test]

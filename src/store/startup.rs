@@ -215,7 +215,10 @@ fn refusal(err: &ConnError) -> Option<OpenError> {
         ),
         // The driver's own words when the server asks for a password and
         // none was given.
-        (None, _) if err.to_string().contains("password missing") => {
+        (None, _)
+            if std::error::Error::source(err)
+                .is_some_and(|cause| cause.to_string() == "password missing") =>
+        {
             "the database asks for a password and DATABASE_URL has none: add it \
              (postgres://user:password@host:port/database)"
                 .to_owned()

@@ -175,10 +175,7 @@ fn a_server_whose_schema_change_needs_locks_backs_off_until_the_reader_ends() {
     );
     let serving_after = reader_ended.elapsed();
     let claims = claimer.assert_all_served_promptly();
-    assert_eq!(
-        recorded_version(&db),
-        2
-    );
+    assert_eq!(recorded_version(&db), 2);
     eprintln!(
         "{claims} claims on the running server; the new one served {serving_after:?} after the reader ended"
     );
@@ -211,10 +208,7 @@ fn through_the_edge_a_deployment_starting_beside_a_long_reader_stalls_no_claim()
     let health = client::get(second.addr, "/healthz", LIMIT);
     assert_eq!(health.status(), Some(200), "{health:?}");
     let claims = claimer.assert_all_served_promptly();
-    assert_eq!(
-        recorded_version(&db),
-        2
-    );
+    assert_eq!(recorded_version(&db), 2);
     eprintln!("{claims} claims through the running edge");
     db.assert_invariant();
 }

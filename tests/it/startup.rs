@@ -5,8 +5,10 @@ use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::cluster::{APP_DB, OwnedCluster};
+use crate::support::process::ServerProcess;
 use crate::support::serial;
-use crate::support::{self, TestApp};
+use crate::support::{self, TestApp, TestDb};
 
 /// Runs the binary with exactly `env`, bounded by `limit`; returns the exit
 /// code and everything it wrote.
@@ -65,6 +67,7 @@ fn a_malformed_setting_stops_start_up_naming_it() {
         ("CLAIM_MAX_RETRIES", "-1"),
         ("LOG_LEVEL", "chatty"),
         ("HTTP_KEEP_ALIVE_REQUESTS", "maybe"),
+        ("ADMIN_TOKEN", "secret\n"),
     ] {
         let (code, out) = run_binary(
             &[
@@ -127,4 +130,94 @@ fn no_answer_carries_sql_text_or_the_connection_string() {
             assert!(!text.contains(leak), "{leak:?} in {text}");
         }
     }
+}
+
+/// Runs the binary against `url` with a long start-up budget; asserts that it
+/// gave up at once (well inside the budget) with exit code `code` and one
+/// error line containing `says`.
+fn assert_refused_at_once(url: &str, code: i32, says: &str) -> String {
+    let started = Instant::now();
+    let (exit, out) = run_binary(
+        &[("DATABASE_URL", url), ("DB_STARTUP_TIMEOUT_SECS", "60")],
+        Duration::from_secs(30),
+    );
+    assert_eq!(exit, Some(code), "{out}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "it kept retrying: {out}"
+    );
+    let errors: Vec<&str> = out.lines().filter(|l| l.contains("[ERROR]")).collect();
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(errors[0].contains(says), "{out}");
+    assert!(!out.contains("not reachable yet"), "{out}");
+    out
+}
+
+#[test]
+fn an_unknown_database_ends_start_up_at_once_saying_what_to_fix() {
+    let _turn = serial::turn!();
+    let url = support::database::url_for("no_such_database_here");
+    assert_refused_at_once(&url, 1, "create that database");
+}
+
+#[test]
+fn an_unknown_role_ends_start_up_at_once_saying_what_to_fix() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let mut config: postgres::Config = db.url.parse().unwrap();
+    config.user("no_such_role_here");
+    let url = format!(
+        "postgres://no_such_role_here@127.0.0.1:{}/{}",
+        config.get_ports()[0],
+        db.name
+    );
+    assert_refused_at_once(&url, 1, "fix the user in DATABASE_URL");
+}
+
+#[test]
+fn a_wrong_or_missing_password_ends_start_up_at_once_saying_what_to_fix() {
+    let _turn = serial::turn!();
+    let cluster = OwnedCluster::new();
+    cluster.require_password("guarded", "right-one");
+    let url = |userinfo: &str| {
+        cluster.url().replacen(
+            "postgres://postgres@",
+            &format!("postgres://{userinfo}@"),
+            1,
+        )
+    };
+    let out = assert_refused_at_once(&url("guarded:wrong-one"), 1, "fix the password");
+    assert!(!out.contains("wrong-one"), "the password leaked: {out}");
+    assert_refused_at_once(&url("guarded"), 1, "DATABASE_URL has none");
+    // And with the right one, it starts (as the database's owner, which may
+    // create tables in its public schema).
+    cluster
+        .client()
+        .batch_execute(&format!("ALTER DATABASE {APP_DB} OWNER TO guarded"))
+        .unwrap();
+    let server = ServerProcess::spawn(&url("guarded:right-one"), &[]);
+    assert_eq!(
+        support::http::try_status(&format!("{}/healthz", server.base), Duration::from_secs(10)),
+        Some(200)
+    );
+}
+
+#[test]
+fn a_database_whose_encoding_is_not_utf8_is_refused_at_start_as_a_configuration_mistake() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let latin1 = format!("{}_latin1", db.name);
+    let mut admin = db.client();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {latin1} ENCODING 'LATIN1' TEMPLATE template0 \
+             LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
+        .unwrap();
+    let url = support::database::url_for(&latin1);
+    let out = assert_refused_at_once(&url, 2, "encoding is LATIN1");
+    assert!(out.contains("UTF8"), "{out}");
+    admin
+        .batch_execute(&format!("DROP DATABASE {latin1}"))
+        .unwrap();
 }

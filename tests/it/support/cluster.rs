@@ -93,6 +93,26 @@ impl OwnedCluster {
             .unwrap_or_else(|e| panic!("connecting to the owned cluster ({dbname}): {e}"))
     }
 
+    /// Creates the login role `role` with `password`, and makes the cluster
+    /// ask it for that password over TCP (everyone else stays trusted).
+    pub fn require_password(&self, role: &str, password: &str) {
+        let mut admin = self.connect("postgres");
+        admin
+            .batch_execute(&format!(
+                "SET password_encryption = 'scram-sha-256'; \
+                 CREATE ROLE {role} LOGIN PASSWORD '{password}'"
+            ))
+            .expect("creating a role with a password");
+        let hba = self.data.join("pg_hba.conf");
+        let rest = std::fs::read_to_string(&hba).expect("reading pg_hba.conf");
+        // The first matching line wins.
+        let first = format!("host all {role} 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&hba, first + &rest).expect("writing pg_hba.conf");
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .expect("reloading the configuration");
+    }
+
     /// Starts the cluster and waits until it accepts connections.
     pub fn start(&self) {
         let log = self.dir.join("log");
