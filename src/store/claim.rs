@@ -95,6 +95,11 @@ impl Store {
 /// transaction `tx`: each claim's outcome, and the users granted a unit,
 /// whose claim rows are inserted. Taking the units off the stock is left to
 /// the caller.
+///
+/// No claim row is ever inserted and then deleted: a deleted claim row
+/// notifies every server (schema.sql's `claims_removed`), which would make
+/// them all forget what they know about sold-out coupons each time a batch
+/// sells one out.
 fn insert_and_decide<'u>(
     tx: &mut postgres::Client,
     stmts: &Statements,
@@ -102,45 +107,45 @@ fn insert_and_decide<'u>(
     users: &'u [UserId],
     remaining: i32,
 ) -> Result<(Vec<ClaimOutcome>, Vec<&'u UserId>), postgres::Error> {
-    let ids: Vec<&str> = users.iter().map(UserId::as_str).collect();
-    if remaining > 0 {
-        // Insert every newcomer and let the unique key say who already
-        // holds the coupon, rather than reading for them first: a read of
-        // the key takes SERIALIZABLE predicate locks on its index pages, and
-        // claims on neighbouring coupons writing there then count as
-        // conflicts. Those inserted past the stock are removed again below.
-        let mut seen = HashSet::new();
-        let distinct: Vec<&str> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
+    let mut seen = HashSet::new();
+    let distinct: Vec<&str> = users
+        .iter()
+        .map(UserId::as_str)
+        .filter(|id| seen.insert(*id))
+        .collect();
+    // Users tried in order, as many at a time as there are units left to
+    // grant: each is inserted, or turned away by the unique key because it
+    // holds the coupon already. This asks the key rather than reading it
+    // first: a read of the key takes SERIALIZABLE predicate locks on its
+    // index pages, and claims on neighbouring coupons writing there would
+    // count as conflicts. Usually one round trip; one more per holder found
+    // among the users tried.
+    let mut holders: HashSet<&str> = HashSet::new();
+    let mut granted = 0;
+    let mut tried = 0;
+    let units = usize::try_from(remaining).unwrap_or(0);
+    while granted < units && tried < distinct.len() {
+        let next = &distinct[tried..(tried + units - granted).min(distinct.len())];
+        tried += next.len();
         let inserted: HashSet<String> = tx
-            .query(&stmts.insert_new_claims, &[&name, &distinct])?
+            .query(&stmts.insert_new_claims, &[&name, &next])?
             .iter()
             .map(|r| r.get("user_id"))
             .collect();
-        let (outcomes, granted) =
-            decide_in_order(users, |u| !inserted.contains(u.as_str()), remaining);
-        let kept: HashSet<&str> = granted.iter().map(|u| u.as_str()).collect();
-        let surplus: Vec<&str> = distinct
-            .iter()
-            .copied()
-            .filter(|u| inserted.contains(*u) && !kept.contains(u))
-            .collect();
-        if !surplus.is_empty() {
-            tx.execute(&stmts.drop_claims, &[&name, &surplus])?;
-        }
-        Ok((outcomes, granted))
-    } else {
-        // Sold out: only who holds it matters (409 or 400).
-        let holders: HashSet<String> = tx
-            .query(&stmts.holders_among, &[&name, &ids])?
-            .iter()
-            .map(|r| r.get("user_id"))
-            .collect();
-        Ok(decide_in_order(
-            users,
-            |u| holders.contains(u.as_str()),
-            remaining,
-        ))
+        granted += inserted.len();
+        holders.extend(next.iter().filter(|id| !inserted.contains(**id)));
     }
+    // The stock ran out before these were tried: only whether they hold the
+    // coupon matters (409 or 400). Read only at a sell-out.
+    let untried = &distinct[tried..];
+    if !untried.is_empty() {
+        let rows = tx.query(&stmts.holders_among, &[&name, &untried])?;
+        let found: HashSet<String> = rows.iter().map(|r| r.get("user_id")).collect();
+        holders.extend(untried.iter().filter(|id| found.contains(**id)));
+    }
+    let decided = decide_in_order(users, |u| holders.contains(u.as_str()), remaining);
+    debug_assert_eq!(decided.1.len(), granted, "granted exactly those inserted");
+    Ok(decided)
 }
 
 impl Store {

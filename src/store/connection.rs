@@ -32,7 +32,6 @@ pub struct Statements {
     pub lock_coupon: Statement,
     pub holders_among: Statement,
     pub insert_new_claims: Statement,
-    pub drop_claims: Statement,
     pub take_stock: Statement,
     pub sold_out_holders: Statement,
     pub holds: Statement,
@@ -72,9 +71,6 @@ impl Statements {
                 "INSERT INTO claims (user_id, coupon_name) \
                  SELECT u, $1 FROM unnest($2::text[]) WITH ORDINALITY AS t(u, n) ORDER BY n \
                  ON CONFLICT (coupon_name, user_id) DO NOTHING RETURNING user_id",
-            )?,
-            drop_claims: client.prepare(
-                "DELETE FROM claims WHERE coupon_name = $1 AND user_id = ANY($2)",
             )?,
             take_stock: client.prepare(
                 "UPDATE coupons SET remaining_amount = remaining_amount - $2 WHERE name = $1",

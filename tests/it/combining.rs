@@ -4,6 +4,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::thread;
+
+use postgres::fallible_iterator::FallibleIterator;
 use std::time::Duration;
 
 use crate::support;
@@ -226,4 +228,64 @@ fn two_server_processes_on_one_database_share_the_attacks_exactly() {
         0
     );
     db.assert_invariant();
+}
+
+#[test]
+fn a_batch_that_sells_a_coupon_out_sends_no_freshness_notification() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
+    app.create("LAST_FIVE", 6);
+    assert_eq!(app.claim("early", "LAST_FIVE").status, 200);
+    let mut listener = app.db.client();
+    listener
+        .batch_execute("LISTEN flash_coupons_stock")
+        .unwrap();
+    // Creating the coupon notified already; the server may still be taking it in.
+    let notified = || {
+        http::metric(
+            &http::scrape(&app.base),
+            "flash_coupons_freshness_notifications_total",
+        )
+    };
+    assert!(support::wait_for(Duration::from_secs(10), || notified() == 1.0));
+
+    // As above: one batch of 40 claims (an earlier holder among them) on
+    // the last 5 units, most of them past the stock.
+    let mut blocker = app.db.client();
+    let mut tx = blocker.transaction().unwrap();
+    tx.query(
+        "SELECT 1 FROM coupons WHERE name = 'LAST_FIVE' FOR UPDATE",
+        &[],
+    )
+    .unwrap();
+    let mut claims: Vec<(String, String)> = (0..40)
+        .map(|i| (format!("user_{i}"), "LAST_FIVE".to_owned()))
+        .collect();
+    claims.insert(3, ("early".to_owned(), "LAST_FIVE".to_owned()));
+    let base = app.base.clone();
+    let queued = claims.len() - 1;
+    let firing = thread::spawn(move || claim_concurrently(&[base], &claims));
+    let claims_ctx = &app.server.context().claims;
+    assert!(support::wait_for(Duration::from_secs(30), || {
+        claims_ctx.waiting() == queued
+    }));
+    tx.commit().unwrap();
+    let answers = firing.join().unwrap();
+    assert_eq!(answers.iter().filter(|a| a.status == 200).count(), 5);
+    assert_eq!(answers.iter().filter(|a| a.status == 409).count(), 1);
+    assert_eq!(answers.iter().filter(|a| a.status == 400).count(), 35);
+    assert_eq!(claims_ctx.batch_stats().largest(), queued as u64);
+
+    // A round trip delivers whatever was notified before it.
+    listener.batch_execute("SELECT 1").unwrap();
+    let mut heard = Vec::new();
+    let mut notifications = listener.notifications();
+    let mut pending = notifications.iter();
+    while let Some(n) = pending.next().unwrap() {
+        heard.push(n.payload().to_owned());
+    }
+    assert!(heard.is_empty(), "the claim path notified {heard:?}");
+    thread::sleep(Duration::from_millis(500));
+    assert_eq!(notified(), 1.0, "the server heard of the sell-out");
+    app.db.assert_invariant();
 }
