@@ -1,6 +1,9 @@
 //! Turning a request body into checked fields, or into the 4xx that says
 //! exactly what is wrong with it.
 
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
 use tiny_http::Request;
 
@@ -29,9 +32,80 @@ pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>,
         return Err(ApiError::UnsupportedMediaType);
     }
     match serde_json::from_slice(bytes?) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::BodyNotObject),
+        Ok(Parsed::Object(pairs)) => {
+            let mut map = Map::with_capacity(pairs.len());
+            for (key, value) in pairs {
+                if map.contains_key(&key) {
+                    return Err(ApiError::DuplicateField(key));
+                }
+                map.insert(key, value);
+            }
+            Ok(map)
+        }
+        Ok(Parsed::Other) => Err(ApiError::BodyNotObject),
         Err(e) => Err(ApiError::InvalidJson(e.to_string())),
+    }
+}
+
+/// A JSON document read in one pass: an object's members in the order
+/// sent, all of them (serde_json's `Map` keeps only the last of a repeated
+/// key, and two readers of one body must never disagree about which one
+/// counts), or anything else.
+enum Parsed {
+    Object(Vec<(String, Value)>),
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Parsed {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Parsed, D::Error> {
+        deserializer.deserialize_any(ParsedVisitor)
+    }
+}
+
+struct ParsedVisitor;
+
+impl<'de> Visitor<'de> for ParsedVisitor {
+    type Value = Parsed;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut members: A) -> Result<Parsed, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(pair) = members.next_entry::<String, Value>()? {
+            pairs.push(pair);
+        }
+        Ok(Parsed::Object(pairs))
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut items: A) -> Result<Parsed, A::Error> {
+        while items.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Parsed::Other)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
+    }
+
+    fn visit_unit<E>(self) -> Result<Parsed, E> {
+        Ok(Parsed::Other)
     }
 }
 
@@ -162,6 +236,22 @@ mod tests {
         ] {
             assert!(!is_read_as_json(Some(refused)), "{refused:?} taken");
         }
+    }
+
+    #[test]
+    fn a_repeated_member_is_refused_and_other_documents_are_told_apart() {
+        let parse = |text: &str| match serde_json::from_slice::<Parsed>(text.as_bytes()) {
+            Ok(Parsed::Object(pairs)) => Ok(pairs.len()),
+            Ok(Parsed::Other) => Err("other"),
+            Err(_) => Err("invalid"),
+        };
+        assert_eq!(parse(r#"{"a":1,"a":2}"#), Ok(2));
+        assert_eq!(parse(r#"{"a":{"b":1,"b":2},"c":[1,{"d":2}]}"#), Ok(2));
+        for other in ["[1,2]", "1", "-1", "1.5", "\"x\"", "true", "null", "[]"] {
+            assert_eq!(parse(other), Err("other"), "{other}");
+        }
+        assert_eq!(parse("{"), Err("invalid"));
+        assert_eq!(parse("{} {}"), Err("invalid"));
     }
 
     #[test]

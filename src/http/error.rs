@@ -64,6 +64,9 @@ pub enum ApiError {
         declared: usize,
     },
     BodyNotObject,
+    /// A member of the body object appears more than once: readers of the
+    /// same body may disagree on which one counts, so none is chosen.
+    DuplicateField(String),
     UnknownField(String),
     Field {
         field: &'static str,
@@ -172,6 +175,11 @@ impl ApiError {
                 400,
                 "body_not_object",
                 "The request body must be a JSON object.",
+            ),
+            ApiError::DuplicateField(name) => answer(
+                400,
+                "duplicate_field",
+                format!("The field {name:?} appears more than once in the body; send it once."),
             ),
             ApiError::UnknownField(name) => answer(
                 400,

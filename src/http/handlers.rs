@@ -83,10 +83,15 @@ pub fn create_coupon(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiErr
         .store
         .create_coupon(&name, amount, window)?
         .ok_or(ApiError::CouponExists)?;
-    let location = format!(
-        "/api/coupons/{}",
-        utf8_percent_encode(name.as_str(), SEGMENT)
-    );
+    // A segment that is only "." or ".." would be taken as a dot segment
+    // and resolved away by the client (RFC 3986, 5.2.4): it is sent
+    // percent-encoded, which names the same coupon.
+    let segment = match name.as_str() {
+        "." => "%2E".to_owned(),
+        ".." => "%2E%2E".to_owned(),
+        other => utf8_percent_encode(other, SEGMENT).to_string(),
+    };
+    let location = format!("/api/coupons/{segment}");
     let body = CouponBody {
         fields: CouponFields::from(&coupon),
         claimed_by: &[],

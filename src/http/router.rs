@@ -41,16 +41,19 @@ pub fn endpoint(method: &Method, target: &str) -> (Endpoint, &'static str) {
         return (Endpoint::NotFound, "none");
     };
     let label = found.label();
+    // HEAD is answered wherever GET is, as GET is (RFC 9110, 9.3.2); the
+    // body is left out when the answer is written.
+    let reads = matches!(method, Method::Get | Method::Head);
     let endpoint = match (found, method) {
-        (Route::Health, Method::Get) => Endpoint::Health,
-        (Route::Metrics, Method::Get) => Endpoint::Metrics,
-        (Route::Coupons, Method::Get) => Endpoint::ListCoupons,
+        (Route::Health, _) if reads => Endpoint::Health,
+        (Route::Metrics, _) if reads => Endpoint::Metrics,
+        (Route::Coupons, _) if reads => Endpoint::ListCoupons,
         (Route::Coupons, Method::Post) => Endpoint::CreateCoupon,
         (Route::Claim, Method::Post) => Endpoint::Claim,
         // GET here reads the coupon named "claim", which is a valid name.
-        (Route::Claim, Method::Get) => Endpoint::GetCoupon("claim".to_owned()),
-        (Route::Coupon(name), Method::Get) => Endpoint::GetCoupon(name),
-        (Route::CouponClaims(name), Method::Get) => Endpoint::ClaimsPage(name),
+        (Route::Claim, _) if reads => Endpoint::GetCoupon("claim".to_owned()),
+        (Route::Coupon(name), _) if reads => Endpoint::GetCoupon(name),
+        (Route::CouponClaims(name), _) if reads => Endpoint::ClaimsPage(name),
         (Route::CouponClaim(name, user), Method::Delete) => Endpoint::ReleaseClaim(name, user),
         (found, _) => Endpoint::MethodNotAllowed {
             allow: found.allow(),
@@ -89,8 +92,11 @@ pub enum Route {
     CouponClaim(String, String),
 }
 
-/// Matches the path part of a request target (the query is ignored).
+/// Matches the path part of a request target (the query is ignored), in
+/// origin form (`/path?query`) or absolute form (`http://host/path?query`,
+/// which RFC 9112, 3.2.2, has a server accept).
 pub fn route(target: &str) -> Option<Route> {
+    let target = origin_form(target);
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     match path {
         "/healthz" => Some(Route::Health),
@@ -115,6 +121,23 @@ pub fn route(target: &str) -> Option<Route> {
     }
 }
 
+/// The target in origin form: an absolute-form target (`http://host:port/
+/// path?query`, any case of the scheme) loses its scheme and authority; any
+/// other target is left as it is.
+pub fn origin_form(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return target;
+    }
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => &rest[at..],
+        // `http://host` and `http://host?query` name the root.
+        _ => "/",
+    }
+}
+
 impl Route {
     /// The route's name in metrics: a fixed set, never a coupon name.
     pub fn label(&self) -> &'static str {
@@ -132,10 +155,12 @@ impl Route {
     /// The methods this path answers, as the Allow header lists them.
     fn allow(&self) -> &'static str {
         match self {
-            Route::Health | Route::Metrics | Route::Coupon(_) | Route::CouponClaims(_) => "GET",
-            Route::Coupons => "GET, POST",
+            Route::Health | Route::Metrics | Route::Coupon(_) | Route::CouponClaims(_) => {
+                "GET, HEAD"
+            }
+            Route::Coupons => "GET, HEAD, POST",
             // GET here reads the coupon named "claim", which is a valid name.
-            Route::Claim => "GET, POST",
+            Route::Claim => "GET, HEAD, POST",
             Route::CouponClaim(..) => "DELETE",
         }
     }
@@ -163,7 +188,12 @@ mod tests {
         let (e, _) = endpoint(&Method::Get, "/api/coupons/claim");
         assert_eq!(e, Endpoint::GetCoupon("claim".into()));
         let (e, _) = endpoint(&Method::Delete, "/api/coupons");
-        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "GET, POST" });
+        assert_eq!(
+            e,
+            Endpoint::MethodNotAllowed {
+                allow: "GET, HEAD, POST"
+            }
+        );
         assert_eq!(e.lane(), Lane::Light);
         let (e, label) = endpoint(&Method::Get, "/nowhere");
         assert_eq!((e, label), (Endpoint::NotFound, "none"));
@@ -175,7 +205,55 @@ mod tests {
         let (e, _) = endpoint(&Method::Get, "/api/coupons/A/claims/u1");
         assert_eq!(e, Endpoint::MethodNotAllowed { allow: "DELETE" });
         let (e, _) = endpoint(&Method::Delete, "/api/coupons/A/claims");
-        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "GET" });
+        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "GET, HEAD" });
+    }
+
+    #[test]
+    fn head_goes_wherever_get_goes_and_allow_says_so() {
+        for path in [
+            "/healthz",
+            "/metrics",
+            "/api/coupons",
+            "/api/coupons/claim",
+            "/api/coupons/A/claims",
+        ] {
+            let (get, _) = endpoint(&Method::Get, path);
+            let (head, _) = endpoint(&Method::Head, path);
+            assert_eq!(get, head, "{path}");
+        }
+        let (e, _) = endpoint(&Method::Head, "/api/coupons/A/claims/u1");
+        assert_eq!(e, Endpoint::MethodNotAllowed { allow: "DELETE" });
+        let (e, _) = endpoint(&Method::Put, "/api/coupons");
+        assert_eq!(
+            e,
+            Endpoint::MethodNotAllowed {
+                allow: "GET, HEAD, POST"
+            }
+        );
+    }
+
+    #[test]
+    fn absolute_form_targets_are_routed_by_their_path() {
+        assert_eq!(
+            route("http://127.0.0.1:8080/api/coupons/claim"),
+            Some(Route::Claim)
+        );
+        assert_eq!(
+            route("HTTPS://shop.example/api/coupons?limit=2"),
+            Some(Route::Coupons)
+        );
+        assert_eq!(
+            route("http://h/api/coupons/A%2FB"),
+            Some(Route::Coupon("A%2FB".into()))
+        );
+        assert_eq!(origin_form("http://h"), "/");
+        assert_eq!(origin_form("http://h?x=1"), "/");
+        assert_eq!(
+            origin_form("/api/coupons?u=http://x/y"),
+            "/api/coupons?u=http://x/y"
+        );
+        assert_eq!(route("ftp://h/api/coupons"), None);
+        assert_eq!(route("http:/api/coupons"), None);
     }
 
     #[test]

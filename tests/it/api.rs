@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::TestApp;
 use crate::support::http::{raw, request_with, statuses};
 use crate::support::serial;
+use crate::support::{TestApp, http};
 
 #[test]
 fn create_returns_201_with_the_coupon_and_its_location() {
@@ -437,12 +437,12 @@ fn wrong_methods_get_405_with_an_allow_header() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
     for (method, path, allow) in [
-        ("PUT", "/api/coupons", "GET, POST"),
-        ("DELETE", "/api/coupons", "GET, POST"),
-        ("PUT", "/api/coupons/claim", "GET, POST"),
-        ("POST", "/api/coupons/PROMO", "GET"),
-        ("DELETE", "/api/coupons/PROMO", "GET"),
-        ("POST", "/healthz", "GET"),
+        ("PUT", "/api/coupons", "GET, HEAD, POST"),
+        ("DELETE", "/api/coupons", "GET, HEAD, POST"),
+        ("PUT", "/api/coupons/claim", "GET, HEAD, POST"),
+        ("POST", "/api/coupons/PROMO", "GET, HEAD"),
+        ("DELETE", "/api/coupons/PROMO", "GET, HEAD"),
+        ("POST", "/healthz", "GET, HEAD"),
     ] {
         let answer = request_with(method, &app.url(path), None, &[]);
         answer.assert_error(405, "method_not_allowed");
@@ -578,4 +578,126 @@ fn with_an_admin_token_creating_needs_it_and_claims_stay_open() {
     assert_eq!(created.status, 201);
     assert_eq!(app.claim("u1", "GUARDED").status, 200);
     assert_eq!(app.get("/api/coupons/GUARDED").status, 200);
+}
+
+/// The status line and the headers of a raw answer (names lowercased), and
+/// its body.
+fn split_answer(raw: &str) -> (String, Vec<(String, String)>, String) {
+    let (head, body) = raw.split_once("\r\n\r\n").expect("a whole head");
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_owned();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+#[test]
+fn head_answers_every_get_route_as_get_does_without_a_body() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn();
+    app.create("HEADED", 3);
+    assert_eq!(app.claim("u1", "HEADED").status, 200);
+    let ask = |method: &str, path: &str| {
+        let text = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        split_answer(&http::raw(
+            app.addr(),
+            text.as_bytes(),
+            Duration::from_secs(10),
+        ))
+    };
+    for path in [
+        "/healthz",
+        "/api/coupons",
+        "/api/coupons/HEADED",
+        "/api/coupons/HEADED/claims",
+        "/api/coupons/NOPE",
+        "/api/coupons/claim",
+    ] {
+        let (get_status, get_headers, get_body) = ask("GET", path);
+        let (head_status, head_headers, head_body) = ask("HEAD", path);
+        assert_eq!(head_status, get_status, "{path}");
+        assert_eq!(head_body, "", "{path}: HEAD has no body");
+        let header = |headers: &[(String, String)], name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.clone())
+        };
+        for name in ["content-type", "content-length"] {
+            assert_eq!(
+                header(&head_headers, name),
+                header(&get_headers, name),
+                "{path}: {name}"
+            );
+        }
+        assert_eq!(
+            header(&get_headers, "content-length"),
+            Some(get_body.len().to_string()),
+            "{path}"
+        );
+    }
+    assert!(ask("HEAD", "/metrics").0.contains(" 200 "));
+}
+
+#[test]
+fn a_request_target_in_absolute_form_is_routed_by_its_path() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn();
+    let addr = app.addr();
+    let send = |method: &str, target: &str, body: &str| {
+        let text = format!(
+            "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        split_answer(&http::raw(addr, text.as_bytes(), Duration::from_secs(10)))
+    };
+    let (status, _, _) = send(
+        "POST",
+        &format!("http://{addr}/api/coupons"),
+        r#"{"name":"ABSOLUTE","amount":2}"#,
+    );
+    assert!(status.contains(" 201 "), "{status}");
+    let (status, _, body) = send(
+        "POST",
+        &format!("HTTP://{addr}/api/coupons/claim"),
+        r#"{"user_id":"u1","coupon_name":"ABSOLUTE"}"#,
+    );
+    assert!(status.contains(" 200 "), "{status} {body}");
+    let (status, _, body) = send("GET", &format!("http://{addr}/api/coupons?limit=1"), "");
+    assert!(status.contains(" 200 "), "{status}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["coupons"][0]["name"],
+        "ABSOLUTE"
+    );
+    app.db.assert_invariant();
+}
+
+#[test]
+fn the_location_of_a_coupon_named_dot_or_dot_dot_leads_back_to_it() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn();
+    for (name, location) in [(".", "/api/coupons/%2E"), ("..", "/api/coupons/%2E%2E")] {
+        let created = app.create(name, 1);
+        assert_eq!(created.status, 201, "{created:?}");
+        assert_eq!(created.location.as_deref(), Some(location));
+        // Sent as it is: WHATWG URL parsers (ureq's, browsers') take %2E as
+        // a dot segment too, which RFC 3986 does not.
+        let text = format!("GET {location} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        let (status, _, body) = split_answer(&http::raw(
+            app.addr(),
+            text.as_bytes(),
+            Duration::from_secs(10),
+        ));
+        assert!(status.contains(" 200 "), "{status} {body}");
+        let read: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(read["name"], name);
+    }
+    // Names that only contain dots beside other characters stay as they are.
+    assert_eq!(
+        app.create("...", 1).location.as_deref(),
+        Some("/api/coupons/...")
+    );
 }
