@@ -11,6 +11,7 @@ pub mod http;
 pub mod listener;
 pub mod metrics;
 pub mod server;
+pub mod sockets;
 pub mod store;
 pub mod workers;
 

@@ -243,6 +243,7 @@ impl Server {
             lanes.workers.submitter(),
             lanes.light.submitter(),
             config.idle_timeout,
+            addr.port(),
         ));
 
         let handle = listener.try_clone().map_err(listen)?;

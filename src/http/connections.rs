@@ -13,41 +13,88 @@
 //! that sends far more than it reads would pile them up here. Past
 //! [`MAX_PARKED`] waiting requests the connection is cut: later requests on
 //! it are dropped unanswered (the ones already waiting are still answered,
-//! in order), until it has been quiet long enough to be sure it is closed.
+//! in order). A connection whose answer could not be written is cut too.
 //!
 //! A connection is known by its peer address, the only identity tiny_http
-//! gives a request; two live connections to one listener never share it.
+//! gives a request; two live connections to one listener never share it,
+//! but a new connection may take the address of one that has ended. So a
+//! cut lasts exactly as long as the cut connection: its socket is found
+//! (see `crate::sockets`) and no longer read (tiny_http sees its end, and
+//! reads no more requests from it), and every request read from it holds it
+//! open until that request is answered or dropped. Once it has closed, no
+//! request of the cut connection can still arrive, and the first request
+//! from the same address starts a new line, with a new generation that the
+//! old connection's turns cannot touch. Where the socket cannot be found,
+//! the cut lasts until the address has been quiet for a while.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use crate::sockets::{self, Search, Socket};
 
 /// Requests that may wait behind a connection's current one.
 pub const MAX_PARKED: usize = 64;
 
+/// One connection as the lines know it: its peer address, and which of
+/// the connections from that address it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Connection {
+    pub peer: SocketAddr,
+    generation: u64,
+}
+
 /// What to do with a request that has just arrived.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Admission<T> {
-    /// Its connection has nothing else in progress: start it now.
-    Start(T),
+    /// Its connection has nothing else in progress: start it now. `ended`
+    /// holds what still waited on an earlier, cut connection from the same
+    /// address, which has closed: to be dropped unanswered.
+    Start {
+        request: T,
+        connection: Connection,
+        ended: Vec<T>,
+    },
     /// Kept until the requests before it on its connection are answered.
     Parked,
     /// Its connection has just been cut, at this request: drop it without
-    /// an answer, like every later one.
-    Cut(T),
+    /// an answer, like every later one. The caller then tells the lines
+    /// which socket was cut ([`Lines::identify`]).
+    Cut(T, Connection),
     /// Its connection was cut: drop it without an answer.
     Drop(T),
 }
 
 #[derive(Debug)]
 struct Line<T> {
+    generation: u64,
     /// A request of this connection is being worked on or answered.
     busy: bool,
     parked: VecDeque<T>,
-    /// Requests arriving before then are dropped.
-    cut_until: Option<Instant>,
+    cut: Option<Cut>,
+}
+
+/// A cut connection, and how to tell when it has ended.
+#[derive(Debug)]
+struct Cut {
+    /// Until then, requests are dropped (while the socket is not known).
+    until: Instant,
+    socket: CutSocket,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum CutSocket {
+    /// Not looked for yet, or this system cannot tell: the cut lasts until
+    /// the address has been quiet for a while.
+    Unknown,
+    /// The cut connection's socket, no longer read: the cut ends when it
+    /// closes.
+    Known(Socket),
+    /// It had already closed when it was looked for: nothing more of it
+    /// can come.
+    Gone,
 }
 
 /// The connections that have a request in progress, and what waits
@@ -55,18 +102,51 @@ struct Line<T> {
 #[derive(Debug)]
 pub struct Lines<T> {
     lines: Mutex<HashMap<SocketAddr, Line<T>>>,
-    /// How long a cut connection must be quiet before its address is
-    /// served again: longer than the socket read timeout, after which
-    /// tiny_http closes a connection that sent nothing.
+    /// How long a cut connection whose socket is not known must be quiet
+    /// before its address is served again: longer than the socket read
+    /// timeout, after which tiny_http closes a connection that sent nothing.
     cut_for: Duration,
+    /// The port the connections were accepted on, to find their sockets.
+    port: u16,
     last_sweep: Mutex<Instant>,
 }
 
+impl<T> Line<T> {
+    fn new() -> Line<T> {
+        static GENERATIONS: AtomicU64 = AtomicU64::new(0);
+        Line {
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
+            busy: false,
+            parked: VecDeque::new(),
+            cut: None,
+        }
+    }
+}
+
+impl Cut {
+    fn new(now: Instant, cut_for: Duration) -> Cut {
+        Cut {
+            until: now + cut_for,
+            socket: CutSocket::Unknown,
+        }
+    }
+
+    /// Whether a request of the cut connection may still arrive.
+    fn lasts(&self, now: Instant) -> bool {
+        match self.socket {
+            CutSocket::Known(socket) => socket.is_open(),
+            CutSocket::Gone => false,
+            CutSocket::Unknown => now < self.until,
+        }
+    }
+}
+
 impl<T> Lines<T> {
-    pub fn new(cut_for: Duration) -> Lines<T> {
+    pub fn new(cut_for: Duration, port: u16) -> Lines<T> {
         Lines {
             lines: Mutex::new(HashMap::new()),
             cut_for,
+            port,
             last_sweep: Mutex::new(Instant::now()),
         }
     }
@@ -76,74 +156,109 @@ impl<T> Lines<T> {
         let now = Instant::now();
         self.sweep(now);
         let mut lines = lock(&self.lines);
-        let line = lines.entry(peer).or_insert_with(|| Line {
-            busy: false,
-            parked: VecDeque::new(),
-            cut_until: None,
-        });
-        if line.cut_until.is_some_and(|until| now < until) {
-            // Still flooding: stay cut until it has been quiet for a while.
-            line.cut_until = Some(now + self.cut_for);
-            return Admission::Drop(request);
+        let line = lines.entry(peer).or_insert_with(Line::new);
+        let mut ended = Vec::new();
+        if let Some(cut) = &mut line.cut {
+            if cut.lasts(now) {
+                if let CutSocket::Unknown = cut.socket {
+                    // Still sending: stay cut until it has been quiet a while.
+                    cut.until = now + self.cut_for;
+                }
+                return Admission::Drop(request);
+            }
+            // The cut connection has ended: this request is a new one's.
+            ended = std::mem::replace(line, Line::new()).parked.into();
         }
-        line.cut_until = None;
+        let connection = Connection {
+            peer,
+            generation: line.generation,
+        };
         if !line.busy {
             line.busy = true;
-            return Admission::Start(request);
+            return Admission::Start {
+                request,
+                connection,
+                ended,
+            };
         }
         if line.parked.len() >= MAX_PARKED {
-            line.cut_until = Some(now + self.cut_for);
-            return Admission::Cut(request);
+            line.cut = Some(Cut::new(now, self.cut_for));
+            return Admission::Cut(request, connection);
         }
         line.parked.push_back(request);
         Admission::Parked
     }
 
-    /// The answer to `peer`'s current request has been written: returns the
-    /// next request to start, if one is waiting.
-    pub fn finished(&self, peer: SocketAddr) -> Option<T> {
+    /// The answer to the connection's current request has been written:
+    /// returns its next request to start, if one is waiting.
+    pub fn finished(&self, connection: Connection) -> Option<T> {
         let mut lines = lock(&self.lines);
-        let Entry::Occupied(mut entry) = lines.entry(peer) else {
-            return None;
-        };
-        let line = entry.get_mut();
+        let line = lines
+            .get_mut(&connection.peer)
+            .filter(|l| l.generation == connection.generation)?;
         if let Some(next) = line.parked.pop_front() {
             return Some(next);
         }
         line.busy = false;
-        if line.cut_until.is_none() {
-            entry.remove();
+        if line.cut.is_none() {
+            lines.remove(&connection.peer);
         }
         None
     }
 
-    /// Whether requests wait behind `peer`'s current one.
-    pub fn has_parked(&self, peer: SocketAddr) -> bool {
+    /// Whether requests wait behind the connection's current one.
+    pub fn has_parked(&self, connection: Connection) -> bool {
         lock(&self.lines)
-            .get(&peer)
-            .is_some_and(|line| !line.parked.is_empty())
+            .get(&connection.peer)
+            .is_some_and(|l| l.generation == connection.generation && !l.parked.is_empty())
     }
 
-    /// `peer`'s current request could not be answered (the client went away
-    /// or read too slowly): cuts the connection, and returns what waited
-    /// behind the request, to be dropped unanswered.
-    pub fn cut(&self, peer: SocketAddr) -> Vec<T> {
+    /// The connection's current request could not be answered (the client
+    /// went away or read too slowly): cuts the connection, and returns what
+    /// waited behind the request, to be dropped unanswered. The caller then
+    /// tells the lines which socket was cut ([`Lines::identify`]).
+    pub fn cut(&self, connection: Connection) -> Vec<T> {
         let mut lines = lock(&self.lines);
-        let Some(line) = lines.get_mut(&peer) else {
+        let Some(line) = lines
+            .get_mut(&connection.peer)
+            .filter(|l| l.generation == connection.generation)
+        else {
             return Vec::new();
         };
         line.busy = false;
-        line.cut_until = Some(Instant::now() + self.cut_for);
+        line.cut = Some(Cut::new(Instant::now(), self.cut_for));
         line.parked.drain(..).collect()
     }
 
-    /// Whether `peer` was cut and has not yet been quiet long enough.
+    /// Finds the socket of a connection that was just cut, so that the cut
+    /// ends when it closes, and stops reading from it. Looks through this
+    /// process's descriptors: only ever called for a cut.
+    pub fn identify(&self, connection: Connection) {
+        let socket = match sockets::find_by_peer(self.port, connection.peer) {
+            Search::One(socket) => {
+                socket.shut_down_reading();
+                CutSocket::Known(socket)
+            }
+            Search::NotFound => CutSocket::Gone,
+            Search::Unknown => CutSocket::Unknown,
+        };
+        let mut lines = lock(&self.lines);
+        if let Some(cut) = lines
+            .get_mut(&connection.peer)
+            .filter(|l| l.generation == connection.generation)
+            .and_then(|l| l.cut.as_mut())
+        {
+            cut.socket = socket;
+        }
+    }
+
+    /// Whether `peer`'s connection is cut and has not ended.
     #[cfg(test)]
     fn is_cut(&self, peer: SocketAddr) -> bool {
         lock(&self.lines)
             .get(&peer)
-            .and_then(|line| line.cut_until)
-            .is_some_and(|until| Instant::now() < until)
+            .and_then(|line| line.cut.as_ref())
+            .is_some_and(|cut| cut.lasts(Instant::now()))
     }
 
     /// Connections with a request in progress.
@@ -152,7 +267,7 @@ impl<T> Lines<T> {
         lock(&self.lines).values().filter(|l| l.busy).count()
     }
 
-    /// Forgets cut connections that have gone quiet, at most once a second.
+    /// Forgets cut connections that have ended, at most once a second.
     fn sweep(&self, now: Instant) {
         {
             let mut last = lock(&self.last_sweep);
@@ -161,7 +276,8 @@ impl<T> Lines<T> {
             }
             *last = now;
         }
-        lock(&self.lines).retain(|_, line| line.busy || line.cut_until.is_some_and(|u| now < u));
+        lock(&self.lines)
+            .retain(|_, line| line.busy || line.cut.as_ref().is_some_and(|cut| cut.lasts(now)));
     }
 }
 
@@ -177,58 +293,116 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
+    /// Not a port anything here listens on: no socket is ever found.
+    const PORT: u16 = 1;
+
+    /// The connection a request was started on.
+    fn started<T: std::fmt::Debug + PartialEq>(admission: Admission<T>, expected: T) -> Connection {
+        match admission {
+            Admission::Start {
+                request,
+                connection,
+                ended,
+            } if request == expected && ended.is_empty() => connection,
+            other => panic!("expected {expected:?} to start, got {other:?}"),
+        }
+    }
+
     #[test]
     fn a_connections_requests_start_one_after_another_in_order() {
-        let lines = Lines::new(Duration::from_secs(10));
-        assert_eq!(lines.admit(peer(1), 1), Admission::Start(1));
+        let lines = Lines::new(Duration::from_secs(10), PORT);
+        let one = started(lines.admit(peer(1), 1), 1);
         assert_eq!(lines.admit(peer(1), 2), Admission::Parked);
-        assert_eq!(lines.admit(peer(2), 10), Admission::Start(10));
+        started(lines.admit(peer(2), 10), 10);
         assert_eq!(lines.admit(peer(1), 3), Admission::Parked);
-        assert_eq!(lines.finished(peer(1)), Some(2));
-        assert_eq!(lines.finished(peer(1)), Some(3));
-        assert_eq!(lines.finished(peer(1)), None);
+        assert!(lines.has_parked(one));
+        assert_eq!(lines.finished(one), Some(2));
+        assert_eq!(lines.finished(one), Some(3));
+        assert_eq!(lines.finished(one), None);
         assert_eq!(lines.busy(), 1);
-        assert_eq!(lines.admit(peer(1), 4), Admission::Start(4));
+        started(lines.admit(peer(1), 4), 4);
     }
 
     #[test]
     fn a_connection_past_the_limit_is_cut_but_its_parked_requests_are_kept() {
-        let lines = Lines::new(Duration::from_secs(10));
-        assert_eq!(lines.admit(peer(1), 0), Admission::Start(0));
+        let lines = Lines::new(Duration::from_secs(10), PORT);
+        let one = started(lines.admit(peer(1), 0), 0);
         for n in 1..=MAX_PARKED {
             assert_eq!(lines.admit(peer(1), n), Admission::Parked);
         }
-        assert_eq!(lines.admit(peer(1), 1000), Admission::Cut(1000));
+        assert_eq!(lines.admit(peer(1), 1000), Admission::Cut(1000, one));
         assert!(lines.is_cut(peer(1)));
         assert_eq!(lines.admit(peer(1), 1001), Admission::Drop(1001));
         for n in 1..=MAX_PARKED {
-            assert_eq!(lines.finished(peer(1)), Some(n));
+            assert_eq!(lines.finished(one), Some(n));
         }
-        assert_eq!(lines.finished(peer(1)), None);
+        assert_eq!(lines.finished(one), None);
         assert_eq!(lines.admit(peer(1), 2000), Admission::Drop(2000));
     }
 
     #[test]
     fn a_connection_whose_answer_failed_is_cut_with_what_waited_behind_it() {
-        let lines = Lines::new(Duration::from_secs(10));
-        assert_eq!(lines.admit(peer(1), 1), Admission::Start(1));
+        let lines = Lines::new(Duration::from_secs(10), PORT);
+        let one = started(lines.admit(peer(1), 1), 1);
         assert_eq!(lines.admit(peer(1), 2), Admission::Parked);
         assert_eq!(lines.admit(peer(1), 3), Admission::Parked);
-        assert_eq!(lines.cut(peer(1)), vec![2, 3]);
+        assert_eq!(lines.cut(one), vec![2, 3]);
         assert_eq!(lines.admit(peer(1), 4), Admission::Drop(4));
         assert_eq!(lines.busy(), 0);
     }
 
     #[test]
-    fn a_cut_address_is_served_again_once_it_has_been_quiet() {
-        let lines = Lines::new(Duration::from_millis(20));
-        assert_eq!(lines.admit(peer(1), 0), Admission::Start(0));
+    fn a_cut_address_whose_socket_is_not_known_is_served_again_once_it_has_been_quiet() {
+        let lines = Lines::new(Duration::from_millis(20), PORT);
+        let one = started(lines.admit(peer(1), 0), 0);
         for n in 1..=MAX_PARKED + 1 {
             lines.admit(peer(1), n);
         }
-        while lines.finished(peer(1)).is_some() {}
+        while lines.finished(one).is_some() {}
         std::thread::sleep(Duration::from_millis(40));
         assert!(!lines.is_cut(peer(1)));
-        assert_eq!(lines.admit(peer(1), 7), Admission::Start(7));
+        let two = started(lines.admit(peer(1), 7), 7);
+        assert_ne!(two, one, "a new generation");
+        assert_eq!(
+            lines.finished(one),
+            None,
+            "the old connection's turn changes nothing"
+        );
+        assert_eq!(lines.busy(), 1);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_cut_ends_with_its_connection_and_what_still_waited_on_it_is_handed_back() {
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, from) = listener.accept().unwrap();
+        // Long enough that only the socket's end can end the cut here.
+        let lines = Lines::new(Duration::from_secs(3600), port);
+        let one = started(lines.admit(from, 0), 0);
+        for n in 1..=MAX_PARKED {
+            lines.admit(from, n);
+        }
+        assert_eq!(lines.admit(from, 99), Admission::Cut(99, one));
+        lines.identify(one);
+        assert_eq!(lines.admit(from, 100), Admission::Drop(100));
+        assert!(lines.is_cut(from));
+        drop(client);
+        drop(server);
+        assert!(!lines.is_cut(from), "the cut ended with the socket");
+        match lines.admit(from, 200) {
+            Admission::Start {
+                request: 200,
+                connection,
+                ended,
+            } => {
+                assert_ne!(connection, one);
+                assert_eq!(ended, (1..=MAX_PARKED).collect::<Vec<_>>());
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(lines.finished(one), None);
     }
 }

@@ -7,7 +7,6 @@
 //! socket: answers go to the writers (see `response`). A full lane is
 //! answered 503 at once rather than stalling the accept loop behind it.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +16,7 @@ use tiny_http::Request;
 use crate::context::Context;
 use crate::workers::{Refused, Submitter};
 
-use super::connections::{Admission, Lines};
+use super::connections::{Admission, Connection, Lines};
 use super::error::ApiError;
 use super::intake::{Body, Incoming, take_in};
 use super::router::{Endpoint, Lane, endpoint};
@@ -41,7 +40,7 @@ pub struct Gate {
 /// A connection's right to have one request worked on. Dropped once that
 /// request's answer has been written, which starts the connection's next.
 pub struct Turn {
-    owner: Option<(Arc<Gate>, SocketAddr)>,
+    owner: Option<(Arc<Gate>, Connection)>,
 }
 
 impl Turn {
@@ -49,24 +48,26 @@ impl Turn {
     pub fn others_waiting(&self) -> bool {
         self.owner
             .as_ref()
-            .is_some_and(|(gate, peer)| gate.lines.has_parked(*peer))
+            .is_some_and(|(gate, connection)| gate.lines.has_parked(*connection))
     }
 
     /// This request's answer could not be written: its connection gets no
     /// more answers (see `connections`).
     pub fn cut(mut self) {
-        if let Some((gate, peer)) = self.owner.take() {
-            gate.lines.cut(peer).into_iter().for_each(drop_unanswered);
+        if let Some((gate, connection)) = self.owner.take() {
+            let waiting = gate.lines.cut(connection);
+            gate.lines.identify(connection);
+            waiting.into_iter().for_each(drop_unanswered);
         }
     }
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        if let Some((gate, peer)) = self.owner.take()
-            && let Some(next) = gate.lines.finished(peer)
+        if let Some((gate, connection)) = self.owner.take()
+            && let Some(next) = gate.lines.finished(connection)
         {
-            gate.start(next, peer);
+            gate.start(next, connection);
         }
     }
 }
@@ -74,14 +75,16 @@ impl Drop for Turn {
 impl Gate {
     /// `idle_timeout` is the socket read timeout: a connection quiet for
     /// longer has been closed by tiny_http.
+    /// `port` is the one the server listens on.
     pub fn new(
         ctx: Arc<Context>,
         database: Submitter<Job>,
         light: Submitter<Job>,
         idle_timeout: Duration,
+        port: u16,
     ) -> Gate {
         Gate {
-            lines: Lines::new(idle_timeout + Duration::from_secs(1)),
+            lines: Lines::new(idle_timeout + Duration::from_secs(1), port),
             ctx,
             database,
             light,
@@ -96,9 +99,17 @@ impl Gate {
             return take_in(request, turn, self.dispatcher());
         };
         match self.lines.admit(peer, request) {
-            Admission::Start(request) => self.start(request, peer),
+            Admission::Start {
+                request,
+                connection,
+                ended,
+            } => {
+                ended.into_iter().for_each(drop_unanswered);
+                self.start(request, connection)
+            }
             Admission::Parked => {}
-            Admission::Cut(request) => {
+            Admission::Cut(request, connection) => {
+                self.lines.identify(connection);
                 warn!("{peer} sent too many requests ahead of its answers; dropping the rest");
                 drop_unanswered(request);
             }
@@ -106,9 +117,9 @@ impl Gate {
         }
     }
 
-    fn start(self: &Arc<Self>, request: Request, peer: SocketAddr) {
+    fn start(self: &Arc<Self>, request: Request, connection: Connection) {
         let turn = Turn {
-            owner: Some((Arc::clone(self), peer)),
+            owner: Some((Arc::clone(self), connection)),
         };
         take_in(request, turn, self.dispatcher());
     }

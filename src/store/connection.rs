@@ -19,8 +19,9 @@ use postgres::{NoTls, Row, Statement, ToStatement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::watchdog::{Slot, find_socket};
+use super::watchdog::Slot;
 use crate::failure_run::{Ended, FailureRun, Line};
+use crate::sockets::{self, Search};
 
 /// Every statement the service runs, parsed once when a connection opens
 /// so that a request never pays for a parse round trip. (Plans are made per
@@ -363,7 +364,10 @@ fn locate(client: &mut postgres::Client) -> Result<Option<RawFd>, postgres::Erro
         }
         return Ok(None);
     };
-    let fd = find_socket(ours, theirs);
+    let fd = match sockets::find(ours, theirs) {
+        Search::One(socket) => Some(socket.fd()),
+        Search::NotFound | Search::Unknown => None,
+    };
     if fd.is_none() && !UNMATCHED_NOTED.swap(true, Ordering::Relaxed) {
         warn!(
             "cannot find the socket of a database connection (the database sees it as \

@@ -9,7 +9,7 @@
 //! So every TCP connection is paired, right after it opens, with its own
 //! socket descriptor: the server tells us the connection's two ends
 //! (`inet_client_addr/port`, `inet_server_addr/port`), and exactly one socket
-//! in this process has that address pair (see [`find_socket`]). Before each
+//! in this process has that address pair (see `crate::sockets`). Before each
 //! operation the connection's [`Slot`] is armed with a deadline; a watchdog
 //! thread calls `shutdown(fd, SHUT_RDWR)` on a connection whose operation
 //! outlives it. The blocked call then fails at once with an I/O error
@@ -25,7 +25,6 @@
 //! reports other addresses) go without: they are bounded only by the
 //! server-side statement_timeout and, over TCP, by keepalives.
 
-use std::net::{IpAddr, SocketAddr};
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
@@ -223,72 +222,6 @@ fn report(cut: &[(&'static str, Duration)]) {
     }
 }
 
-/// The descriptor of the one TCP socket in this process whose local and
-/// peer addresses are `local` and `peer`, or `None` if there is not exactly
-/// one. An established TCP connection's address pair is unique on the host,
-/// so while the connection is open the descriptor found is its own.
-#[cfg(target_os = "linux")]
-pub(crate) fn find_socket(local: SocketAddr, peer: SocketAddr) -> Option<RawFd> {
-    let (local, peer) = (canonical(local), canonical(peer));
-    let mut found = None;
-    for entry in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
-        let Some(fd) = entry
-            .file_name()
-            .to_str()
-            .and_then(|name| name.parse::<RawFd>().ok())
-        else {
-            continue;
-        };
-        if address(fd, libc::getsockname) == Some(local)
-            && address(fd, libc::getpeername) == Some(peer)
-        {
-            if found.is_some() {
-                return None;
-            }
-            found = Some(fd);
-        }
-    }
-    found
-}
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) fn find_socket(_local: SocketAddr, _peer: SocketAddr) -> Option<RawFd> {
-    None
-}
-
-type NameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> i32;
-
-/// getsockname or getpeername of `fd`, if it is an IP socket. Any
-/// descriptor number may be passed: a closed one or one that is not a
-/// socket only gives an error.
-#[cfg(target_os = "linux")]
-fn address(fd: RawFd, name: NameFn) -> Option<SocketAddr> {
-    // SAFETY: the closure writes at most `len` bytes into the storage that
-    // try_init provides, as getsockname/getpeername promise.
-    let (_, addr) = unsafe {
-        socket2::SockAddr::try_init(|storage, len| {
-            if name(fd, storage.cast(), len) == -1 {
-                Err(std::io::Error::last_os_error())
-            } else {
-                Ok(())
-            }
-        })
-    }
-    .ok()?;
-    addr.as_socket().map(canonical)
-}
-
-/// IPv4-mapped IPv6 addresses as plain IPv4, so both ends compare alike.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(
-        match addr.ip() {
-            IpAddr::V6(v6) => v6.to_canonical(),
-            v4 => v4,
-        },
-        addr.port(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,24 +230,11 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn finds_exactly_the_socket_of_a_connection() {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        let fd = find_socket(client.local_addr().unwrap(), client.peer_addr().unwrap());
-        assert_eq!(fd, Some(client.as_raw_fd()));
-        let fd = find_socket(server.local_addr().unwrap(), server.peer_addr().unwrap());
-        assert_eq!(fd, Some(server.as_raw_fd()));
-        let elsewhere = "127.0.0.1:1".parse().unwrap();
-        assert_eq!(find_socket(client.local_addr().unwrap(), elsewhere), None);
-    }
-
-    #[test]
     fn a_deadline_that_passes_cuts_the_blocked_read() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_silent, _) = listener.accept().unwrap();
-        let fd = find_socket(client.local_addr().unwrap(), client.peer_addr().unwrap()).unwrap();
+        let fd = client.as_raw_fd();
         let slot = Slot::register(fd).unwrap();
         slot.arm("a test read", Duration::from_millis(100));
         let began = Instant::now();
@@ -335,7 +255,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (_silent, _) = listener.accept().unwrap();
-        let fd = find_socket(client.local_addr().unwrap(), client.peer_addr().unwrap()).unwrap();
+        let fd = client.as_raw_fd();
         let slot = Slot::register(fd).unwrap();
         slot.close(false);
         slot.arm("after close", Duration::ZERO);

@@ -185,3 +185,76 @@ fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_an
     assert_eq!(other.status(), Some(200), "{other:?}");
     assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
 }
+
+/// A TCP connection to `server` from 127.0.0.1:`port`.
+fn connect_from(port: u16, server: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    socket.connect(&server.into())?;
+    Ok(socket.into())
+}
+
+#[test]
+fn a_new_connection_from_the_address_of_a_cut_one_is_served_once_the_cut_one_has_closed() {
+    use std::io::{Read, Write};
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
+    let addr = server.addr;
+    create(addr, "flood", 1000);
+    let port = support::database::free_port().unwrap();
+
+    // Far more than the server lets wait behind one request: cut.
+    let mut first = connect_from(port, addr).unwrap();
+    let flood: String = (0..400)
+        .map(|n| claim_text(&format!("user{n}"), "flood"))
+        .collect();
+    first.write_all(flood.as_bytes()).unwrap();
+    assert!(
+        support::wait_for(LIMIT, || server
+            .log()
+            .iter()
+            .any(|l| l.contains("too many requests ahead of its answers"))),
+        "{:?}",
+        server.log()
+    );
+    // Gone at once, with a reset; once the server has let go of it, its
+    // address is free for a new connection.
+    socket2::SockRef::from(&first)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(first);
+    assert!(
+        support::wait_for(LIMIT, || server.held_connections() == 0),
+        "the server still holds the cut connection"
+    );
+
+    let mut second = None;
+    for _ in 0..100 {
+        match connect_from(port, addr) {
+            Ok(stream) => {
+                second = Some(stream);
+                break;
+            }
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let mut second = second.expect("connecting again from the same port");
+    second.set_read_timeout(Some(LIMIT)).unwrap();
+    let claim = claim_text("after", "flood").replacen(
+        "Host: test\r\n",
+        "Host: test\r\nConnection: close\r\n",
+        1,
+    );
+    second.write_all(claim.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = second.read_to_string(&mut answer);
+    assert_eq!(
+        support::http::statuses(&answer),
+        [200],
+        "the new connection got {answer:?}"
+    );
+    db.assert_invariant();
+}
