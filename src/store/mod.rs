@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use log::debug;
 use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
@@ -94,6 +95,13 @@ impl Store {
             .error_handler(Box::new(LogPoolErrors(Arc::clone(&failures))))
             .build(Manager::new(connector.clone(), failures))
             .map_err(|err| OpenError::Database(err.into()))?;
+        // One connection opened now, while nothing waits for it, so that the
+        // first request does not pay for opening it (connecting and
+        // preparing every statement) within its check-out time. A failure
+        // here is left to the first request, which opens one itself.
+        if let Err(err) = pool.get_timeout(settings.query_timeout) {
+            debug!("could not open a first pooled connection at start: {err}");
+        }
         Ok(Store {
             pool,
             health,

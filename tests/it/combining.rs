@@ -234,6 +234,11 @@ fn two_server_processes_on_one_database_share_the_attacks_exactly() {
 fn a_batch_that_sells_a_coupon_out_sends_no_freshness_notification() {
     let _turn = serial::turn!();
     let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
+    let metric = |name: &str| http::metric(&http::scrape(&app.base), name);
+    // Listening, so that the coupon's creation is heard (and counted).
+    assert!(support::wait_for(Duration::from_secs(10), || {
+        metric("flash_coupons_freshness_listener_connected") == 1.0
+    }));
     app.create("LAST_FIVE", 6);
     assert_eq!(app.claim("early", "LAST_FIVE").status, 200);
     let mut listener = app.db.client();
@@ -241,12 +246,7 @@ fn a_batch_that_sells_a_coupon_out_sends_no_freshness_notification() {
         .batch_execute("LISTEN flash_coupons_stock")
         .unwrap();
     // Creating the coupon notified already; the server may still be taking it in.
-    let notified = || {
-        http::metric(
-            &http::scrape(&app.base),
-            "flash_coupons_freshness_notifications_total",
-        )
-    };
+    let notified = || metric("flash_coupons_freshness_notifications_total");
     assert!(support::wait_for(Duration::from_secs(10), || notified() == 1.0));
 
     // As above: one batch of 40 claims (an earlier holder among them) on

@@ -116,10 +116,8 @@ fn a_server_starting_beside_a_long_reader_serves_at_once_when_the_schema_is_curr
     );
     let serving_after = began.elapsed();
     thread::sleep(READER_HOLDS.saturating_sub(began.elapsed()));
-    assert_eq!(
-        client::claim(second.addr, "on-the-new-one", "ROLLING", LIMIT).status(),
-        Some(200)
-    );
+    let on_the_new_one = client::claim(second.addr, "on-the-new-one", "ROLLING", LIMIT);
+    assert_eq!(on_the_new_one.status(), Some(200), "{on_the_new_one:?}");
     reader.end();
 
     let claims = claimer.assert_all_served_promptly();
@@ -175,7 +173,10 @@ fn a_server_whose_schema_change_needs_locks_backs_off_until_the_reader_ends() {
     );
     let serving_after = reader_ended.elapsed();
     let claims = claimer.assert_all_served_promptly();
-    assert_eq!(recorded_version(&db), 2);
+    assert_eq!(
+        recorded_version(&db),
+        i64::from(flash_coupons::store::SCHEMA_VERSION)
+    );
     eprintln!(
         "{claims} claims on the running server; the new one served {serving_after:?} after the reader ended"
     );
@@ -194,21 +195,28 @@ fn through_the_edge_a_deployment_starting_beside_a_long_reader_stalls_no_claim()
     let claimer = Claimer::start(running.addr, "ROLLING");
     let reader = LongReader::start(&db);
 
-    let url = db.url.clone();
-    let starting =
-        thread::spawn(move || Edge::start(&url, 2, &[("DB_STARTUP_TIMEOUT_SECS", "60")]));
-    thread::sleep(READER_HOLDS);
+    // The reader ends on a thread of its own: run-local must be started
+    // from this one (it is told to stop when the thread that started it
+    // ends).
+    let ending = thread::spawn(move || {
+        thread::sleep(READER_HOLDS);
+        reader.end();
+        Instant::now()
+    });
+    let second = Edge::start(&db.url, 2, &[("DB_STARTUP_TIMEOUT_SECS", "60")]);
+    let ready = Instant::now();
+    let reader_ended = ending.join().expect("the reader");
     assert!(
-        !starting.is_finished(),
-        "the new replicas needed the reader's tables"
+        ready > reader_ended,
+        "the new replicas needed the reader's tables, and were ready before it ended"
     );
-    reader.end();
-
-    let second = starting.join().expect("the second deployment");
     let health = client::get(second.addr, "/healthz", LIMIT);
     assert_eq!(health.status(), Some(200), "{health:?}");
     let claims = claimer.assert_all_served_promptly();
-    assert_eq!(recorded_version(&db), 2);
+    assert_eq!(
+        recorded_version(&db),
+        i64::from(flash_coupons::store::SCHEMA_VERSION)
+    );
     eprintln!("{claims} claims through the running edge");
     db.assert_invariant();
 }
