@@ -1,13 +1,14 @@
 //! What every request handler can reach, shared by all workers.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::claims::Claims;
 use crate::config::Config;
-use crate::failure_run::FailureRun;
+use crate::failure_log::FailureLog;
 use crate::http::{Budget, Outgoing};
+use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::workers::Submitter;
@@ -29,9 +30,9 @@ pub struct Context {
     health: HealthProbe,
     /// Failing /healthz probes, for their request lines (see
     /// `http::probe_level`).
-    pub failing_probes: FailureRun,
+    pub failing_probes: FailureLog,
     /// Requests answered 503 because of the database (see `http::finish`).
-    pub failing_requests: FailureRun,
+    pub failing_requests: FailureLog,
     /// Set from a shutdown signal until the server stops accepting
     /// (SHUTDOWN_DRAIN_SECS): /healthz fails so that a load balancer stops
     /// sending here, while everything else is served as usual.
@@ -78,8 +79,8 @@ impl Context {
             writers,
             write_timeout: config.write_timeout,
             health: HealthProbe::default(),
-            failing_probes: FailureRun::default(),
-            failing_requests: FailureRun::default(),
+            failing_probes: FailureLog::default(),
+            failing_requests: FailureLog::default(),
             draining: AtomicBool::new(false),
         }
     }
@@ -158,8 +159,4 @@ impl Context {
         probe.ended.notify_all();
         answered
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }

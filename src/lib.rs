@@ -6,9 +6,11 @@ pub mod claims;
 pub mod config;
 pub mod context;
 pub mod domain;
-pub mod failure_run;
+#[macro_use]
+pub mod failure_log;
 pub mod http;
 pub mod listener;
+pub mod lock;
 pub mod metrics;
 pub mod server;
 pub mod sockets;

@@ -33,6 +33,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::lock::lock;
 use crate::sockets::{self, Search, Socket};
 
 /// Requests that may wait behind a connection's current one.
@@ -279,10 +280,6 @@ impl<T> Lines<T> {
         lock(&self.lines)
             .retain(|_, line| line.busy || line.cut.as_ref().is_some_and(|cut| cut.lasts(now)));
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -23,11 +23,11 @@ mod router;
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{debug, error, info, warn};
+use log::{error, info};
 
 use crate::context::Context;
 use crate::domain::ClaimOutcome;
-use crate::failure_run::{Ended, Line};
+use crate::failure_log::Say;
 use crate::store::StoreError;
 
 pub use budget::Budget;
@@ -157,11 +157,8 @@ fn finish(
         }
     };
     let status = reply.status;
-    if status < 500
-        && !matches!(route, "healthz" | "metrics" | "none")
-        && let Some(Ended { failures, over }) = ctx.failing_requests.succeeded()
-    {
-        info!("requests are served again, after {failures} answered 503 over {over:.1?}");
+    if status < 500 && !matches!(route, "healthz" | "metrics" | "none") {
+        log_recovery!(ctx.failing_requests, "requests are served again");
     }
     let took = started.elapsed();
     ctx.metrics.request_finished(route, status, took);
@@ -185,40 +182,34 @@ fn finish(
 
 /// The level of a /healthz request line. The edge and Docker probe it
 /// every second or so: a passing probe is not worth a line at info, and
-/// failing ones are one run of failures (see `failure_run`): the first
+/// failing ones are one run of failures (see `failure_log`): the first
 /// probe's line at info, then a count at info at most every REPORT_EVERY,
 /// and a line when a probe passes again; the other lines at debug.
 fn probe_level(ctx: &Context, status: u16) -> log::Level {
     if status == 200 {
-        if let Some(Ended { failures, over }) = ctx.failing_probes.succeeded() {
-            info!("/healthz passes again, after {failures} failing probes over {over:.1?}");
-        }
+        log_recovery!(ctx.failing_probes, "/healthz passes again");
         return log::Level::Debug;
     }
     match ctx.failing_probes.failed() {
-        Line::First => log::Level::Info,
-        Line::Count { failures, over } => {
+        Say::InFull => log::Level::Info,
+        Say::Count { failures, over } => {
             info!("/healthz still failing: {failures} failing probes in a row over {over:.1?}");
             log::Level::Debug
         }
-        Line::Quiet => log::Level::Debug,
+        Say::Quietly => log::Level::Debug,
     }
 }
 
 /// The cause of a 503 from the store (the database unreachable, retries
 /// run out): while the database is down every request fails alike, so
-/// these are one run of failures (see `failure_run`): the first in full at
-/// warning level, a count at most every REPORT_EVERY, the rest at debug;
-/// the next request served ends the run with a line of its own.
+/// these are one run of failures (see `failure_log`); the next request
+/// served ends the run with a line of its own.
 fn unavailable_line(ctx: &Context, method: &tiny_http::Method, target: &str, cause: &StoreError) {
-    match ctx.failing_requests.failed() {
-        Line::First => warn!("{method} {target}: {cause}"),
-        Line::Count { failures, over } => warn!(
-            "{failures} requests answered 503 in a row over {over:.1?}; the latest: {method} \
-             {target}: {cause}"
-        ),
-        Line::Quiet => debug!("{method} {target}: {cause}"),
-    }
+    log_failure!(
+        ctx.failing_requests,
+        log::Level::Warn,
+        "{method} {target} answered 503: {cause}"
+    );
 }
 
 /// Answers a request that no lane could take.

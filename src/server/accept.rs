@@ -12,13 +12,14 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use log::{debug, info, warn};
+use log::debug;
 
 use super::StartError;
 use super::pump::{self, HandOn};
 use super::threads::{
     as_named, catch_quietly, generation_name, panic_message, unwatch_panics, watch_panics,
 };
+use crate::failure_log::FailureLog;
 use crate::http::Gate;
 
 /// The shortest pause before starting an accept loop after a failure.
@@ -311,72 +312,56 @@ fn supervise(
     }
 }
 
-/// When to start the next accept loop, and the failures in a row so far
-/// (accept loops ending on an error or panicking, or not starting). The
-/// first failure of a run is a warning, the others are logged at debug
-/// level with a warning at most every `REPORT_EVERY`; the pause before each
-/// new start doubles, up to `PAUSE_MAX`. A run ends when an accept loop
-/// ends idle or has lived `STABLE`.
-#[derive(Default)]
+/// When to start the next accept loop, and the run of failures so far
+/// (accept loops ending on an error or panicking, or not starting), in the
+/// log as one run (see `failure_log`): the pause before each new start
+/// doubles, up to `PAUSE_MAX`. A run ends when the accepting loop hands on
+/// a request, ends idle, or has lived `STABLE`.
 struct Restart {
     at: Option<Instant>,
     pause: Duration,
-    /// When the run of failures began.
-    since: Option<Instant>,
-    failures: u32,
-    warned: Option<Instant>,
-    /// Whether "accepting again" was said in this run.
-    announced: bool,
+    failures: FailureLog,
+}
+
+impl Default for Restart {
+    fn default() -> Restart {
+        Restart {
+            at: None,
+            pause: Duration::ZERO,
+            failures: FailureLog::new(REPORT_EVERY),
+        }
+    }
 }
 
 impl Restart {
     fn after_idle(&mut self) {
         self.serving();
-        *self = Restart::default();
+        self.pause = Duration::ZERO;
         self.at = Some(Instant::now());
     }
 
     fn after_end(&mut self, ended: &Generation, what: fmt::Arguments<'_>) {
         if ended.started.elapsed() >= STABLE {
-            *self = Restart::default();
+            self.failures.succeeded();
+            self.pause = Duration::ZERO;
         }
         self.after_failure(what);
     }
 
     fn after_failure(&mut self, what: fmt::Arguments<'_>) {
-        let now = Instant::now();
         let pause = self.pause.max(PAUSE_MIN);
-        self.at = Some(now + pause);
+        self.at = Some(Instant::now() + pause);
         self.pause = (pause * 2).min(PAUSE_MAX);
-        self.failures = self.failures.saturating_add(1);
-        let since = *self.since.get_or_insert(now);
-        if self.failures == 1 {
-            warn!("{what}; starting a new one in {pause:?}");
-        } else if self.warned.is_none_or(|at| now - at >= REPORT_EVERY) {
-            warn!(
-                "{what}; starting a new one in {pause:?} ({} failures in a row over {:.1?})",
-                self.failures,
-                now - since
-            );
-        } else {
-            debug!("{what}; starting a new one in {pause:?}");
-            return;
-        }
-        self.warned = Some(now);
+        log_failure!(
+            self.failures,
+            log::Level::Warn,
+            "{what}; starting a new one in {pause:?}"
+        );
     }
 
-    /// The accepting generation handed on its first request.
+    /// The accepting generation handed on a request, or ended idle.
     fn serving(&mut self) {
-        if let Some(since) = self.since
-            && !self.announced
-        {
-            self.announced = true;
-            info!(
-                "accepting again after {} failed accept loop(s) over {:.1?}",
-                self.failures,
-                since.elapsed()
-            );
-        }
+        log_recovery!(self.failures, "accepting again");
     }
 }
 

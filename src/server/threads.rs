@@ -12,8 +12,10 @@ use std::cell::Cell;
 use std::collections::HashSet;
 use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+
+use crate::lock::lock;
 use std::thread;
 
 use crossbeam_channel::Sender;
@@ -98,10 +100,6 @@ pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
     } else {
         "a panic without a message".to_owned()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) fn generation_name(number: u64) -> String {

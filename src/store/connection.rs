@@ -13,14 +13,14 @@ use std::sync::mpsc::{RecvTimeoutError, sync_channel};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{info, warn};
 use postgres::types::ToSql;
 use postgres::{NoTls, Row, Statement, ToStatement};
 use r2d2::ManageConnection;
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::watchdog::Slot;
-use crate::failure_run::{Ended, FailureRun, Line};
+use crate::failure_log::FailureLog;
 use crate::sockets::{self, Search};
 
 /// Every statement the service runs, parsed once when a connection opens
@@ -545,33 +545,19 @@ impl Drop for CheckoutScope {
     }
 }
 
-/// The pool's connection failures (failed connects and failed checks), in
-/// the log as one run while they last (see `failure_run`): a pool retrying
-/// against a database that is down fails several times a second.
-#[derive(Default)]
-pub(crate) struct FailureLog {
-    run: FailureRun,
-}
+/// r2d2's failed connects and checks, into the log as one run while they
+/// last (see `failure_log`): a pool retrying against a database that is down
+/// fails several times a second.
+#[derive(Debug)]
+pub(crate) struct PoolErrors(pub(crate) Arc<FailureLog>);
 
-impl FailureLog {
-    pub(crate) fn failure(&self, err: &dyn fmt::Display) {
-        match self.run.failed() {
-            Line::First => warn!("database connection failed: {err}"),
-            Line::Count { failures, over } => warn!(
-                "database connection failed: {err} ({failures} failed attempts or checks in a \
-                 row over {over:.1?})"
-            ),
-            Line::Quiet => debug!("database connection failed: {err}"),
-        }
-    }
-
-    pub(crate) fn success(&self) {
-        if let Some(Ended { failures, over }) = self.run.succeeded() {
-            info!(
-                "connected to the database again, after {failures} failed attempts or checks \
-                 over {over:.1?}"
-            );
-        }
+impl r2d2::HandleError<ConnError> for PoolErrors {
+    fn handle_error(&self, err: ConnError) {
+        log_failure!(
+            self.0,
+            log::Level::Warn,
+            "database connection failed: {err}"
+        );
     }
 }
 
@@ -616,7 +602,7 @@ impl ManageConnection for Manager {
                     ConnError::Db(err)
                 }
             })?;
-        self.failures.success();
+        log_recovery!(self.failures, "connected to the database again");
         Ok(Conn { client, stmts })
     }
 

@@ -40,11 +40,11 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
-use log::{debug, info, warn};
+use log::info;
 use postgres::fallible_iterator::FallibleIterator;
 
 use super::connection::{Client, ConnError, Connector};
-use crate::failure_run::{Ended, FailureRun, Line};
+use crate::failure_log::{Ended, FailureLog};
 
 /// The channel schema.sql's triggers notify on.
 pub const CHANNEL: &str = "flash_coupons_stock";
@@ -230,34 +230,30 @@ fn describe(client: &Client, err: postgres::Error) -> String {
 }
 
 /// Losing the connection is logged as one run of failures (see
-/// `failure_run`): once when it starts, counted at most once per
+/// `failure_log`): once when it starts, counted at most once per
 /// REPORT_EVERY while it lasts, and getting it back once.
-struct Trouble(FailureRun);
+struct Trouble(FailureLog);
 
 impl Default for Trouble {
     fn default() -> Trouble {
-        Trouble(FailureRun::new(REPORT_EVERY))
+        Trouble(FailureLog::new(REPORT_EVERY))
     }
 }
 
 impl Trouble {
     fn failed(&mut self, err: &str) {
-        const UNTIL_BACK: &str = "until it is back, claims on sold-out coupons are decided by a transaction, not from \
-             memory";
-        match self.0.failed() {
-            Line::First => warn!("the freshness listener has no connection ({err}); {UNTIL_BACK}"),
-            Line::Count { failures, over } => warn!(
-                "the freshness listener still has no connection after {failures} failed attempts \
-                 over {over:.1?} ({err}); {UNTIL_BACK}"
-            ),
-            Line::Quiet => debug!("the freshness listener has no connection ({err})"),
-        }
+        log_failure!(
+            self.0,
+            log::Level::Warn,
+            "the freshness listener has no connection ({err}); until it is back, claims on \
+             sold-out coupons are decided by a transaction, not from memory"
+        );
     }
 
     fn recovered(&mut self) {
         match self.0.succeeded() {
             Some(Ended { failures, over }) => info!(
-                "the freshness listener is listening again, after {failures} failed attempts over \
+                "the freshness listener is listening again, after {failures} failures over \
                  {over:.1?}"
             ),
             None => info!("the freshness listener is listening"),

@@ -29,7 +29,8 @@ pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
 pub use startup::OpenError;
 
-use connection::{CheckoutScope, Connector, FailureLog, Manager};
+use crate::failure_log::FailureLog;
+use connection::{CheckoutScope, Connector, Manager, PoolErrors};
 use error::{Failure, classify};
 
 /// How the store reaches the database and how hard it tries.
@@ -92,7 +93,7 @@ impl Store {
             .max_size(settings.pool_size)
             .min_idle(Some(0))
             .connection_timeout(settings.checkout_timeout)
-            .error_handler(Box::new(LogPoolErrors(Arc::clone(&failures))))
+            .error_handler(Box::new(PoolErrors(Arc::clone(&failures))))
             .build(Manager::new(connector.clone(), failures))
             .map_err(|err| OpenError::Database(err.into()))?;
         // One connection opened now, while nothing waits for it, so that the
@@ -330,19 +331,4 @@ fn connection_config(settings: &StoreSettings) -> postgres::Config {
     };
     database.options(&options);
     database
-}
-
-/// r2d2's failed connects and checks, into the log at a readable rate.
-struct LogPoolErrors(Arc<FailureLog>);
-
-impl std::fmt::Debug for LogPoolErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("LogPoolErrors")
-    }
-}
-
-impl r2d2::HandleError<ConnError> for LogPoolErrors {
-    fn handle_error(&self, err: ConnError) {
-        self.0.failure(&err);
-    }
 }

@@ -13,14 +13,14 @@ use std::fmt;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::info;
 use postgres::error::SqlState;
 
 use super::connection::{ConnError, Connector};
 use super::error::Failure;
 use super::schema::{self, Applied};
 use super::{StoreError, failure};
-use crate::failure_run::{Ended, FailureRun, Line};
+use crate::failure_log::{Ended, FailureLog};
 
 /// The least time given to one step of start-up (connecting, applying the
 /// schema), even when less of DB_STARTUP_TIMEOUT_SECS is left.
@@ -88,8 +88,8 @@ pub(super) fn start_up(connector: &Connector, budget: Duration) -> Result<(), Op
             .clamp(MIN_STEP, connector.query_timeout().max(MIN_STEP))
     };
     let mut pause = PAUSE_MIN;
-    // The failed attempts, in the log as one run (see `failure_run`).
-    let run = FailureRun::default();
+    // The failed attempts, in the log as one run (see `failure_log`).
+    let run = FailureLog::default();
     loop {
         let waiting = match start_up_once(connector, step, &run) {
             Ok(()) => return Ok(()),
@@ -108,15 +108,12 @@ pub(super) fn start_up(connector: &Connector, budget: Duration) -> Result<(), Op
                 .into(),
             )));
         }
-        match run.failed() {
-            Line::First => warn!("{waiting}; retrying in {pause:?}"),
-            Line::Count { failures, over } => warn!(
-                "{waiting}, after {failures} attempts over {over:.1?}; retrying for up to \
-                 {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
-                deadline.saturating_duration_since(Instant::now())
-            ),
-            Line::Quiet => debug!("{waiting}; retrying in {pause:?}"),
-        }
+        log_failure!(
+            run,
+            log::Level::Warn,
+            "{waiting}; retrying in {pause:?}, for up to {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
+            deadline.saturating_duration_since(Instant::now())
+        );
         thread::sleep(pause);
         pause = (pause * 2).min(PAUSE_MAX);
     }
@@ -125,7 +122,7 @@ pub(super) fn start_up(connector: &Connector, budget: Duration) -> Result<(), Op
 fn start_up_once(
     connector: &Connector,
     step: impl Fn() -> Duration,
-    run: &FailureRun,
+    run: &FailureLog,
 ) -> Result<(), Attempt> {
     let mut client = connector.open(step()).map_err(|err| match refusal(&err) {
         Some(fatal) => Attempt::Fatal(fatal),

@@ -27,7 +27,9 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+
+use crate::lock::lock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -61,10 +63,6 @@ struct Shared {
     /// Operations armed right now; the watchdog sleeps while there are none.
     armed: AtomicUsize,
     wake: Condvar,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The process-wide watchdog, started on first use; `None` if its thread
