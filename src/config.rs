@@ -7,33 +7,24 @@ use std::time::Duration;
 use log::LevelFilter;
 
 use crate::store::StoreSettings;
+use crate::transport;
 
 /// Everything the server needs to start. Built from the environment by
 /// [`Config::from_env`], or directly by tests.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub listen_addr: String,
+    /// Worker threads that answer requests that may wait on the database.
     pub workers: usize,
-    /// How many answers a connection gets, on average, before the server
-    /// says `Connection: close`: 1 closes after every answer, 0 never.
-    pub keep_alive_requests: u32,
     /// When set, POST /api/coupons needs `Authorization: Bearer <token>`.
     pub admin_token: Option<String>,
-    /// Read and write timeout on every client socket.
-    pub idle_timeout: Duration,
-    /// The longest a client may take to read one whole answer.
-    pub write_timeout: Duration,
-    /// Threads that write answers to clients.
-    pub writers: usize,
     /// Memory that answers read whole before writing may hold at once.
     pub response_buffer_bytes: usize,
-    /// Answers over 1 MiB in flight at once, each with its own writer.
-    pub large_answers: usize,
     pub log_level: LevelFilter,
     /// On SIGTERM or SIGINT, how long /healthz fails while everything else
     /// is served, before the server stops accepting (0: stop at once).
     pub shutdown_drain: Duration,
     pub store: StoreSettings,
+    pub transport: transport::Settings,
 }
 
 /// A setting that is missing or cannot be used, named for the operator.
@@ -48,7 +39,9 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
+/// Loopback only: a replica is never exposed directly (it is meant to sit
+/// behind the edge); Docker and deploy/run-local set what they need.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:8080";
 pub const DEFAULT_WORKERS: usize = 16;
 pub const DEFAULT_DB_POOL_SIZE: u32 = 16;
 pub const DEFAULT_CLAIM_MAX_RETRIES: u32 = 20;
@@ -86,7 +79,7 @@ impl Config {
         let database = parse_database_url(&url)?;
         let mut config = Config::for_database(database);
         if let Some(addr) = get("LISTEN_ADDR") {
-            config.listen_addr = addr;
+            config.transport.listen_addr = addr;
         }
         config.workers = number(&get, "WORKERS", DEFAULT_WORKERS, 1, 1024)?;
         config.store.pool_size = number(&get, "DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, 1, 1024)?;
@@ -118,22 +111,22 @@ impl Config {
             100,
             600_000,
         )?);
-        config.idle_timeout = Duration::from_secs(number(
+        config.transport.idle_timeout = Duration::from_secs(number(
             &get,
             "HTTP_IDLE_TIMEOUT_SECS",
             DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
             1,
             3600,
         )?);
-        config.write_timeout = Duration::from_secs(number(
+        config.transport.write_timeout = Duration::from_secs(number(
             &get,
             "HTTP_WRITE_TIMEOUT_SECS",
             DEFAULT_HTTP_WRITE_TIMEOUT_SECS,
             1,
             3600,
         )?);
-        config.writers = number(&get, "HTTP_WRITERS", DEFAULT_HTTP_WRITERS, 1, 4096)?;
-        config.large_answers = number(
+        config.transport.writers = number(&get, "HTTP_WRITERS", DEFAULT_HTTP_WRITERS, 1, 4096)?;
+        config.transport.large_writers = number(
             &get,
             "HTTP_LARGE_ANSWERS",
             DEFAULT_HTTP_LARGE_ANSWERS,
@@ -147,7 +140,7 @@ impl Config {
             1,
             1 << 20,
         )? << 20;
-        config.keep_alive_requests = number(
+        config.transport.keep_alive_requests = number(
             &get,
             "HTTP_KEEP_ALIVE_REQUESTS",
             DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
@@ -175,15 +168,9 @@ impl Config {
     /// The defaults, pointed at `database`.
     pub fn for_database(database: postgres::Config) -> Config {
         Config {
-            listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
             workers: DEFAULT_WORKERS,
-            keep_alive_requests: DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
             admin_token: None,
-            idle_timeout: Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
-            write_timeout: Duration::from_secs(DEFAULT_HTTP_WRITE_TIMEOUT_SECS),
-            writers: DEFAULT_HTTP_WRITERS,
             response_buffer_bytes: DEFAULT_RESPONSE_BUFFER_MB << 20,
-            large_answers: DEFAULT_HTTP_LARGE_ANSWERS,
             log_level: LevelFilter::Info,
             shutdown_drain: Duration::from_secs(DEFAULT_SHUTDOWN_DRAIN_SECS),
             store: StoreSettings {
@@ -194,8 +181,121 @@ impl Config {
                 checkout_timeout: Duration::from_millis(DEFAULT_DB_CHECKOUT_TIMEOUT_MS),
                 query_timeout: Duration::from_millis(DEFAULT_DB_QUERY_TIMEOUT_MS),
             },
+            transport: transport::Settings {
+                listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
+                idle_timeout: Duration::from_secs(DEFAULT_HTTP_IDLE_TIMEOUT_SECS),
+                write_timeout: Duration::from_secs(DEFAULT_HTTP_WRITE_TIMEOUT_SECS),
+                writers: DEFAULT_HTTP_WRITERS,
+                large_writers: DEFAULT_HTTP_LARGE_ANSWERS,
+                keep_alive_requests: DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
+            },
         }
     }
+}
+
+/// One setting as `flash-coupons --help` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    pub name: &'static str,
+    pub default: String,
+    pub meaning: &'static str,
+}
+
+/// Every setting [`Config::from_env`] reads, with its default, in one
+/// line each.
+pub fn settings() -> Vec<Setting> {
+    let setting = |name, default: &dyn fmt::Display, meaning| Setting {
+        name,
+        default: default.to_string(),
+        meaning,
+    };
+    vec![
+        setting(
+            "DATABASE_URL",
+            &"none, required",
+            "PostgreSQL connection string (postgres://user:password@host:5432/database)",
+        ),
+        setting(
+            "LISTEN_ADDR",
+            &DEFAULT_LISTEN_ADDR,
+            "address and port to listen on (port 0: any free port)",
+        ),
+        setting(
+            "WORKERS",
+            &DEFAULT_WORKERS,
+            "threads answering requests that may wait on the database (1-1024)",
+        ),
+        setting(
+            "DB_POOL_SIZE",
+            &DEFAULT_DB_POOL_SIZE,
+            "most database connections held (1-1024)",
+        ),
+        setting(
+            "CLAIM_MAX_RETRIES",
+            &DEFAULT_CLAIM_MAX_RETRIES,
+            "retries of a conflicting claim transaction before 503 busy (0-1000)",
+        ),
+        setting(
+            "DB_STARTUP_TIMEOUT_SECS",
+            &DEFAULT_DB_STARTUP_TIMEOUT_SECS,
+            "how long start-up keeps trying to reach the database (0-3600)",
+        ),
+        setting(
+            "DB_CHECKOUT_TIMEOUT_MS",
+            &DEFAULT_DB_CHECKOUT_TIMEOUT_MS,
+            "how long a request waits for a database connection before 503 (10-600000)",
+        ),
+        setting(
+            "DB_QUERY_TIMEOUT_MS",
+            &DEFAULT_DB_QUERY_TIMEOUT_MS,
+            "deadline of every database operation; past it, 503 (100-600000)",
+        ),
+        setting(
+            "HTTP_IDLE_TIMEOUT_SECS",
+            &DEFAULT_HTTP_IDLE_TIMEOUT_SECS,
+            "a client that sends or reads nothing this long is disconnected (1-3600)",
+        ),
+        setting(
+            "HTTP_WRITE_TIMEOUT_SECS",
+            &DEFAULT_HTTP_WRITE_TIMEOUT_SECS,
+            "the longest a client may take to read one whole answer (1-3600)",
+        ),
+        setting(
+            "HTTP_WRITERS",
+            &DEFAULT_HTTP_WRITERS,
+            "threads writing answers to clients (1-4096)",
+        ),
+        setting(
+            "HTTP_LARGE_ANSWERS",
+            &DEFAULT_HTTP_LARGE_ANSWERS,
+            "answers over 1 MiB in flight at once, each with its own writer (1-1024)",
+        ),
+        setting(
+            "RESPONSE_BUFFER_MB",
+            &DEFAULT_RESPONSE_BUFFER_MB,
+            "memory answers made whole before writing may hold at once (1-1048576)",
+        ),
+        setting(
+            "HTTP_KEEP_ALIVE_REQUESTS",
+            &DEFAULT_HTTP_KEEP_ALIVE_REQUESTS,
+            "mean answers per connection before Connection: close; 1 always closes, 0 never",
+        ),
+        setting(
+            "SHUTDOWN_DRAIN_SECS",
+            &DEFAULT_SHUTDOWN_DRAIN_SECS,
+            "after SIGTERM, how long /healthz fails while everything else is served (0-3600)",
+        ),
+        setting(
+            "ADMIN_TOKEN",
+            &"none",
+            "bearer token for creating coupons; releasing claims always needs it",
+        ),
+        setting(
+            "LOG_LEVEL",
+            &"info",
+            "off, error, warn, info (a line per request), debug or trace",
+        ),
+    ]
 }
 
 pub fn parse_database_url(url: &str) -> Result<postgres::Config, ConfigError> {
@@ -281,11 +381,50 @@ mod tests {
     #[test]
     fn defaults_apply_when_only_the_database_is_given() {
         let c = config(&[URL]).unwrap();
-        assert_eq!(c.listen_addr, DEFAULT_LISTEN_ADDR);
+        assert_eq!(c.transport.listen_addr, DEFAULT_LISTEN_ADDR);
         assert_eq!(c.workers, DEFAULT_WORKERS);
         assert_eq!(c.store.pool_size, DEFAULT_DB_POOL_SIZE);
         assert_eq!(c.store.max_retries, DEFAULT_CLAIM_MAX_RETRIES);
         assert_eq!(c.log_level, LevelFilter::Info);
+    }
+
+    #[test]
+    fn help_lists_exactly_the_settings_that_are_read() {
+        let asked = std::cell::RefCell::new(Vec::new());
+        let _ = Config::from_lookup(|key| {
+            asked.borrow_mut().push(key.to_owned());
+            (key == "DATABASE_URL").then(|| URL.1.to_owned())
+        });
+        let mut asked = asked.into_inner();
+        asked.sort();
+        asked.dedup();
+        let mut listed: Vec<String> = settings().iter().map(|s| s.name.to_owned()).collect();
+        listed.sort();
+        assert_eq!(asked, listed);
+    }
+
+    #[test]
+    fn help_shows_the_defaults_in_force() {
+        let c = config(&[URL]).unwrap();
+        let default = |name: &str| {
+            settings()
+                .into_iter()
+                .find(|s| s.name == name)
+                .map(|s| s.default)
+                .unwrap()
+        };
+        assert_eq!(default("LISTEN_ADDR"), c.transport.listen_addr);
+        assert_eq!(default("WORKERS"), c.workers.to_string());
+        assert_eq!(default("DB_POOL_SIZE"), c.store.pool_size.to_string());
+        assert_eq!(
+            default("DB_QUERY_TIMEOUT_MS"),
+            c.store.query_timeout.as_millis().to_string()
+        );
+        assert_eq!(
+            default("HTTP_KEEP_ALIVE_REQUESTS"),
+            c.transport.keep_alive_requests.to_string()
+        );
+        assert_eq!(default("LOG_LEVEL"), c.log_level.to_string().to_lowercase());
     }
 
     #[test]

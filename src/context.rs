@@ -7,26 +7,20 @@ use std::time::{Duration, Instant};
 use crate::claims::Claims;
 use crate::config::Config;
 use crate::failure_log::FailureLog;
-use crate::http::{Budget, Outgoing};
 use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::workers::Submitter;
+use crate::transport::ResponseMemory;
 
 pub struct Context {
     pub store: Store,
     pub claims: Claims,
     pub metrics: Metrics,
-    /// Mean answers per connection before `Connection: close`
-    /// (HTTP_KEEP_ALIVE_REQUESTS; 1: always close, 0: never).
-    pub keep_alive_requests: u32,
     /// When set, creating coupons needs `Authorization: Bearer <token>`;
     /// releasing claims always needs it (without it, nobody may).
     pub admin_token: Option<String>,
     /// Memory that answers made whole before writing may hold at once.
-    pub budget: Arc<Budget>,
-    writers: Writers,
-    write_timeout: Duration,
+    pub response_memory: Arc<ResponseMemory>,
     health: HealthProbe,
     /// Failing /healthz probes, for their request lines (see
     /// `http::probe_level`).
@@ -35,16 +29,9 @@ pub struct Context {
     pub failing_requests: FailureLog,
     /// Set from a shutdown signal until the server stops accepting
     /// (SHUTDOWN_DRAIN_SECS): /healthz fails so that a load balancer stops
-    /// sending here, while everything else is served as usual.
-    draining: AtomicBool,
-}
-
-/// Where answers go to be written: large ones (see `http::budget`) to
-/// writers of their own, as many as there are large-answer places, so that
-/// one never waits for a writer and slow readers of them hold no other.
-pub struct Writers {
-    pub small: Submitter<Outgoing>,
-    pub large: Submitter<Outgoing>,
+    /// sending here, while everything else is served as usual. Shared with
+    /// the transport, which then keeps no connection alive.
+    draining: Arc<AtomicBool>,
 }
 
 /// One health probe at a time: /healthz requests that arrive while one runs
@@ -67,21 +54,21 @@ struct ProbeState {
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Context {
-    pub fn new(store: Store, config: &Config, writers: Writers) -> Context {
+    pub fn new(store: Store, config: &Config) -> Context {
         let claims = Claims::new(store.clone());
         Context {
             metrics: Metrics::new(&store, &claims),
             claims,
             store,
-            keep_alive_requests: config.keep_alive_requests,
             admin_token: config.admin_token.clone(),
-            budget: Budget::new(config.response_buffer_bytes, config.large_answers),
-            writers,
-            write_timeout: config.write_timeout,
+            response_memory: ResponseMemory::new(
+                config.response_buffer_bytes,
+                config.transport.large_writers,
+            ),
             health: HealthProbe::default(),
             failing_probes: FailureLog::default(),
             failing_requests: FailureLog::default(),
-            draining: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -95,39 +82,9 @@ impl Context {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Whether this answer may leave its connection open. Closing at random
-    /// (once in `keep_alive_requests` answers on average) needs no state per
-    /// connection, and bounds how long a connection holds one of tiny_http's
-    /// threads while others wait for one (see README, tiny_http).
-    ///
-    /// While draining, none may: a client that keeps its connection would
-    /// go on being served here after the load balancer has moved on.
-    pub fn keep_alive(&self) -> bool {
-        if self.draining() {
-            return false;
-        }
-        match self.keep_alive_requests {
-            0 => true,
-            1 => false,
-            n => fastrand::u32(..n) != 0,
-        }
-    }
-
-    /// Hands an answer to the writers; writes it here once they have
-    /// stopped (at the very end of a shutdown).
-    pub fn answer(&self, outgoing: Outgoing) {
-        let writers = if outgoing.reply.is_large() {
-            &self.writers.large
-        } else {
-            &self.writers.small
-        };
-        if let Err(outgoing) = writers.submit(outgoing) {
-            crate::http::write(outgoing, self.write_timeout);
-        }
-    }
-
-    pub fn write_timeout(&self) -> Duration {
-        self.write_timeout
+    /// The draining flag itself, for the transport.
+    pub fn draining_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.draining)
     }
 
     pub fn database_answers(&self) -> bool {

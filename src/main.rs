@@ -4,19 +4,38 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, bounded, select};
 
+use log::LevelFilter;
 use log::{error, info};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
-use simplelog::{ColorChoice, ConfigBuilder, TermLogger, TerminalMode};
+use simplelog::{ColorChoice, CombinedLogger, ConfigBuilder, TermLogger, TerminalMode};
 
+use flash_coupons::cli::{self, Command};
 use flash_coupons::store::OpenError;
 use flash_coupons::{Config, Server, StartError};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|arg| arg == "attack") {
-        let rest = args.map(|arg| arg.to_string_lossy().into_owned()).collect();
-        return flash_coupons::attack::run(rest);
+    match cli::parse(std::env::args_os().skip(1)) {
+        Command::Serve => {}
+        Command::Help => {
+            print!("{}", cli::usage());
+            return ExitCode::SUCCESS;
+        }
+        Command::Version => {
+            println!("{}", cli::version());
+            return ExitCode::SUCCESS;
+        }
+        Command::Mistake(what) => {
+            eprintln!("flash-coupons: {what}; see flash-coupons --help");
+            return ExitCode::from(2);
+        }
+        Command::Attack(rest) => {
+            let rest = rest
+                .into_iter()
+                .map(|arg| arg.to_string_lossy().into_owned())
+                .collect();
+            return flash_coupons::attack::run(rest);
+        }
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -25,19 +44,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let log_config = ConfigBuilder::new()
-        .set_target_level(log::LevelFilter::Off)
-        .set_thread_level(log::LevelFilter::Off)
-        // tiny_http logs each end of an accept loop as an error; the server
-        // restarts them on purpose and logs what matters itself.
-        .add_filter_ignore_str("tiny_http")
-        .build();
-    let _ = TermLogger::init(
-        config.log_level,
-        log_config,
-        TerminalMode::Stderr,
-        ColorChoice::Never,
-    );
+    init_logging(config.log_level);
 
     // Registered before start-up so a SIGTERM during it is not lost.
     let signals = match Signals::new([SIGTERM, SIGINT]) {
@@ -75,6 +82,33 @@ fn main() -> ExitCode {
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// The service's own lines at `level`, each naming the module that wrote
+/// it; other crates' lines (the database driver's, tiny_http's) only from
+/// warnings up, so that debug level shows the service, not the driver's
+/// every statement.
+fn init_logging(level: LevelFilter) {
+    let ours = ConfigBuilder::new()
+        .set_target_level(LevelFilter::Error)
+        .set_thread_level(LevelFilter::Off)
+        .add_filter_allow_str("flash_coupons")
+        .build();
+    let theirs = ConfigBuilder::new()
+        .set_target_level(LevelFilter::Error)
+        .set_thread_level(LevelFilter::Off)
+        .add_filter_ignore_str("flash_coupons")
+        .add_filter_ignore_str(flash_coupons::transport::QUIET_LOG_TARGET)
+        .build();
+    let _ = CombinedLogger::init(vec![
+        TermLogger::new(level, ours, TerminalMode::Stderr, ColorChoice::Never),
+        TermLogger::new(
+            level.min(LevelFilter::Warn),
+            theirs,
+            TerminalMode::Stderr,
+            ColorChoice::Never,
+        ),
+    ]);
 }
 
 /// The drain period (SHUTDOWN_DRAIN_SECS): /healthz fails while everything

@@ -1,7 +1,7 @@
 //! Finding one of this process's TCP sockets by its two addresses, and
 //! telling later whether it is still the same open connection.
 //!
-//! Neither the database driver nor tiny_http hands out the sockets they
+//! Neither the database driver nor the HTTP server hands out the sockets they
 //! open, and both the store (to cut a database connection past its
 //! deadline, see `store::watchdog`) and the transport (to know when a client
 //! connection it stopped answering has ended, see `http::connections`) need
@@ -26,7 +26,7 @@ pub enum Search {
 
 /// One socket: the inode behind it, which no other socket has while this
 /// one is open, and the descriptors of it that this process held when it
-/// was found (tiny_http holds two of each client connection: one to read,
+/// was found (the HTTP server holds two of each client connection: one to read,
 /// one to write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Socket {

@@ -5,17 +5,16 @@ use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Value};
-use tiny_http::Request;
 
 use super::error::{ApiError, FieldProblem};
-use super::intake::{Body, MAX_BODY_BYTES, header};
+use crate::transport::{Body, MAX_BODY_BYTES, Request};
 
 /// The body as one JSON object, refusing a body that did not arrive whole,
 /// the wrong media type, bodies over the limit and anything that is not one
 /// JSON object, in that order.
-pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>, ApiError> {
+pub fn json_object(request: &Request) -> Result<Map<String, Value>, ApiError> {
     // What did not arrive whole cannot be judged by its type or content.
-    let bytes = match body {
+    let bytes = match &request.body {
         Body::TimedOut => return Err(ApiError::RequestTimeout),
         &Body::Incomplete { received, declared } => {
             return Err(ApiError::IncompleteBody { received, declared });
@@ -28,7 +27,7 @@ pub fn json_object(request: &Request, body: &Body) -> Result<Map<String, Value>,
             "the body could not be read ({cause})"
         ))),
     };
-    if !is_read_as_json(header(request, "Content-Type")) {
+    if !is_read_as_json(request.header("Content-Type")) {
         return Err(ApiError::UnsupportedMediaType);
     }
     match serde_json::from_slice(bytes?) {

@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::domain::{AmountError, TextError};
 use crate::store::StoreError;
 
-use super::response::{Reply, json};
+use crate::transport::Response;
 
 /// What is wrong with one field of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,7 +110,7 @@ impl From<StoreError> for ApiError {
 
 /// What an [`ApiError`] answers: its status, its `error.code` and its
 /// `error.message`.
-struct Answer {
+struct ErrorAnswer {
     status: u16,
     code: Cow<'static, str>,
     message: Cow<'static, str>,
@@ -120,8 +120,8 @@ fn answer(
     status: u16,
     code: impl Into<Cow<'static, str>>,
     message: impl Into<Cow<'static, str>>,
-) -> Answer {
-    Answer {
+) -> ErrorAnswer {
+    ErrorAnswer {
         status,
         code: code.into(),
         message: message.into(),
@@ -136,7 +136,7 @@ impl ApiError {
     /// The one table of answers: a variant's status, code and message,
     /// together. Messages are sentences for a person, never the database's
     /// own words: those stay in the log.
-    fn answer(&self) -> Answer {
+    fn answer(&self) -> ErrorAnswer {
         match self {
             ApiError::RouteNotFound => answer(404, "not_found", "There is nothing at this path."),
             ApiError::MethodNotAllowed { allow } => answer(
@@ -288,23 +288,23 @@ impl ApiError {
         self.answer().message.into_owned()
     }
 
-    pub fn into_reply(self) -> Reply {
-        let Answer {
+    pub fn into_response(self) -> Response {
+        let ErrorAnswer {
             status,
             code,
             message,
         } = self.answer();
         let body = json!({ "error": { "code": code, "message": message } });
-        let mut reply = json(status, &body);
+        let mut response = Response::json(status, &body);
         if let ApiError::MethodNotAllowed { allow } = self {
-            reply = reply.with_header("Allow", allow);
+            response = response.with_header("Allow", allow);
         }
         if let ApiError::Unauthorized = self {
-            reply = reply.with_header("WWW-Authenticate", "Bearer");
+            response = response.with_header("WWW-Authenticate", "Bearer");
         }
         if status == 503 {
-            reply = reply.with_header("Retry-After", "1");
+            response = response.with_header("Retry-After", "1");
         }
-        reply
+        response
     }
 }

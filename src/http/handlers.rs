@@ -10,12 +10,11 @@ use crate::domain::{
 };
 use crate::store::{Claimers, ReleaseOutcome, StoreError};
 
+use crate::transport::{Request, Response, ResponseBuffer};
+
 use super::body::{Fields, json_object};
-use super::budget::Buffer;
 use super::error::{ApiError, FieldProblem};
-use super::intake::Incoming;
 use super::query;
-use super::response::{Reply, json};
 
 /// A coupon's fields as every answer shows them. The window's ends appear
 /// only when they were set, so coupons without one look exactly as the spec
@@ -43,6 +42,42 @@ impl<'a> From<&'a Coupon> for CouponFields<'a> {
     }
 }
 
+/// A claim's or a release's answer, in this order.
+#[derive(Serialize)]
+struct ClaimBody<'a> {
+    user_id: &'a str,
+    coupon_name: &'a str,
+    remaining_amount: i32,
+}
+
+/// One claim in a page of a coupon's claims.
+#[derive(Serialize)]
+struct ClaimEntry<'a> {
+    user_id: &'a str,
+    claimed_at: String,
+}
+
+/// A page of a listing: its items under `key`, and the cursor of the next
+/// page when there is one. Serialized field by field so that every item
+/// keeps its own field order (a `serde_json::Value` sorts keys).
+struct Page<'k, T> {
+    key: &'k str,
+    items: Vec<T>,
+    next: Option<String>,
+}
+
+impl<T: Serialize> Serialize for Page<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry(self.key, &self.items)?;
+        if let Some(next) = &self.next {
+            map.serialize_entry("next", next)?;
+        }
+        map.end()
+    }
+}
+
 #[derive(Serialize)]
 struct CouponBody<'a> {
     #[serde(flatten)]
@@ -64,8 +99,8 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
-pub fn create_coupon(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiError> {
-    let object = json_object(&incoming.request, &incoming.body)?;
+pub fn create_coupon(ctx: &Context, request: &Request) -> Result<Response, ApiError> {
+    let object = json_object(request)?;
     let fields = Fields::new(object, &["name", "amount", "starts_at", "expires_at"])?;
     let name = CouponName::parse(fields.text("name")?)
         .map_err(|e| ApiError::field("name", FieldProblem::Text(e)))?;
@@ -96,12 +131,12 @@ pub fn create_coupon(ctx: &Context, incoming: &Incoming) -> Result<Reply, ApiErr
         fields: CouponFields::from(&coupon),
         claimed_by: &[],
     };
-    Ok(json(201, &body).with_header("Location", location))
+    Ok(Response::json(201, &body).with_header("Location", location))
 }
 
 /// The claim a request asks for, or why it cannot be one.
-pub fn parse_claim(incoming: &Incoming) -> Result<(CouponName, UserId), ApiError> {
-    let object = json_object(&incoming.request, &incoming.body)?;
+pub fn parse_claim(request: &Request) -> Result<(CouponName, UserId), ApiError> {
+    let object = json_object(request)?;
     let fields = Fields::new(object, &["user_id", "coupon_name"])?;
     let user = UserId::parse(fields.text("user_id")?)
         .map_err(|e| ApiError::field("user_id", FieldProblem::Text(e)))?;
@@ -110,19 +145,19 @@ pub fn parse_claim(incoming: &Incoming) -> Result<(CouponName, UserId), ApiError
     Ok((coupon, user))
 }
 
-pub fn claim_reply(
+pub fn claim_response(
     coupon: &CouponName,
     user: &UserId,
     outcome: Result<ClaimOutcome, StoreError>,
-) -> Result<Reply, ApiError> {
+) -> Result<Response, ApiError> {
     match outcome? {
-        ClaimOutcome::Claimed { remaining_amount } => Ok(json(
+        ClaimOutcome::Claimed { remaining_amount } => Ok(Response::json(
             200,
-            &json!({
-                "user_id": user.as_str(),
-                "coupon_name": coupon.as_str(),
-                "remaining_amount": remaining_amount,
-            }),
+            &ClaimBody {
+                user_id: user.as_str(),
+                coupon_name: coupon.as_str(),
+                remaining_amount,
+            },
         )),
         ClaimOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
         ClaimOutcome::NotStarted => Err(ApiError::NotStarted),
@@ -136,17 +171,17 @@ pub fn claim_reply(
 /// (the admin token was checked before). The answer is sent only after the
 /// release committed, and after this process stopped answering the coupon's
 /// claims from memory.
-pub fn release_claim(ctx: &Context, raw_name: &str, raw_user: &str) -> Result<Reply, ApiError> {
+pub fn release_claim(ctx: &Context, raw_name: &str, raw_user: &str) -> Result<Response, ApiError> {
     let coupon = path_name(raw_name)?;
     let user = path_user(raw_user)?;
     match ctx.claims.release(&coupon, &user)? {
-        ReleaseOutcome::Released { remaining_amount } => Ok(json(
+        ReleaseOutcome::Released { remaining_amount } => Ok(Response::json(
             200,
-            &json!({
-                "coupon_name": coupon.as_str(),
-                "user_id": user.as_str(),
-                "remaining_amount": remaining_amount,
-            }),
+            &ClaimBody {
+                user_id: user.as_str(),
+                coupon_name: coupon.as_str(),
+                remaining_amount,
+            },
         )),
         ReleaseOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
         ReleaseOutcome::ClaimNotFound => Err(ApiError::ClaimNotFound),
@@ -154,22 +189,27 @@ pub fn release_claim(ctx: &Context, raw_name: &str, raw_user: &str) -> Result<Re
 }
 
 /// The spec's coupon body. Claimers are read a page at a time from one
-/// snapshot into a buffer charged to the response budget; the database
+/// snapshot into a buffer charged to the memory for answers; the database
 /// connection goes back to the pool before the first byte is written.
-pub fn get_coupon(ctx: &Context, raw_name: &str) -> Result<Reply, ApiError> {
+pub fn get_coupon(ctx: &Context, raw_name: &str) -> Result<Response, ApiError> {
     let name = path_name(raw_name)?;
     let (coupon, claimers) = ctx
         .store
         .coupon_with_claimers(&name)?
         .ok_or(ApiError::CouponNotFound)?;
-    let mut body = ctx.budget.buffer();
+    let mut body = ctx.response_memory.buffer();
     write_coupon(&mut body, &coupon, claimers)?;
-    let (bytes, reserved) = body.into_parts();
-    Ok(Reply::json_bytes(200, bytes, reserved))
+    let (bytes, held) = body.into_parts();
+    Ok(Response::json_held(200, bytes, held))
 }
 
-/// Writing to a [`Buffer`] fails only when the budget is spent.
-fn write_coupon(out: &mut Buffer, coupon: &Coupon, mut claimers: Claimers) -> Result<(), ApiError> {
+/// Writing to a [`ResponseBuffer`] fails only when the memory for answers
+/// is spent.
+fn write_coupon(
+    out: &mut ResponseBuffer,
+    coupon: &Coupon,
+    mut claimers: Claimers,
+) -> Result<(), ApiError> {
     let spent = |_| ApiError::Overloaded;
     let mut head =
         serde_json::to_vec(&CouponFields::from(coupon)).map_err(|_| ApiError::Overloaded)?;
@@ -195,7 +235,7 @@ fn write_coupon(out: &mut Buffer, coupon: &Coupon, mut claimers: Claimers) -> Re
 }
 
 /// GET /api/coupons/{name}/claims?limit=&after=
-pub fn claims_page(ctx: &Context, raw_name: &str, target: &str) -> Result<Reply, ApiError> {
+pub fn claims_page(ctx: &Context, raw_name: &str, target: &str) -> Result<Response, ApiError> {
     let name = path_name(raw_name)?;
     let limit = query::limit(target)?;
     let after = match query::param(target, "after") {
@@ -218,13 +258,21 @@ pub fn claims_page(ctx: &Context, raw_name: &str, target: &str) -> Result<Reply,
         .flatten();
     let claims: Vec<_> = rows
         .iter()
-        .map(|r| json!({ "user_id": r.user_id, "claimed_at": format_instant(r.claimed_at) }))
+        .map(|r| ClaimEntry {
+            user_id: &r.user_id,
+            claimed_at: format_instant(r.claimed_at),
+        })
         .collect();
-    Ok(json(200, &page_body("claims", claims, next)))
+    let page = Page {
+        key: "claims",
+        items: claims,
+        next,
+    };
+    Ok(Response::json(200, &page))
 }
 
 /// GET /api/coupons?limit=&after=
-pub fn coupons_page(ctx: &Context, target: &str) -> Result<Reply, ApiError> {
+pub fn coupons_page(ctx: &Context, target: &str) -> Result<Response, ApiError> {
     let limit = query::limit(target)?;
     let after = match query::param(target, "after") {
         None => String::new(),
@@ -240,22 +288,18 @@ pub fn coupons_page(ctx: &Context, target: &str) -> Result<Reply, ApiError> {
         .then(|| coupons.last().map(|c| query::encode_cursor('n', &c.name)))
         .flatten();
     let items: Vec<_> = coupons.iter().map(CouponFields::from).collect();
-    Ok(json(200, &page_body("coupons", items, next)))
-}
-
-fn page_body<T: Serialize>(key: &str, items: Vec<T>, next: Option<String>) -> serde_json::Value {
-    let mut body = serde_json::Map::new();
-    body.insert(key.to_owned(), json!(items));
-    if let Some(next) = next {
-        body.insert("next".to_owned(), json!(next));
-    }
-    serde_json::Value::Object(body)
+    let page = Page {
+        key: "coupons",
+        items,
+        next,
+    };
+    Ok(Response::json(200, &page))
 }
 
 /// The Prometheus text exposition.
-pub fn metrics(ctx: &Context) -> Reply {
+pub fn metrics(ctx: &Context) -> Response {
     let text = ctx.metrics.render(&ctx.store, &ctx.claims);
-    Reply::text(
+    Response::text(
         200,
         "text/plain; version=0.0.4; charset=utf-8",
         text.into_bytes(),
@@ -265,15 +309,15 @@ pub fn metrics(ctx: &Context) -> Reply {
 /// 200 while the database answers; 503 `shutting_down` while the server
 /// drains before stopping (without asking the database), so that a load
 /// balancer stops sending here; 503 `database_unavailable` otherwise.
-pub fn health(ctx: &Context) -> Reply {
+pub fn health(ctx: &Context) -> Response {
     if ctx.draining() {
-        return ApiError::ShuttingDown.into_reply();
+        return ApiError::ShuttingDown.into_response();
     }
     if ctx.database_answers() {
-        json(200, &json!({ "status": "ok" }))
+        Response::json(200, &json!({ "status": "ok" }))
     } else {
         let down = StoreError::Unavailable("the health check got no answer".into());
-        ApiError::Store(down).into_reply()
+        ApiError::Store(down).into_response()
     }
 }
 

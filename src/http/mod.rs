@@ -1,23 +1,20 @@
-//! HTTP glue: the gate every request enters by, intake, routing, bodies,
-//! answers and the request log line.
+//! The HTTP API, on owned requests: which worker pool a request goes to,
+//! routing, the handlers, the error table, the admin token, and each
+//! answer's log line and metrics. Nothing here knows the HTTP server: requests
+//! come from the transport as [`Request`] values and answers go back as
+//! [`Response`] values through a [`Respond`] callback, so every piece can be
+//! run on a plain request.
 //!
-//! A request's path: tiny_http parses it; the [`Gate`] starts it when its
-//! connection has nothing else in progress, reads its body off the socket
-//! and puts it on a lane; a worker (or a light thread) runs its handler
-//! ([`serve`]); a claim may be decided by another claim's batch leader; the
-//! answer goes to a writer ([`response`]), whose finished write starts the
-//! connection's next request.
+//! A request's path: the transport calls [`dispatch`] on its own thread;
+//! the request goes to one of two worker pools (see [`Pool`]); a worker runs
+//! [`serve`]; a claim may then be decided by another claim's batch leader
+//! (`claims`), whose thread answers it.
 
 mod auth;
 mod body;
-mod budget;
-mod connections;
 mod error;
-mod gate;
 mod handlers;
-mod intake;
 mod query;
-mod response;
 mod router;
 
 use std::sync::Arc;
@@ -29,53 +26,104 @@ use crate::context::Context;
 use crate::domain::ClaimOutcome;
 use crate::failure_log::Say;
 use crate::store::StoreError;
+use crate::transport::{Body, MAX_BODY_BYTES, Method, Request, Response};
+use crate::workers::{Refused, Submitter};
 
-pub use budget::Budget;
 pub use error::{ApiError, FieldProblem};
-pub use gate::{Gate, Job};
-pub use intake::{Body, Incoming, MAX_BODY_BYTES};
-pub use response::{Outgoing, Reply, send as write};
-use router::Endpoint;
+pub use router::{Endpoint, Pool, endpoint};
+
+/// Where an answer goes: called once, with the response, on whichever
+/// thread decided it.
+pub type Respond = Box<dyn FnOnce(Response) + Send>;
+
+/// A request on its way to a worker.
+pub struct Job {
+    pub request: Request,
+    pub respond: Respond,
+    pub endpoint: Endpoint,
+    /// The route's name for metrics and logs.
+    pub label: &'static str,
+    pub started: Instant,
+}
+
+/// The queues of the two worker pools (see [`Pool`]).
+#[derive(Clone)]
+pub struct Pools {
+    pub database: Submitter<Job>,
+    pub quick: Submitter<Job>,
+}
+
+/// Routes a request and queues it for its pool; never waits. A full pool
+/// is answered 503 at once rather than holding up the transport's thread.
+pub fn dispatch(ctx: &Context, pools: &Pools, request: Request, respond: Respond) {
+    let started = Instant::now();
+    let (endpoint, label) = endpoint(&request.method, &request.target);
+    let pool = match endpoint.pool() {
+        Pool::Database => &pools.database,
+        Pool::Quick => &pools.quick,
+    };
+    let job = Job {
+        request,
+        respond,
+        endpoint,
+        label,
+        started,
+    };
+    match pool.try_submit(job) {
+        Ok(()) => {}
+        Err(Refused::Full(job)) => refuse(ctx, job, ApiError::Overloaded),
+        Err(Refused::Stopped(job)) => refuse(ctx, job, ApiError::ShuttingDown),
+    }
+}
 
 /// Answers one request completely, whatever it holds. A claim is answered
 /// by whichever thread decides it, which may be another worker's.
 pub fn serve(ctx: &Arc<Context>, job: Job) {
     ctx.metrics.request_started();
     let Job {
-        incoming,
+        request,
+        respond,
         endpoint,
         label,
         started,
     } = job;
-    if let Body::Abandoned = incoming.body {
-        // Answered before routing: such a request is never dropped (see intake).
+    let line = RequestLine::of(&request);
+    if let Body::Abandoned = request.body {
+        // Answered before routing: such a request is never dropped (see the
+        // transport's intake).
         let too_large = ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         };
-        return finish(ctx, incoming, started, "none", Err(too_large));
+        return finish(ctx, &line, started, "none", Err(too_large), respond);
     }
-    let target = incoming.request.url();
     // Every route of the API, and what answers it.
     let result = match endpoint {
         // Answered by whichever thread decides it, maybe another worker's.
-        Endpoint::Claim => return claim(ctx, incoming, started, label),
+        Endpoint::Claim => return claim(ctx, &request, line, started, label, respond),
         Endpoint::Health => Ok(handlers::health(ctx)),
         Endpoint::Metrics => Ok(handlers::metrics(ctx)),
-        Endpoint::ListCoupons => handlers::coupons_page(ctx, target),
-        Endpoint::CreateCoupon => auth::require_admin(ctx, &incoming.request)
-            .and_then(|()| handlers::create_coupon(ctx, &incoming)),
+        Endpoint::ListCoupons => handlers::coupons_page(ctx, &request.target),
+        Endpoint::CreateCoupon => auth::require_admin(ctx.admin_token.as_deref(), &request)
+            .and_then(|()| handlers::create_coupon(ctx, &request)),
         Endpoint::GetCoupon(name) => handlers::get_coupon(ctx, &name),
-        Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, target),
-        Endpoint::ReleaseClaim(name, user) => release(ctx, &incoming.request, &name, &user),
+        Endpoint::ClaimsPage(name) => handlers::claims_page(ctx, &name, &request.target),
+        Endpoint::ReleaseClaim(name, user) => release(ctx, &request, &name, &user),
         Endpoint::NotFound => Err(ApiError::RouteNotFound),
         Endpoint::MethodNotAllowed { allow } => Err(ApiError::MethodNotAllowed { allow }),
     };
-    finish(ctx, incoming, started, label, result);
+    finish(ctx, &line, started, label, result, respond);
 }
 
 /// Hands a claim to the claim path; the thread that decides it answers.
-fn claim(ctx: &Arc<Context>, incoming: Incoming, started: Instant, label: &'static str) {
-    match handlers::parse_claim(&incoming) {
+fn claim(
+    ctx: &Arc<Context>,
+    request: &Request,
+    line: RequestLine,
+    started: Instant,
+    label: &'static str,
+    respond: Respond,
+) {
+    match handlers::parse_claim(request) {
         Ok((coupon, user)) => {
             let (c, u) = (coupon.clone(), user.clone());
             let shared = Arc::clone(ctx);
@@ -84,14 +132,14 @@ fn claim(ctx: &Arc<Context>, incoming: Incoming, started: Instant, label: &'stat
                 user,
                 Box::new(move |outcome| {
                     shared.metrics.claim_answered(outcome_label(&outcome));
-                    let reply = handlers::claim_reply(&c, &u, outcome);
-                    finish(&shared, incoming, started, label, reply)
+                    let response = handlers::claim_response(&c, &u, outcome);
+                    finish(&shared, &line, started, label, response, respond)
                 }),
             );
         }
         Err(err) => {
             ctx.metrics.claim_answered("invalid");
-            finish(ctx, incoming, started, label, Err(err))
+            finish(ctx, &line, started, label, Err(err), respond)
         }
     }
 }
@@ -111,13 +159,8 @@ fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
 }
 
 /// A release: the admin token first (always needed), then the path.
-fn release(
-    ctx: &Context,
-    request: &tiny_http::Request,
-    name: &str,
-    user: &str,
-) -> Result<Reply, ApiError> {
-    let result = auth::require_admin_token(ctx, request)
+fn release(ctx: &Context, request: &Request, name: &str, user: &str) -> Result<Response, ApiError> {
+    let result = auth::require_admin_always(ctx.admin_token.as_deref(), request)
         .and_then(|()| handlers::release_claim(ctx, name, user));
     let outcome = match &result {
         Ok(_) => "released",
@@ -133,30 +176,57 @@ fn release(
     result
 }
 
-/// Records the answer's log line and metrics, and hands it to a writer.
+/// What a request's log line says of it, kept from the request itself so
+/// that the request need not outlive its handler.
+struct RequestLine {
+    method: Method,
+    /// Bounded and escaped.
+    target: String,
+    client: String,
+}
+
+impl RequestLine {
+    fn of(request: &Request) -> RequestLine {
+        RequestLine {
+            method: request.method.clone(),
+            target: loggable(&request.target),
+            client: client(request),
+        }
+    }
+}
+
+/// Records the answer's log line and metrics, and sends it.
 fn finish(
     ctx: &Context,
-    incoming: Incoming,
+    line: &RequestLine,
     started: Instant,
     route: &'static str,
-    result: Result<Reply, ApiError>,
+    result: Result<Response, ApiError>,
+    respond: Respond,
 ) {
-    let method = incoming.request.method().clone();
-    let target = loggable(incoming.request.url());
-    let reply = match result {
-        Ok(reply) => reply,
+    let RequestLine {
+        method,
+        target,
+        client,
+    } = line;
+    let response = match result {
+        Ok(response) => response,
         Err(err) => {
             if let ApiError::Store(cause) = &err {
                 // The cause stays in the log; the client gets only the code.
                 match err.status() {
                     500 => error!("{method} {target}: {cause}"),
-                    _ => unavailable_line(ctx, &method, &target, cause),
+                    _ => log_failure!(
+                        ctx.failing_requests,
+                        log::Level::Warn,
+                        "{method} {target} answered 503: {cause}"
+                    ),
                 }
             }
-            err.into_reply()
+            err.into_response()
         }
     };
-    let status = reply.status;
+    let status = response.status;
     if status < 500 && !matches!(route, "healthz" | "metrics" | "none") {
         log_recovery!(ctx.failing_requests, "requests are served again");
     }
@@ -169,15 +239,10 @@ fn finish(
     };
     log::log!(
         level,
-        "{method} {target} {status} {:.3}ms client={}",
-        took.as_secs_f64() * 1000.0,
-        client(&incoming.request)
+        "{method} {target} {status} {:.3}ms client={client}",
+        took.as_secs_f64() * 1000.0
     );
-    ctx.answer(Outgoing {
-        incoming,
-        reply,
-        keep_alive: ctx.keep_alive(),
-    });
+    respond(response);
 }
 
 /// The level of a /healthz request line. The edge and Docker probe it
@@ -200,22 +265,11 @@ fn probe_level(ctx: &Context, status: u16) -> log::Level {
     }
 }
 
-/// The cause of a 503 from the store (the database unreachable, retries
-/// run out): while the database is down every request fails alike, so
-/// these are one run of failures (see `failure_log`); the next request
-/// served ends the run with a line of its own.
-fn unavailable_line(ctx: &Context, method: &tiny_http::Method, target: &str, cause: &StoreError) {
-    log_failure!(
-        ctx.failing_requests,
-        log::Level::Warn,
-        "{method} {target} answered 503: {cause}"
-    );
-}
-
-/// Answers a request that no lane could take.
+/// Answers a request that no pool could take.
 fn refuse(ctx: &Context, job: Job, err: ApiError) {
     ctx.metrics.request_started();
-    finish(ctx, job.incoming, job.started, job.label, Err(err));
+    let line = RequestLine::of(&job.request);
+    finish(ctx, &line, job.started, job.label, Err(err), job.respond);
 }
 
 /// Who sent a request, for its log line: the peer's address, and before it,
@@ -223,11 +277,12 @@ fn refuse(ctx: &Context, job: Job, err: ApiError) {
 /// one our own proxy appended; those before it are the client's say):
 /// `203.0.113.5 via 127.0.0.1:4567`. An entry that is not an address is
 /// shown quoted, bounded and escaped like the target.
-fn client(request: &tiny_http::Request) -> String {
+fn client(request: &Request) -> String {
     let peer = request
-        .remote_addr()
-        .map_or_else(|| "unknown".to_owned(), ToString::to_string);
-    let forwarded = intake::headers(request, "X-Forwarded-For")
+        .peer
+        .map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
+    let forwarded = request
+        .headers("X-Forwarded-For")
         .last()
         .and_then(|value| value.rsplit(',').next())
         .map(str::trim)
@@ -253,4 +308,28 @@ fn loggable(target: &str) -> String {
         ""
     };
     format!("{}{ellipsis}", shown.escape_debug())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_line_names_the_forwarded_client_before_the_peer() {
+        let peer = "127.0.0.1:4567".parse().unwrap();
+        let mut request = Request::new(Method::Get, "/healthz")
+            .with_header("X-Forwarded-For", "198.51.100.7, 203.0.113.5");
+        request.peer = Some(peer);
+        assert_eq!(client(&request), "203.0.113.5 via 127.0.0.1:4567");
+        let odd = Request::new(Method::Get, "/").with_header("X-Forwarded-For", "a\"b\nc");
+        assert_eq!(client(&odd), "\"a\\\"b\\nc\" via unknown");
+        assert_eq!(client(&Request::new(Method::Get, "/")), "unknown");
+    }
+
+    #[test]
+    fn targets_in_the_log_are_bounded_and_escaped() {
+        assert_eq!(loggable("/a\nb"), "/a\\nb");
+        let long = "x".repeat(500);
+        assert_eq!(loggable(&long).chars().count(), 201);
+    }
 }

@@ -1,6 +1,6 @@
 //! The route table: which handler a method and path reach, in one place.
 
-use tiny_http::Method;
+use crate::transport::Method;
 
 /// What a request asks for; [`endpoint`] holds every route of the API.
 #[derive(Debug, PartialEq, Eq)]
@@ -24,15 +24,15 @@ pub enum Endpoint {
     },
 }
 
-/// Which threads answer a request.
+/// Which worker pool answers a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lane {
-    /// The workers, which may wait on the database.
+pub enum Pool {
+    /// The workers (WORKERS), which may wait on the database.
     Database,
-    /// Threads that never wait on the database beyond the health probe's
-    /// own short deadline, so that /healthz, /metrics and refusals are
-    /// answered while every worker is stuck.
-    Light,
+    /// A few threads that never wait on the database beyond the health
+    /// probe's own short deadline, so that /healthz, /metrics and
+    /// refusals are answered while every worker is stuck.
+    Quick,
 }
 
 /// The endpoint, and its route's name for metrics and logs.
@@ -63,18 +63,18 @@ pub fn endpoint(method: &Method, target: &str) -> (Endpoint, &'static str) {
 }
 
 impl Endpoint {
-    pub fn lane(&self) -> Lane {
+    pub fn pool(&self) -> Pool {
         match self {
             Endpoint::ListCoupons
             | Endpoint::CreateCoupon
             | Endpoint::Claim
             | Endpoint::GetCoupon(_)
             | Endpoint::ClaimsPage(_)
-            | Endpoint::ReleaseClaim(..) => Lane::Database,
+            | Endpoint::ReleaseClaim(..) => Pool::Database,
             Endpoint::Health
             | Endpoint::Metrics
             | Endpoint::NotFound
-            | Endpoint::MethodNotAllowed { .. } => Lane::Light,
+            | Endpoint::MethodNotAllowed { .. } => Pool::Quick,
         }
     }
 }
@@ -92,11 +92,9 @@ pub enum Route {
     CouponClaim(String, String),
 }
 
-/// Matches the path part of a request target (the query is ignored), in
-/// origin form (`/path?query`) or absolute form (`http://host/path?query`,
-/// which RFC 9112, 3.2.2, has a server accept).
+/// Matches the path part of a request target in origin form (the query is
+/// ignored; the transport has made an absolute-form target origin-form).
 pub fn route(target: &str) -> Option<Route> {
-    let target = origin_form(target);
     let path = target.split_once('?').map_or(target, |(path, _)| path);
     match path {
         "/healthz" => Some(Route::Health),
@@ -118,23 +116,6 @@ pub fn route(target: &str) -> Option<Route> {
                 _ => None,
             }
         }
-    }
-}
-
-/// The target in origin form: an absolute-form target (`http://host:port/
-/// path?query`, any case of the scheme) loses its scheme and authority; any
-/// other target is left as it is.
-pub fn origin_form(target: &str) -> &str {
-    let Some((scheme, rest)) = target.split_once("://") else {
-        return target;
-    };
-    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
-        return target;
-    }
-    match rest.find(['/', '?']) {
-        Some(at) if rest[at..].starts_with('/') => &rest[at..],
-        // `http://host` and `http://host?query` name the root.
-        _ => "/",
     }
 }
 
@@ -184,7 +165,7 @@ mod tests {
     #[test]
     fn methods_pick_the_endpoint_and_only_database_work_goes_to_the_workers() {
         let (e, label) = endpoint(&Method::Post, "/api/coupons/claim");
-        assert_eq!((e.lane(), label), (Lane::Database, "claim"));
+        assert_eq!((e.pool(), label), (Pool::Database, "claim"));
         let (e, _) = endpoint(&Method::Get, "/api/coupons/claim");
         assert_eq!(e, Endpoint::GetCoupon("claim".into()));
         let (e, _) = endpoint(&Method::Delete, "/api/coupons");
@@ -194,14 +175,14 @@ mod tests {
                 allow: "GET, HEAD, POST"
             }
         );
-        assert_eq!(e.lane(), Lane::Light);
+        assert_eq!(e.pool(), Pool::Quick);
         let (e, label) = endpoint(&Method::Get, "/nowhere");
         assert_eq!((e, label), (Endpoint::NotFound, "none"));
-        assert_eq!(endpoint(&Method::Get, "/healthz").0.lane(), Lane::Light);
-        assert_eq!(endpoint(&Method::Get, "/metrics").0.lane(), Lane::Light);
+        assert_eq!(endpoint(&Method::Get, "/healthz").0.pool(), Pool::Quick);
+        assert_eq!(endpoint(&Method::Get, "/metrics").0.pool(), Pool::Quick);
         let (e, label) = endpoint(&Method::Delete, "/api/coupons/A%20B/claims/u%2F1");
         assert_eq!(e, Endpoint::ReleaseClaim("A%20B".into(), "u%2F1".into()));
-        assert_eq!((e.lane(), label), (Lane::Database, "coupon_claim"));
+        assert_eq!((e.pool(), label), (Pool::Database, "coupon_claim"));
         let (e, _) = endpoint(&Method::Get, "/api/coupons/A/claims/u1");
         assert_eq!(e, Endpoint::MethodNotAllowed { allow: "DELETE" });
         let (e, _) = endpoint(&Method::Delete, "/api/coupons/A/claims");
@@ -223,37 +204,13 @@ mod tests {
         }
         let (e, _) = endpoint(&Method::Head, "/api/coupons/A/claims/u1");
         assert_eq!(e, Endpoint::MethodNotAllowed { allow: "DELETE" });
-        let (e, _) = endpoint(&Method::Put, "/api/coupons");
+        let (e, _) = endpoint(&Method::Other("PUT".into()), "/api/coupons");
         assert_eq!(
             e,
             Endpoint::MethodNotAllowed {
                 allow: "GET, HEAD, POST"
             }
         );
-    }
-
-    #[test]
-    fn absolute_form_targets_are_routed_by_their_path() {
-        assert_eq!(
-            route("http://127.0.0.1:8080/api/coupons/claim"),
-            Some(Route::Claim)
-        );
-        assert_eq!(
-            route("HTTPS://shop.example/api/coupons?limit=2"),
-            Some(Route::Coupons)
-        );
-        assert_eq!(
-            route("http://h/api/coupons/A%2FB"),
-            Some(Route::Coupon("A%2FB".into()))
-        );
-        assert_eq!(origin_form("http://h"), "/");
-        assert_eq!(origin_form("http://h?x=1"), "/");
-        assert_eq!(
-            origin_form("/api/coupons?u=http://x/y"),
-            "/api/coupons?u=http://x/y"
-        );
-        assert_eq!(route("ftp://h/api/coupons"), None);
-        assert_eq!(route("http:/api/coupons"), None);
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_
         eprintln!("skipped: running the server as a user of its own needs root");
         return;
     }
-    flash_coupons::listener::raise_descriptor_limit()
+    flash_coupons::transport::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let db = TestDb::new();
     let uid = unused_uid();

@@ -1306,7 +1306,7 @@ fn bodies_that_stop_short_of_their_length() -> Vec<Case> {
 #[test]
 fn a_body_that_stops_short_of_its_length_gets_408_or_400_incomplete_body() {
     let _turn = serial::turn!();
-    let app = seeded_app(|config| config.idle_timeout = SHORT_IDLE);
+    let app = seeded_app(|config| config.transport.idle_timeout = SHORT_IDLE);
     assert_cases(&app, &bodies_that_stop_short_of_their_length());
 }
 

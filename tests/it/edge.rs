@@ -569,7 +569,7 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
 #[test]
 fn two_thousand_idle_and_a_thousand_trickling_connections_at_the_edge_do_not_change_a_flash_sale() {
     let _turn = one_at_a_time();
-    flash_coupons::listener::raise_descriptor_limit()
+    flash_coupons::transport::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);

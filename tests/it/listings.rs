@@ -134,3 +134,38 @@ fn the_coupon_body_has_its_length_for_http_1_1_and_1_0_alike() {
         );
     }
 }
+
+/// The body of a GET, as sent.
+fn body_text(app: &TestApp, path: &str) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let answer = raw(app.addr(), request.as_bytes(), Duration::from_secs(10));
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    answer
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_answer_shows_a_coupons_fields_in_one_order() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn();
+    app.create("ORDERED", 3);
+    let claimed = body_text(&app, "/api/coupons/ORDERED");
+    assert!(
+        claimed.starts_with(r#"{"name":"ORDERED","amount":3,"remaining_amount":3,"#),
+        "{claimed}"
+    );
+    let listed = body_text(&app, "/api/coupons");
+    assert!(
+        listed.contains(r#"{"name":"ORDERED","amount":3,"remaining_amount":3}"#),
+        "{listed}"
+    );
+    let claim = app.claim("u1", "ORDERED");
+    assert_eq!(claim.status, 200);
+    let claims = body_text(&app, "/api/coupons/ORDERED/claims");
+    assert!(
+        claims.starts_with(r#"{"claims":[{"user_id":"u1","claimed_at":""#),
+        "{claims}"
+    );
+}

@@ -59,7 +59,7 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
 #[test]
 fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_answers() {
     let _turn = serial::turn!();
-    flash_coupons::listener::raise_descriptor_limit()
+    flash_coupons::transport::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
     let addr = app.addr();
@@ -92,7 +92,7 @@ fn two_hundred_clients_holding_their_connections_after_an_idle_pause_all_get_ans
 #[test]
 fn two_thousand_idle_and_trickling_connections_do_not_change_a_flash_sale() {
     let _turn = serial::turn!();
-    flash_coupons::listener::raise_descriptor_limit()
+    flash_coupons::transport::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
     let app = TestApp::spawn();
     let addr = app.addr();

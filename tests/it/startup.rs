@@ -13,8 +13,14 @@ use crate::support::{self, TestApp, TestDb};
 /// Runs the binary with exactly `env`, bounded by `limit`; returns the exit
 /// code and everything it wrote.
 fn run_binary(env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
+    run_with_args(&[], env, limit)
+}
+
+/// The same, with `args` on the command line.
+fn run_with_args(args: &[&str], env: &[(&str, &str)], limit: Duration) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_flash-coupons"));
-    cmd.env_clear()
+    cmd.args(args)
+        .env_clear()
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -220,4 +226,42 @@ fn a_database_whose_encoding_is_not_utf8_is_refused_at_start_as_a_configuration_
     admin
         .batch_execute(&format!("DROP DATABASE {latin1}"))
         .unwrap();
+}
+
+#[test]
+fn help_and_version_answer_and_exit_without_touching_the_database() {
+    let _turn = serial::turn!();
+    // A database URL that would make a start-up wait: nothing may use it.
+    let never = ("DATABASE_URL", "postgres://u:pw@192.0.2.1:5432/db");
+    let (code, out) = run_with_args(&["--help"], &[never], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    for listed in [
+        "attack",
+        "DATABASE_URL",
+        "LISTEN_ADDR",
+        "127.0.0.1:8080",
+        "WORKERS",
+    ] {
+        assert!(out.contains(listed), "--help does not list {listed}: {out}");
+    }
+    assert!(!out.contains("connecting"), "{out}");
+    let (code, out) = run_with_args(&["--version"], &[never], Duration::from_secs(10));
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        out.trim(),
+        format!("flash-coupons {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn an_unknown_option_or_a_mistyped_command_is_a_usage_error_not_a_start() {
+    let _turn = serial::turn!();
+    let never = ("DATABASE_URL", "postgres://u:pw@192.0.2.1:5432/db");
+    for args in [&["--verbose"][..], &["atack"], &["--help", "me"]] {
+        let (code, out) = run_with_args(args, &[never], Duration::from_secs(10));
+        assert_eq!(code, Some(2), "{args:?}: {out}");
+        assert_eq!(out.trim().lines().count(), 1, "{args:?}: {out}");
+        assert!(out.contains("--help"), "{args:?}: {out}");
+        assert!(!out.contains("connecting"), "{args:?}: {out}");
+    }
 }

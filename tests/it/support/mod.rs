@@ -132,7 +132,7 @@ impl TestApp {
 
 pub fn test_config(database_url: &str) -> Config {
     let mut config = Config::for_database(parse_database_url(database_url).expect("a valid URL"));
-    config.listen_addr = "127.0.0.1:0".into();
+    config.transport.listen_addr = "127.0.0.1:0".into();
     config.workers = 8;
     config.store.pool_size = 8;
     config

@@ -1,6 +1,6 @@
 //! The pumps: two threads that take the requests of every generation and
-//! hand them to the gate, so that none is dropped unanswered (tiny_http
-//! defect 4 in `server`'s list). One waits on the accepting generation; the
+//! hand them to the admission, so that none is dropped unanswered (tiny_http
+//! defect 9 in the transport's list). One waits on the accepting generation; the
 //! other takes the requests of the retired ones until they have no thread
 //! left, since a slow request head can complete long after its accept loop
 //! ended.
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use log::{debug, error};
 
-use super::accept::{Generation, Shared, Wake};
+use super::accept::{Control, Generation, Wake};
+use super::admission::Admission;
 use super::threads::generations_with_threads;
-use crate::http::Gate;
 
 /// How often the retired pump looks for requests on the generations it
 /// does not wait on: soon after one came, then less often, down to once per
@@ -28,7 +28,7 @@ const POLL_MAX: Duration = Duration::from_millis(20);
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How often the retired pump checks which generations have threads left.
 const SCAN_EVERY: Duration = Duration::from_secs(1);
-/// Without /proc to tell (tiny_http defect 3), how long a retired
+/// Without /proc to tell (tiny_http defect 6), how long a retired
 /// generation is pumped.
 const RETIRED_BLIND: Duration = Duration::from_secs(600);
 /// At shutdown, how long the retired pump waits for the accepting pump to
@@ -42,29 +42,33 @@ const DRAIN_PAUSE: Duration = Duration::from_millis(50);
 const AFTER_PANIC: Duration = Duration::from_millis(100);
 
 /// What a pump hands each request to.
-pub(super) type HandOn<'a> = dyn Fn(tiny_http::Request) + 'a;
+pub(super) type Forward<'a> = dyn Fn(tiny_http::Request) + 'a;
 
 /// The accepting pump's thread: takes the requests of the generation the
 /// supervisor sends on `generations`, and passes each generation on to
 /// `retire` once its accept loop has ended.
 pub(super) fn accepting(
-    gate: &Arc<Gate>,
-    shared: &Shared,
+    admission: &Arc<Admission>,
+    control: &Control,
     generations: &Receiver<Arc<Generation>>,
     retire: &Sender<Arc<Generation>>,
 ) {
     let mut state = Accepting::default();
-    run_pump(gate, |hand_on| {
-        pump_accepting(&mut state, shared, generations, retire, hand_on)
+    run_pump(admission, |forward| {
+        pump_accepting(&mut state, control, generations, retire, forward)
     });
 }
 
 /// The retired pump's thread: takes the requests of every generation that
 /// comes on `retiring`, until it has no thread left.
-pub(super) fn retired(gate: &Arc<Gate>, shared: &Shared, retiring: &Receiver<Arc<Generation>>) {
+pub(super) fn retired(
+    admission: &Arc<Admission>,
+    control: &Control,
+    retiring: &Receiver<Arc<Generation>>,
+) {
     let mut state = Retired::default();
-    run_pump(gate, |hand_on| {
-        pump_retired(&mut state, shared, retiring, hand_on)
+    run_pump(admission, |forward| {
+        pump_retired(&mut state, control, retiring, forward)
     });
 }
 
@@ -73,7 +77,7 @@ pub(super) fn retired(gate: &Arc<Gate>, shared: &Shared, retiring: &Receiver<Arc
 struct Accepting {
     /// The generation accepting connections, if any.
     current: Option<Arc<Generation>>,
-    /// Whether `current` has handed on a request yet.
+    /// Whether `current` has passed on a request yet.
     serving: bool,
 }
 
@@ -91,9 +95,9 @@ struct Retired {
 
 impl Retired {
     /// Forgets the generations that have no thread left (or, if that cannot
-    /// be told, that retired long ago), after handing on their last
+    /// be told, that retired long ago), after passing on their last
     /// requests.
-    fn forget_finished(&mut self, hand_on: &HandOn) {
+    fn forget_finished(&mut self, forward: &Forward) {
         self.scanned = Some(Instant::now());
         if self.generations.is_empty() {
             return;
@@ -108,7 +112,7 @@ impl Retired {
                 Err(_) => since.elapsed() >= RETIRED_BLIND,
             };
             if finished {
-                generation.hand_on_queued(hand_on);
+                generation.forward_queued(forward);
                 debug!("{}: no connection left", generation.name());
             }
             !finished
@@ -118,38 +122,38 @@ impl Retired {
 
 /// Runs `pump` with `role`, and again should it panic (`role` keeps its
 /// state in what it captures).
-fn run_pump(gate: &Arc<Gate>, mut role: impl FnMut(&HandOn)) {
-    while catch_unwind(AssertUnwindSafe(|| pump(gate, &mut role))).is_err() {
+fn run_pump(admission: &Arc<Admission>, mut role: impl FnMut(&Forward)) {
+    while catch_unwind(AssertUnwindSafe(|| pump(admission, &mut role))).is_err() {
         error!("a request pump panicked; carrying on");
         thread::sleep(AFTER_PANIC);
     }
 }
 
-/// Hands each request of some generations to the gate: `role` says which
+/// Hands each request of some generations to the admission: `role` says which
 /// (`pump_accepting` or `pump_retired`).
-fn pump(gate: &Arc<Gate>, role: &mut dyn FnMut(&HandOn)) {
-    let hand_on = |request: tiny_http::Request| gate.admit(request);
-    role(&hand_on);
+fn pump(admission: &Arc<Admission>, role: &mut dyn FnMut(&Forward)) {
+    let forward = |request: tiny_http::Request| admission.admit(request);
+    role(&forward);
 }
 
 /// Waits on the accepting generation, reports the end of its accept loop
 /// and passes it on to the retired pump.
 fn pump_accepting(
     state: &mut Accepting,
-    shared: &Shared,
+    control: &Control,
     generations: &Receiver<Arc<Generation>>,
     retire: &Sender<Arc<Generation>>,
-    hand_on: &HandOn,
+    forward: &Forward,
 ) {
     loop {
-        if shared.stopping.load(Ordering::SeqCst) {
+        if control.stopping.load(Ordering::SeqCst) {
             let all: Vec<_> = state
                 .current
                 .take()
                 .into_iter()
                 .chain(generations.try_iter())
                 .collect();
-            drain(&all, hand_on);
+            drain(&all, forward);
             return;
         }
         let Some(current) = state.current.clone() else {
@@ -166,22 +170,22 @@ fn pump_accepting(
         };
         match current.http().recv_timeout(IDLE_WAIT) {
             Ok(Some(request)) => {
-                hand_on(request);
+                forward(request);
                 if !state.serving {
                     state.serving = true;
-                    let _ = shared.wake.send(Wake::Serving {
+                    let _ = control.wake.send(Wake::Serving {
                         generation: current.number,
                     });
                 }
             }
             // A timeout, or unblocked by the supervisor or at shutdown.
             Ok(None) => {}
-            // tiny_http defect 1: its accept loop has ended for good.
+            // tiny_http defect 4: its accept loop has ended for good.
             Err(error) => {
                 if current.accepting.swap(false, Ordering::SeqCst)
-                    && !shared.stopping.load(Ordering::SeqCst)
+                    && !control.stopping.load(Ordering::SeqCst)
                 {
-                    let _ = shared.wake.send(Wake::Ended {
+                    let _ = control.wake.send(Wake::Ended {
                         generation: current.number,
                         error,
                     });
@@ -194,7 +198,7 @@ fn pump_accepting(
             // Fails only while stopping, when the retired pump has drained
             // and gone; this pump drains the generation itself then.
             if let Err(unsent) = retire.send(current) {
-                drain(&[unsent.into_inner()], hand_on);
+                drain(&[unsent.into_inner()], forward);
             }
         }
     }
@@ -205,20 +209,20 @@ fn pump_accepting(
 /// others soon after a request came, less often as they stay quiet.
 fn pump_retired(
     state: &mut Retired,
-    shared: &Shared,
+    control: &Control,
     retiring: &Receiver<Arc<Generation>>,
-    hand_on: &HandOn,
+    forward: &Forward,
 ) {
     loop {
         let now = Instant::now();
         state
             .generations
             .extend(retiring.try_iter().map(|generation| (generation, now)));
-        if shared.stopping.load(Ordering::SeqCst) {
-            return drain_retired(state, retiring, hand_on);
+        if control.stopping.load(Ordering::SeqCst) {
+            return drain_retired(state, retiring, forward);
         }
         if state.scanned.is_none_or(|at| at.elapsed() >= SCAN_EVERY) {
-            state.forget_finished(hand_on);
+            state.forget_finished(forward);
         }
         if state.generations.is_empty() {
             match retiring.recv_timeout(IDLE_WAIT) {
@@ -232,7 +236,7 @@ fn pump_retired(
         let busiest = state.busiest.min(state.generations.len() - 1);
         let waited = match state.generations[busiest].0.http().recv_timeout(state.poll) {
             Ok(Some(request)) => {
-                hand_on(request);
+                forward(request);
                 true
             }
             // Nothing within the wait, or an unblock, or the end of an
@@ -241,7 +245,7 @@ fn pump_retired(
         };
         let mut others = None;
         for (i, (generation, _)) in state.generations.iter().enumerate() {
-            if generation.hand_on_queued(hand_on) && i != busiest {
+            if generation.forward_queued(forward) && i != busiest {
                 others = Some(i);
             }
         }
@@ -256,14 +260,14 @@ fn pump_retired(
     }
 }
 
-/// At shutdown: goes on handing on the retired generations' requests until
+/// At shutdown: goes on passing on the retired generations' requests until
 /// the accepting pump, which may pass on one more generation, has gone
 /// (waiting at most `LAST_RETIRED`), then drains them all.
-fn drain_retired(state: &mut Retired, retiring: &Receiver<Arc<Generation>>, hand_on: &HandOn) {
+fn drain_retired(state: &mut Retired, retiring: &Receiver<Arc<Generation>>, forward: &Forward) {
     let deadline = Instant::now() + LAST_RETIRED;
     loop {
         for (generation, _) in &state.generations {
-            generation.hand_on_queued(hand_on);
+            generation.forward_queued(forward);
         }
         match retiring.recv_deadline(deadline.min(Instant::now() + POLL_MAX)) {
             Ok(generation) => state.generations.push((generation, Instant::now())),
@@ -272,15 +276,15 @@ fn drain_retired(state: &mut Retired, retiring: &Receiver<Arc<Generation>>, hand
         }
     }
     let all: Vec<_> = state.generations.drain(..).map(|(g, _)| g).collect();
-    drain(&all, hand_on);
+    drain(&all, forward);
 }
 
-/// Hands on every request the generations have parsed, including those
+/// Passes on every request the generations have parsed, including those
 /// their connection threads finish parsing within a short grace period.
-fn drain(generations: &[Arc<Generation>], hand_on: &HandOn) {
+fn drain(generations: &[Arc<Generation>], forward: &Forward) {
     for look in 1..=DRAIN_LOOKS {
         for generation in generations {
-            generation.hand_on_queued(hand_on);
+            generation.forward_queued(forward);
         }
         if look < DRAIN_LOOKS {
             thread::sleep(DRAIN_PAUSE);

@@ -1,4 +1,5 @@
-//! One request at a time per client connection.
+//! One request at a time per client connection (tiny_http defects 10, 11
+//! and 12 in the transport's list).
 //!
 //! HTTP/1.1 answers go out in request order, and tiny_http keeps that order
 //! by making each answer's writer wait until the previous answer on the same
@@ -39,7 +40,7 @@ use crate::sockets::{self, Search, Socket};
 /// Requests that may wait behind a connection's current one.
 pub const MAX_PARKED: usize = 64;
 
-/// One connection as the lines know it: its peer address, and which of
+/// One connection as the queues know it: its peer address, and which of
 /// the connections from that address it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Connection {
@@ -49,7 +50,7 @@ pub struct Connection {
 
 /// What to do with a request that has just arrived.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Admission<T> {
+pub enum Arrival<T> {
     /// Its connection has nothing else in progress: start it now. `ended`
     /// holds what still waited on an earlier, cut connection from the same
     /// address, which has closed: to be dropped unanswered.
@@ -61,15 +62,15 @@ pub enum Admission<T> {
     /// Kept until the requests before it on its connection are answered.
     Parked,
     /// Its connection has just been cut, at this request: drop it without
-    /// an answer, like every later one. The caller then tells the lines
-    /// which socket was cut ([`Lines::identify`]).
+    /// an answer, like every later one. The caller then tells the queues
+    /// which socket was cut ([`ConnectionQueues::identify`]).
     Cut(T, Connection),
     /// Its connection was cut: drop it without an answer.
     Drop(T),
 }
 
 #[derive(Debug)]
-struct Line<T> {
+struct ConnectionQueue<T> {
     generation: u64,
     /// A request of this connection is being worked on or answered.
     busy: bool,
@@ -101,8 +102,8 @@ enum CutSocket {
 /// The connections that have a request in progress, and what waits
 /// behind it.
 #[derive(Debug)]
-pub struct Lines<T> {
-    lines: Mutex<HashMap<SocketAddr, Line<T>>>,
+pub struct ConnectionQueues<T> {
+    queues: Mutex<HashMap<SocketAddr, ConnectionQueue<T>>>,
     /// How long a cut connection whose socket is not known must be quiet
     /// before its address is served again: longer than the socket read
     /// timeout, after which tiny_http closes a connection that sent nothing.
@@ -112,10 +113,10 @@ pub struct Lines<T> {
     last_sweep: Mutex<Instant>,
 }
 
-impl<T> Line<T> {
-    fn new() -> Line<T> {
+impl<T> ConnectionQueue<T> {
+    fn new() -> ConnectionQueue<T> {
         static GENERATIONS: AtomicU64 = AtomicU64::new(0);
-        Line {
+        ConnectionQueue {
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             busy: false,
             parked: VecDeque::new(),
@@ -142,22 +143,22 @@ impl Cut {
     }
 }
 
-impl<T> Lines<T> {
-    pub fn new(cut_for: Duration, port: u16) -> Lines<T> {
-        Lines {
-            lines: Mutex::new(HashMap::new()),
+impl<T> ConnectionQueues<T> {
+    pub fn new(cut_for: Duration, port: u16) -> ConnectionQueues<T> {
+        ConnectionQueues {
+            queues: Mutex::new(HashMap::new()),
             cut_for,
             port,
             last_sweep: Mutex::new(Instant::now()),
         }
     }
 
-    /// Takes in a request from `peer`.
-    pub fn admit(&self, peer: SocketAddr, request: T) -> Admission<T> {
+    /// A request from `peer` has arrived: what to do with it.
+    pub fn arrive(&self, peer: SocketAddr, request: T) -> Arrival<T> {
         let now = Instant::now();
         self.sweep(now);
-        let mut lines = lock(&self.lines);
-        let line = lines.entry(peer).or_insert_with(Line::new);
+        let mut queues = lock(&self.queues);
+        let line = queues.entry(peer).or_insert_with(ConnectionQueue::new);
         let mut ended = Vec::new();
         if let Some(cut) = &mut line.cut {
             if cut.lasts(now) {
@@ -165,10 +166,12 @@ impl<T> Lines<T> {
                     // Still sending: stay cut until it has been quiet a while.
                     cut.until = now + self.cut_for;
                 }
-                return Admission::Drop(request);
+                return Arrival::Drop(request);
             }
             // The cut connection has ended: this request is a new one's.
-            ended = std::mem::replace(line, Line::new()).parked.into();
+            ended = std::mem::replace(line, ConnectionQueue::new())
+                .parked
+                .into();
         }
         let connection = Connection {
             peer,
@@ -176,7 +179,7 @@ impl<T> Lines<T> {
         };
         if !line.busy {
             line.busy = true;
-            return Admission::Start {
+            return Arrival::Start {
                 request,
                 connection,
                 ended,
@@ -184,17 +187,17 @@ impl<T> Lines<T> {
         }
         if line.parked.len() >= MAX_PARKED {
             line.cut = Some(Cut::new(now, self.cut_for));
-            return Admission::Cut(request, connection);
+            return Arrival::Cut(request, connection);
         }
         line.parked.push_back(request);
-        Admission::Parked
+        Arrival::Parked
     }
 
     /// The answer to the connection's current request has been written:
     /// returns its next request to start, if one is waiting.
     pub fn finished(&self, connection: Connection) -> Option<T> {
-        let mut lines = lock(&self.lines);
-        let line = lines
+        let mut queues = lock(&self.queues);
+        let line = queues
             .get_mut(&connection.peer)
             .filter(|l| l.generation == connection.generation)?;
         if let Some(next) = line.parked.pop_front() {
@@ -202,14 +205,14 @@ impl<T> Lines<T> {
         }
         line.busy = false;
         if line.cut.is_none() {
-            lines.remove(&connection.peer);
+            queues.remove(&connection.peer);
         }
         None
     }
 
     /// Whether requests wait behind the connection's current one.
     pub fn has_parked(&self, connection: Connection) -> bool {
-        lock(&self.lines)
+        lock(&self.queues)
             .get(&connection.peer)
             .is_some_and(|l| l.generation == connection.generation && !l.parked.is_empty())
     }
@@ -217,10 +220,10 @@ impl<T> Lines<T> {
     /// The connection's current request could not be answered (the client
     /// went away or read too slowly): cuts the connection, and returns what
     /// waited behind the request, to be dropped unanswered. The caller then
-    /// tells the lines which socket was cut ([`Lines::identify`]).
+    /// tells the queues which socket was cut ([`ConnectionQueues::identify`]).
     pub fn cut(&self, connection: Connection) -> Vec<T> {
-        let mut lines = lock(&self.lines);
-        let Some(line) = lines
+        let mut queues = lock(&self.queues);
+        let Some(line) = queues
             .get_mut(&connection.peer)
             .filter(|l| l.generation == connection.generation)
         else {
@@ -243,8 +246,8 @@ impl<T> Lines<T> {
             Search::NotFound => CutSocket::Gone,
             Search::Unknown => CutSocket::Unknown,
         };
-        let mut lines = lock(&self.lines);
-        if let Some(cut) = lines
+        let mut queues = lock(&self.queues);
+        if let Some(cut) = queues
             .get_mut(&connection.peer)
             .filter(|l| l.generation == connection.generation)
             .and_then(|l| l.cut.as_mut())
@@ -256,7 +259,7 @@ impl<T> Lines<T> {
     /// Whether `peer`'s connection is cut and has not ended.
     #[cfg(test)]
     fn is_cut(&self, peer: SocketAddr) -> bool {
-        lock(&self.lines)
+        lock(&self.queues)
             .get(&peer)
             .and_then(|line| line.cut.as_ref())
             .is_some_and(|cut| cut.lasts(Instant::now()))
@@ -265,7 +268,7 @@ impl<T> Lines<T> {
     /// Connections with a request in progress.
     #[cfg(test)]
     fn busy(&self) -> usize {
-        lock(&self.lines).values().filter(|l| l.busy).count()
+        lock(&self.queues).values().filter(|l| l.busy).count()
     }
 
     /// Forgets cut connections that have ended, at most once a second.
@@ -277,7 +280,7 @@ impl<T> Lines<T> {
             }
             *last = now;
         }
-        lock(&self.lines)
+        lock(&self.queues)
             .retain(|_, line| line.busy || line.cut.as_ref().is_some_and(|cut| cut.lasts(now)));
     }
 }
@@ -294,9 +297,9 @@ mod tests {
     const PORT: u16 = 1;
 
     /// The connection a request was started on.
-    fn started<T: std::fmt::Debug + PartialEq>(admission: Admission<T>, expected: T) -> Connection {
+    fn started<T: std::fmt::Debug + PartialEq>(admission: Arrival<T>, expected: T) -> Connection {
         match admission {
-            Admission::Start {
+            Arrival::Start {
                 request,
                 connection,
                 ended,
@@ -307,65 +310,65 @@ mod tests {
 
     #[test]
     fn a_connections_requests_start_one_after_another_in_order() {
-        let lines = Lines::new(Duration::from_secs(10), PORT);
-        let one = started(lines.admit(peer(1), 1), 1);
-        assert_eq!(lines.admit(peer(1), 2), Admission::Parked);
-        started(lines.admit(peer(2), 10), 10);
-        assert_eq!(lines.admit(peer(1), 3), Admission::Parked);
-        assert!(lines.has_parked(one));
-        assert_eq!(lines.finished(one), Some(2));
-        assert_eq!(lines.finished(one), Some(3));
-        assert_eq!(lines.finished(one), None);
-        assert_eq!(lines.busy(), 1);
-        started(lines.admit(peer(1), 4), 4);
+        let queues = ConnectionQueues::new(Duration::from_secs(10), PORT);
+        let one = started(queues.arrive(peer(1), 1), 1);
+        assert_eq!(queues.arrive(peer(1), 2), Arrival::Parked);
+        started(queues.arrive(peer(2), 10), 10);
+        assert_eq!(queues.arrive(peer(1), 3), Arrival::Parked);
+        assert!(queues.has_parked(one));
+        assert_eq!(queues.finished(one), Some(2));
+        assert_eq!(queues.finished(one), Some(3));
+        assert_eq!(queues.finished(one), None);
+        assert_eq!(queues.busy(), 1);
+        started(queues.arrive(peer(1), 4), 4);
     }
 
     #[test]
     fn a_connection_past_the_limit_is_cut_but_its_parked_requests_are_kept() {
-        let lines = Lines::new(Duration::from_secs(10), PORT);
-        let one = started(lines.admit(peer(1), 0), 0);
+        let queues = ConnectionQueues::new(Duration::from_secs(10), PORT);
+        let one = started(queues.arrive(peer(1), 0), 0);
         for n in 1..=MAX_PARKED {
-            assert_eq!(lines.admit(peer(1), n), Admission::Parked);
+            assert_eq!(queues.arrive(peer(1), n), Arrival::Parked);
         }
-        assert_eq!(lines.admit(peer(1), 1000), Admission::Cut(1000, one));
-        assert!(lines.is_cut(peer(1)));
-        assert_eq!(lines.admit(peer(1), 1001), Admission::Drop(1001));
+        assert_eq!(queues.arrive(peer(1), 1000), Arrival::Cut(1000, one));
+        assert!(queues.is_cut(peer(1)));
+        assert_eq!(queues.arrive(peer(1), 1001), Arrival::Drop(1001));
         for n in 1..=MAX_PARKED {
-            assert_eq!(lines.finished(one), Some(n));
+            assert_eq!(queues.finished(one), Some(n));
         }
-        assert_eq!(lines.finished(one), None);
-        assert_eq!(lines.admit(peer(1), 2000), Admission::Drop(2000));
+        assert_eq!(queues.finished(one), None);
+        assert_eq!(queues.arrive(peer(1), 2000), Arrival::Drop(2000));
     }
 
     #[test]
     fn a_connection_whose_answer_failed_is_cut_with_what_waited_behind_it() {
-        let lines = Lines::new(Duration::from_secs(10), PORT);
-        let one = started(lines.admit(peer(1), 1), 1);
-        assert_eq!(lines.admit(peer(1), 2), Admission::Parked);
-        assert_eq!(lines.admit(peer(1), 3), Admission::Parked);
-        assert_eq!(lines.cut(one), vec![2, 3]);
-        assert_eq!(lines.admit(peer(1), 4), Admission::Drop(4));
-        assert_eq!(lines.busy(), 0);
+        let queues = ConnectionQueues::new(Duration::from_secs(10), PORT);
+        let one = started(queues.arrive(peer(1), 1), 1);
+        assert_eq!(queues.arrive(peer(1), 2), Arrival::Parked);
+        assert_eq!(queues.arrive(peer(1), 3), Arrival::Parked);
+        assert_eq!(queues.cut(one), vec![2, 3]);
+        assert_eq!(queues.arrive(peer(1), 4), Arrival::Drop(4));
+        assert_eq!(queues.busy(), 0);
     }
 
     #[test]
     fn a_cut_address_whose_socket_is_not_known_is_served_again_once_it_has_been_quiet() {
-        let lines = Lines::new(Duration::from_millis(20), PORT);
-        let one = started(lines.admit(peer(1), 0), 0);
+        let queues = ConnectionQueues::new(Duration::from_millis(20), PORT);
+        let one = started(queues.arrive(peer(1), 0), 0);
         for n in 1..=MAX_PARKED + 1 {
-            lines.admit(peer(1), n);
+            queues.arrive(peer(1), n);
         }
-        while lines.finished(one).is_some() {}
+        while queues.finished(one).is_some() {}
         std::thread::sleep(Duration::from_millis(40));
-        assert!(!lines.is_cut(peer(1)));
-        let two = started(lines.admit(peer(1), 7), 7);
+        assert!(!queues.is_cut(peer(1)));
+        let two = started(queues.arrive(peer(1), 7), 7);
         assert_ne!(two, one, "a new generation");
         assert_eq!(
-            lines.finished(one),
+            queues.finished(one),
             None,
             "the old connection's turn changes nothing"
         );
-        assert_eq!(lines.busy(), 1);
+        assert_eq!(queues.busy(), 1);
     }
 
     #[cfg(target_os = "linux")]
@@ -377,20 +380,20 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, from) = listener.accept().unwrap();
         // Long enough that only the socket's end can end the cut here.
-        let lines = Lines::new(Duration::from_secs(3600), port);
-        let one = started(lines.admit(from, 0), 0);
+        let queues = ConnectionQueues::new(Duration::from_secs(3600), port);
+        let one = started(queues.arrive(from, 0), 0);
         for n in 1..=MAX_PARKED {
-            lines.admit(from, n);
+            queues.arrive(from, n);
         }
-        assert_eq!(lines.admit(from, 99), Admission::Cut(99, one));
-        lines.identify(one);
-        assert_eq!(lines.admit(from, 100), Admission::Drop(100));
-        assert!(lines.is_cut(from));
+        assert_eq!(queues.arrive(from, 99), Arrival::Cut(99, one));
+        queues.identify(one);
+        assert_eq!(queues.arrive(from, 100), Arrival::Drop(100));
+        assert!(queues.is_cut(from));
         drop(client);
         drop(server);
-        assert!(!lines.is_cut(from), "the cut ended with the socket");
-        match lines.admit(from, 200) {
-            Admission::Start {
+        assert!(!queues.is_cut(from), "the cut ended with the socket");
+        match queues.arrive(from, 200) {
+            Arrival::Start {
                 request: 200,
                 connection,
                 ended,
@@ -400,6 +403,6 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(lines.finished(one), None);
+        assert_eq!(queues.finished(one), None);
     }
 }

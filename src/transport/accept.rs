@@ -1,7 +1,7 @@
 //! The accept loops. Each is a tiny_http server on our listener, a
-//! *generation*; the supervisor keeps one accepting (tiny_http defects 1,
-//! 2 and 5 in `server`'s list), and the reaper drops the old ones (defect
-//! 6). The pumps (`pump`) take their requests.
+//! *generation*; the supervisor keeps one accepting (tiny_http defects 4,
+//! 5 and 7 in the transport's list), and the reaper drops the old ones
+//! (defect 8). The pumps (`pump`) take their requests.
 
 use std::fmt;
 use std::io::{self, ErrorKind};
@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use log::debug;
 
-use super::StartError;
-use super::pump::{self, HandOn};
+use super::TransportError;
+use super::admission::Admission;
+use super::pump::{self, Forward};
 use super::threads::{
     as_named, catch_quietly, generation_name, panic_message, unwatch_panics, watch_panics,
 };
 use crate::failure_log::FailureLog;
-use crate::http::Gate;
 
 /// The shortest pause before starting an accept loop after a failure.
 const PAUSE_MIN: Duration = Duration::from_millis(50);
@@ -34,9 +34,9 @@ const REPORT_EVERY: Duration = Duration::from_secs(30);
 
 /// The threads that keep a generation accepting and take the requests of
 /// every generation: the supervisor, the two pumps and the reaper.
-/// Dropping it stops accepting and hands on every request already parsed.
+/// Dropping it stops accepting and passes on every request already parsed.
 pub(super) struct AcceptLoops {
-    shared: Arc<Shared>,
+    control: Arc<Control>,
     supervisor: Option<JoinHandle<()>>,
     pump: Option<JoinHandle<()>>,
     retired_pump: Option<JoinHandle<()>>,
@@ -46,30 +46,30 @@ pub(super) struct AcceptLoops {
 }
 
 impl AcceptLoops {
-    /// Starts accepting on `listener`, handing each request to `gate`, and
+    /// Starts accepting on `listener`, handing each request to `admission`, and
     /// returns once the first accept loop runs. `handle` is another handle
     /// on the listening socket, kept to stop accepting.
     pub(super) fn start(
         listener: TcpListener,
         handle: TcpListener,
-        gate: Arc<Gate>,
-    ) -> Result<AcceptLoops, StartError> {
+        admission: Arc<Admission>,
+    ) -> Result<AcceptLoops, TransportError> {
         let (wake, woken) = unbounded();
-        let shared = Arc::new(Shared {
+        let control = Arc::new(Control {
             stopping: AtomicBool::new(false),
             listener: handle,
             wake,
         });
         // From here on, dropping `loops` stops whatever has been started.
         let mut loops = AcceptLoops {
-            watcher: watch_panics(shared.wake.clone()),
-            shared: Arc::clone(&shared),
+            watcher: watch_panics(control.wake.clone()),
+            control: Arc::clone(&control),
             supervisor: None,
             pump: None,
             retired_pump: None,
             reaper: None,
         };
-        // tiny_http defect 6: generations are dropped here, where waiting
+        // tiny_http defect 8: generations are dropped here, where waiting
         // holds up nothing.
         let (reaper, reaped) = unbounded::<tiny_http::Server>();
         loops.reaper = Some(spawn("reaper", "the reaper thread", move || {
@@ -78,44 +78,44 @@ impl AcceptLoops {
         let (to_pump, generations) = unbounded();
         let (retire, retiring) = unbounded();
         loops.retired_pump = Some({
-            let shared = Arc::clone(&shared);
-            let gate = Arc::clone(&gate);
+            let control = Arc::clone(&control);
+            let admission = Arc::clone(&admission);
             spawn("retired-pump", "the retired-pump thread", move || {
-                pump::retired(&gate, &shared, &retiring)
+                pump::retired(&admission, &control, &retiring)
             })?
         });
         loops.pump = Some({
-            let shared = Arc::clone(&shared);
+            let control = Arc::clone(&control);
             spawn("pump", "the pump thread", move || {
-                pump::accepting(&gate, &shared, &generations, &retire)
+                pump::accepting(&admission, &control, &generations, &retire)
             })?
         });
         let (ready, started) = bounded(1);
         loops.supervisor = Some(spawn("supervisor", "the supervisor thread", move || {
-            supervise(&listener, &shared, &woken, &to_pump, &reaper, &ready)
+            supervise(&listener, &control, &woken, &to_pump, &reaper, &ready)
         })?);
         match started.recv() {
             Ok(Ok(())) => Ok(loops),
-            Ok(Err(source)) => Err(StartError::AcceptLoop { source }),
-            Err(_) => Err(StartError::Supervisor),
+            Ok(Err(source)) => Err(TransportError::AcceptLoop { source }),
+            Err(_) => Err(TransportError::Supervisor),
         }
     }
 }
 
 impl Drop for AcceptLoops {
     /// Stops accepting and hands every request tiny_http has already parsed
-    /// to the gate: a request dropped unanswered would get tiny_http's empty
-    /// 500 (tiny_http defect 4).
+    /// to the admission: a request dropped unanswered would get tiny_http's empty
+    /// 500 (tiny_http defect 9).
     fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::SeqCst);
+        self.control.stopping.store(true, Ordering::SeqCst);
         // tiny_http stops accepting only when its server is dropped, which
-        // can wait (tiny_http defect 6). Shut down, the listener fails the
+        // can wait (tiny_http defect 8). Shut down, the listener fails the
         // accept() every generation is blocked in, which ends its accept
-        // loop (defect 1); connections not yet accepted are refused.
-        let _ = socket2::SockRef::from(&self.shared.listener).shutdown(Shutdown::Read);
-        let _ = self.shared.wake.send(Wake::Stop);
+        // loop (defect 4); connections not yet accepted are refused.
+        let _ = socket2::SockRef::from(&self.control.listener).shutdown(Shutdown::Read);
+        let _ = self.control.wake.send(Wake::Stop);
         // The supervisor unblocks the accepting pump as it goes; the pumps
-        // hand on what every generation has parsed; the reaper ends with
+        // pass on what every generation has parsed; the reaper ends with
         // the last generation.
         let threads = [
             self.supervisor.take(),
@@ -135,15 +135,15 @@ fn spawn(
     name: &str,
     what: &'static str,
     f: impl FnOnce() + Send + 'static,
-) -> Result<JoinHandle<()>, StartError> {
+) -> Result<JoinHandle<()>, TransportError> {
     thread::Builder::new()
         .name(name.into())
         .spawn(f)
-        .map_err(|source| StartError::Thread { what, source })
+        .map_err(|source| TransportError::Thread { what, source })
 }
 
 /// What the supervisor, the pumps and `AcceptLoops` share.
-pub(super) struct Shared {
+pub(super) struct Control {
     pub(super) stopping: AtomicBool,
     /// A handle on the listening socket, to stop accepting at shutdown.
     listener: TcpListener,
@@ -158,13 +158,13 @@ pub(super) enum Wake {
     Stop,
     /// A generation's accept loop ended with `error`, as `recv()` on it
     /// said (sent by the accepting pump). A timeout means the loop was idle
-    /// (our listener's accept timeout, tiny_http defect 1); anything else
+    /// (our listener's accept timeout, tiny_http defect 4); anything else
     /// is a failure.
     Ended { generation: u64, error: io::Error },
     /// A thread of a generation panicked, `what` saying where and why (sent
-    /// by the panic hook; tiny_http defect 2).
+    /// by the panic hook; tiny_http defect 5).
     Panicked { generation: u64, what: String },
-    /// A generation handed on its first request, so its accept loop works
+    /// A generation passed on its first request, so its accept loop works
     /// (sent by the accepting pump).
     Serving { generation: u64 },
 }
@@ -172,7 +172,7 @@ pub(super) enum Wake {
 /// One tiny_http server on our listener.
 pub(super) struct Generation {
     /// Unique in the process; its threads are named after it (tiny_http
-    /// defect 3).
+    /// defect 6).
     pub(super) number: u64,
     started: Instant,
     /// Always `Some` until dropped.
@@ -181,7 +181,7 @@ pub(super) struct Generation {
     /// off (the pump when `recv()` fails, the supervisor when a thread of
     /// it panicked) retires the generation.
     pub(super) accepting: AtomicBool,
-    /// Where the tiny_http server goes to be dropped (tiny_http defect 6).
+    /// Where the tiny_http server goes to be dropped (tiny_http defect 8).
     reaper: Sender<tiny_http::Server>,
 }
 
@@ -192,14 +192,14 @@ impl Generation {
             .expect("a generation's server until it is dropped")
     }
 
-    /// Hands on every request already queued; false if there was none.
-    pub(super) fn hand_on_queued(&self, hand_on: &HandOn) -> bool {
+    /// Passes on every request already queued; false if there was none.
+    pub(super) fn forward_queued(&self, forward: &Forward) -> bool {
         let mut any = false;
         loop {
             match self.http().try_recv() {
                 Ok(Some(request)) => {
                     any = true;
-                    hand_on(request);
+                    forward(request);
                 }
                 Ok(None) => return any,
                 // The end of its accept loop, already handled.
@@ -215,7 +215,7 @@ impl Generation {
 
 impl Drop for Generation {
     fn drop(&mut self) {
-        // tiny_http defect 6: dropped here only if the reaper is gone.
+        // tiny_http defect 8: dropped here only if the reaper is gone.
         if let Some(http) = self.http.take()
             && let Err(unsent) = self.reaper.send(http)
         {
@@ -224,14 +224,14 @@ impl Drop for Generation {
     }
 }
 
-/// Keeps one generation accepting (tiny_http defect 1): starts the first,
+/// Keeps one generation accepting (tiny_http defect 4): starts the first,
 /// then a new one whenever the accepting one ends, at once after an idle
 /// timeout and after a pause (doubling up to `PAUSE_MAX`) after a failure.
 /// Wakes about any generation but the accepting one are stale and change
 /// nothing.
 fn supervise(
     listener: &TcpListener,
-    shared: &Shared,
+    control: &Control,
     woken: &Receiver<Wake>,
     pump: &Sender<Arc<Generation>>,
     reaper: &Sender<tiny_http::Server>,
@@ -254,7 +254,7 @@ fn supervise(
         match wake {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {
-                if shared.stopping.load(Ordering::SeqCst) {
+                if control.stopping.load(Ordering::SeqCst) {
                     break;
                 }
                 match start_generation(listener, pump, reaper) {
@@ -287,7 +287,7 @@ fn supervise(
                     debug!("{}: a thread panicked: {what}", generation_name(generation));
                     continue;
                 };
-                // tiny_http defect 2: its accept thread is gone or its task
+                // tiny_http defect 5: its accept thread is gone or its task
                 // pool poisoned, so it will not accept again. The retired
                 // pump goes on serving the connections it has.
                 dead.accepting.store(false, Ordering::SeqCst);
@@ -315,7 +315,7 @@ fn supervise(
 /// When to start the next accept loop, and the run of failures so far
 /// (accept loops ending on an error or panicking, or not starting), in the
 /// log as one run (see `failure_log`): the pause before each new start
-/// doubles, up to `PAUSE_MAX`. A run ends when the accepting loop hands on
+/// doubles, up to `PAUSE_MAX`. A run ends when the accepting loop passes on
 /// a request, ends idle, or has lived `STABLE`.
 struct Restart {
     at: Option<Instant>,
@@ -359,7 +359,7 @@ impl Restart {
         );
     }
 
-    /// The accepting generation handed on a request, or ended idle.
+    /// The accepting generation passed on a request, or ended idle.
     fn serving(&mut self) {
         log_recovery!(self.failures, "accepting again");
     }
@@ -389,11 +389,11 @@ fn start_generation(
 
 /// Starts a tiny_http server on `listener` from under the name of
 /// generation `number`, so that every thread it starts carries that name
-/// (tiny_http defect 3).
+/// (tiny_http defect 6).
 fn create_generation(listener: &TcpListener, number: u64) -> io::Result<tiny_http::Server> {
     let listener = listener.try_clone()?;
     let created = as_named(&generation_name(number), move || {
-        // tiny_http defect 5: it panics when it cannot start its accept
+        // tiny_http defect 7: it panics when it cannot start its accept
         // thread.
         catch_quietly(|| tiny_http::Server::from_listener(listener, None))
     });

@@ -1,5 +1,5 @@
 //! Thread names and the panic hook: how a tiny_http thread is traced to its
-//! generation (tiny_http defects 2 and 3 in `server`'s list).
+//! generation (tiny_http defects 5 and 6 in the transport's list).
 //!
 //! tiny_http's threads are unnamed, so on Linux they inherit the name of
 //! the thread that started them. Each generation is created from under the
@@ -35,7 +35,7 @@ thread_local! {
 }
 
 /// tiny_http's threads die of panics that `recv()` never reports (tiny_http
-/// defect 2). A panic hook is the only place that sees them: it tells every
+/// defect 5). A panic hook is the only place that sees them: it tells every
 /// supervisor the generation of the panicking thread, from the thread's
 /// name, and logs nothing itself (the supervisor does). Other panics go to
 /// the hook that was there before. Returns the id to give to

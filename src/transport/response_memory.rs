@@ -4,10 +4,10 @@
 //! whole before it is written, so that no database connection waits on a
 //! slow reader. Each such body reserves its size here as it grows and gives
 //! it back once written. A body past [`LARGE`] is large: it also takes one of
-//! a few large-answer places, each with a writer of its own (see
-//! `response`), so slow readers of large answers never hold the writers
-//! that everything else is answered by. When the memory or the places are
-//! all taken, the request is answered 503 instead.
+//! a few large-answer places, each with a writer of its own (see `writer`),
+//! so slow readers of large answers never hold the writers that everything
+//! else is answered by. When the memory or the places are all taken, the
+//! request is answered 503 instead.
 
 use std::io::{self, Write};
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub const STEP: usize = 64 * 1024;
 pub const LARGE: usize = 1024 * 1024;
 
 #[derive(Debug)]
-pub struct Budget {
+pub struct ResponseMemory {
     bytes: Limited,
     large: Limited,
 }
@@ -49,30 +49,30 @@ impl Limited {
     }
 }
 
-/// What one answer holds of a [`Budget`] until dropped.
+/// What one answer holds of a [`ResponseMemory`] until dropped.
 #[derive(Debug)]
-pub struct Reserved {
-    budget: Arc<Budget>,
+pub struct Held {
+    memory: Arc<ResponseMemory>,
     bytes: usize,
     large: bool,
 }
 
-impl Reserved {
+impl Held {
     /// Whether the answer holds a large-answer place (and so its writer).
     pub fn is_large(&self) -> bool {
         self.large
     }
 }
 
-impl Budget {
+impl ResponseMemory {
     /// At most `bytes` of bodies at once, and at most `large` bodies over
     /// [`LARGE`].
-    pub fn new(bytes: usize, large: usize) -> Arc<Budget> {
+    pub fn new(bytes: usize, large: usize) -> Arc<ResponseMemory> {
         let limited = |limit| Limited {
             used: AtomicUsize::new(0),
             limit,
         };
-        Arc::new(Budget {
+        Arc::new(ResponseMemory {
             bytes: limited(bytes),
             large: limited(large),
         })
@@ -86,12 +86,12 @@ impl Budget {
         )
     }
 
-    /// A buffer whose growth is charged to this budget.
-    pub fn buffer(self: &Arc<Self>) -> Buffer {
-        Buffer {
+    /// A buffer whose growth is charged to this memory.
+    pub fn buffer(self: &Arc<Self>) -> ResponseBuffer {
+        ResponseBuffer {
             bytes: Vec::new(),
-            reserved: Reserved {
-                budget: Arc::clone(self),
+            held: Held {
+                memory: Arc::clone(self),
                 bytes: 0,
                 large: false,
             },
@@ -99,51 +99,56 @@ impl Budget {
     }
 }
 
-impl Drop for Reserved {
+impl Drop for Held {
     fn drop(&mut self) {
-        self.budget.bytes.give_back(self.bytes);
+        self.memory.bytes.give_back(self.bytes);
         if self.large {
-            self.budget.large.give_back(1);
+            self.memory.large.give_back(1);
         }
     }
 }
 
-/// Bytes in memory, paid for from a [`Budget`]; a write that would go past
-/// the budget fails with [`io::ErrorKind::OutOfMemory`].
-pub struct Buffer {
+/// Bytes in memory, paid for from a [`ResponseMemory`]; a write that would
+/// go past it fails with [`io::ErrorKind::OutOfMemory`].
+pub struct ResponseBuffer {
     bytes: Vec<u8>,
-    reserved: Reserved,
+    held: Held,
 }
 
-impl Buffer {
-    pub fn into_parts(self) -> (Vec<u8>, Reserved) {
-        (self.bytes, self.reserved)
+impl ResponseBuffer {
+    pub fn into_parts(self) -> (Vec<u8>, Held) {
+        (self.bytes, self.held)
     }
 
     fn grow(&mut self, needed: usize) -> io::Result<()> {
-        let reserved = &mut self.reserved;
-        let spent = || io::Error::new(io::ErrorKind::OutOfMemory, "the response budget is spent");
-        let becomes_large = needed > LARGE && !reserved.large;
-        if becomes_large && !reserved.budget.large.take(1) {
+        let held = &mut self.held;
+        let spent = || {
+            io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "the memory for answers is spent",
+            )
+        };
+        let becomes_large = needed > LARGE && !held.large;
+        if becomes_large && !held.memory.large.take(1) {
             return Err(spent());
         }
-        let more = (needed - reserved.bytes).div_ceil(STEP) * STEP;
-        if !reserved.budget.bytes.take(more) {
+        let more = (needed - held.bytes).div_ceil(STEP) * STEP;
+        if !held.memory.bytes.take(more) {
             if becomes_large {
-                reserved.budget.large.give_back(1);
+                held.memory.large.give_back(1);
             }
             return Err(spent());
         }
-        reserved.large |= becomes_large;
-        reserved.bytes += more;
+        held.large |= becomes_large;
+        held.bytes += more;
         Ok(())
     }
 }
 
-impl Write for Buffer {
+impl Write for ResponseBuffer {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let needed = self.bytes.len() + data.len();
-        if needed > self.reserved.bytes {
+        if needed > self.held.bytes {
             self.grow(needed)?;
         }
         self.bytes.extend_from_slice(data);
@@ -161,37 +166,37 @@ mod tests {
 
     #[test]
     fn buffers_share_the_memory_and_give_it_back_when_dropped() {
-        let budget = Budget::new(LARGE + 2 * STEP, 10);
-        let mut a = budget.buffer();
+        let memory = ResponseMemory::new(LARGE + 2 * STEP, 10);
+        let mut a = memory.buffer();
         a.write_all(&[0; 100]).unwrap();
-        assert_eq!(budget.used(), (STEP, 0));
-        let mut b = budget.buffer();
+        assert_eq!(memory.used(), (STEP, 0));
+        let mut b = memory.buffer();
         b.write_all(&vec![0; LARGE + 1]).unwrap();
-        assert_eq!(budget.used(), (LARGE + 2 * STEP, 1));
+        assert_eq!(memory.used(), (LARGE + 2 * STEP, 1));
         let refused = a.write_all(&vec![0; STEP]).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
         drop(b);
-        assert_eq!(budget.used(), (STEP, 0));
-        let (bytes, reserved) = a.into_parts();
+        assert_eq!(memory.used(), (STEP, 0));
+        let (bytes, held) = a.into_parts();
         assert_eq!(bytes.len(), 100);
-        assert!(!reserved.is_large());
-        drop(reserved);
-        assert_eq!(budget.used(), (0, 0));
+        assert!(!held.is_large());
+        drop(held);
+        assert_eq!(memory.used(), (0, 0));
     }
 
     #[test]
     fn a_body_past_one_mib_needs_a_large_answer_place() {
-        let budget = Budget::new(100 * LARGE, 1);
-        let mut a = budget.buffer();
+        let memory = ResponseMemory::new(100 * LARGE, 1);
+        let mut a = memory.buffer();
         a.write_all(&vec![0; LARGE + STEP]).unwrap();
-        let mut b = budget.buffer();
+        let mut b = memory.buffer();
         b.write_all(&vec![0; LARGE]).unwrap();
         let refused = b.write_all(&[0]).unwrap_err();
         assert_eq!(refused.kind(), io::ErrorKind::OutOfMemory);
-        let (_, reserved) = a.into_parts();
-        assert!(reserved.is_large());
-        drop(reserved);
+        let (_, held) = a.into_parts();
+        assert!(held.is_large());
+        drop(held);
         b.write_all(&[0]).unwrap();
-        assert_eq!(budget.used(), (LARGE + STEP, 1));
+        assert_eq!(memory.used(), (LARGE + STEP, 1));
     }
 }

@@ -1,0 +1,171 @@
+//! Getting a request's body off the socket before anyone handles it, and
+//! turning tiny_http's request into the service's own (see `message`).
+//!
+//! tiny_http 0.12 reads bodies of up to 1 KiB with the head, in its own
+//! connection thread; anything else (larger bodies, chunked bodies,
+//! `Expect: 100-continue`) is read from the socket by whoever reads the
+//! body (tiny_http defect 14). A worker must never wait on a slow client, so
+//! those requests get a thread of their own for the read, like tiny_http's
+//! connection threads.
+//!
+//! It also drains an unread body when the request is dropped, allocating a
+//! buffer of the whole declared Content-Length: one request declaring a
+//! terabyte aborts the process (defect 13). Bodies declared larger than
+//! [`DRAIN_LIMIT`] are therefore never dropped; see [`Body::Abandoned`].
+
+use std::io::{self, Read};
+use std::thread;
+
+use log::warn;
+
+use super::message::{Body, Method, Request};
+
+/// Largest request body accepted. Real bodies are under 300 bytes.
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+
+/// Largest declared body that is read and thrown away to keep the
+/// connection usable; beyond it the connection is given up.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+
+/// What tiny_http reads together with the head (its own constant).
+const READ_WITH_HEAD: usize = 1024;
+
+/// Reads the body, on this thread when it is already in memory, on a new
+/// thread when it may have to wait on the client; then calls `then` with
+/// the request and its body.
+pub fn read_body(
+    request: tiny_http::Request,
+    then: impl FnOnce(tiny_http::Request, Body) + Send + 'static,
+) {
+    if body_is_in_memory(&request) {
+        let (request, body) = read(request);
+        return then(request, body);
+    }
+    let spawned = thread::Builder::new()
+        .name("body-reader".into())
+        .spawn(move || {
+            let (request, body) = read(request);
+            then(request, body)
+        });
+    if let Err(err) = spawned {
+        // The closure (and the request in it) is gone with the error; the
+        // client sees its connection close.
+        warn!("cannot start a thread to read a request body: {err}");
+    }
+}
+
+/// The service's own copy of a request whose body has been read.
+pub fn owned(request: &tiny_http::Request, body: Body) -> Request {
+    Request {
+        method: Method::parse(request.method().as_str()),
+        target: origin_form(request.url()).to_owned(),
+        headers: request
+            .headers()
+            .iter()
+            .map(|h| (h.field.as_str().to_string(), h.value.to_string()))
+            .collect(),
+        body,
+        peer: request.remote_addr().copied(),
+    }
+}
+
+/// The target in origin form: an absolute-form target (`http://host:port/
+/// path?query`, any case of the scheme) loses its scheme and authority; any
+/// other target is left as it is.
+pub fn origin_form(target: &str) -> &str {
+    let Some((scheme, rest)) = target.split_once("://") else {
+        return target;
+    };
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return target;
+    }
+    match rest.find(['/', '?']) {
+        Some(at) if rest[at..].starts_with('/') => &rest[at..],
+        // `http://host` and `http://host?query` name the root.
+        _ => "/",
+    }
+}
+
+fn header<'a>(request: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
+    request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+fn body_is_in_memory(request: &tiny_http::Request) -> bool {
+    header(request, "Expect").is_none()
+        && header(request, "Transfer-Encoding").is_none()
+        && request.body_length().is_none_or(|n| n <= READ_WITH_HEAD)
+}
+
+fn read(mut request: tiny_http::Request) -> (tiny_http::Request, Body) {
+    let body = match request.body_length() {
+        Some(declared) if declared > DRAIN_LIMIT => Body::Abandoned,
+        Some(declared) if declared > MAX_BODY_BYTES => {
+            // Too large whatever arrives: the declared length decides. The
+            // rest is read only to keep the connection usable.
+            if let Err(err) = io::copy(request.as_reader(), &mut io::sink()) {
+                log::debug!("draining a body declared too large failed: {err}");
+            }
+            Body::TooLarge
+        }
+        _ => read_limited(&mut request),
+    };
+    (request, body)
+}
+
+/// Reads a body of at most [`MAX_BODY_BYTES`], telling a client that
+/// stalled or stopped early from one that sent a bad body.
+fn read_limited(request: &mut tiny_http::Request) -> Body {
+    let declared = request.body_length();
+    let mut body = Vec::with_capacity(declared.unwrap_or(0));
+    // One byte past the limit tells an oversized chunked body from a full one.
+    let read = request
+        .as_reader()
+        .take(MAX_BODY_BYTES as u64 + 1)
+        .read_to_end(&mut body);
+    match read {
+        Ok(_) if body.len() > MAX_BODY_BYTES => Body::TooLarge,
+        // tiny_http's Content-Length reader ends quietly at the end of the
+        // stream, however much is missing.
+        Ok(_) => match declared {
+            Some(declared) if body.len() < declared => Body::Incomplete {
+                received: body.len(),
+                declared,
+            },
+            _ => Body::Read(body),
+        },
+        Err(e) => match e.kind() {
+            // The socket's read timeout: EAGAIN on Linux, ETIMEDOUT elsewhere.
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Body::TimedOut,
+            _ => Body::Unreadable(e.to_string()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn absolute_form_targets_lose_their_scheme_and_authority() {
+        assert_eq!(
+            origin_form("http://127.0.0.1:8080/api/coupons/claim"),
+            "/api/coupons/claim"
+        );
+        assert_eq!(
+            origin_form("HTTPS://shop.example/api/coupons?limit=2"),
+            "/api/coupons?limit=2"
+        );
+        assert_eq!(origin_form("http://h"), "/");
+        assert_eq!(origin_form("http://h?x=1"), "/");
+        assert_eq!(
+            origin_form("/api/coupons?u=http://x/y"),
+            "/api/coupons?u=http://x/y"
+        );
+        assert_eq!(origin_form("ftp://h/api/coupons"), "ftp://h/api/coupons");
+        assert_eq!(origin_form("http:/api/coupons"), "http:/api/coupons");
+    }
+}
