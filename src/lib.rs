@@ -1,7 +1,6 @@
 //! flash-coupons: a flash-sale coupon service. `main.rs` only reads the
 //! configuration and starts a [`Server`]; tests start the same server.
 
-pub mod attack;
 pub mod claims;
 pub mod config;
 pub mod context;

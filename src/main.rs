@@ -1,4 +1,6 @@
-use std::process::ExitCode;
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, ExitCode};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,8 +17,7 @@ use flash_coupons::{Config, Server, StartError};
 fn main() -> ExitCode {
     let mut args = std::env::args_os().skip(1);
     if args.next().is_some_and(|arg| arg == "attack") {
-        let rest = args.map(|arg| arg.to_string_lossy().into_owned()).collect();
-        return flash_coupons::attack::run(rest);
+        return attack(args);
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -75,6 +76,34 @@ fn main() -> ExitCode {
     }
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// `flash-coupons attack ARGS`: the load tool is a binary of its own,
+/// `flash-coupons-attack`, so that the service links none of it. It is
+/// looked for beside this executable, where `cargo build` and the image put
+/// it, and runs in this process's place: its output and exit code are the
+/// command's.
+fn attack(args: impl Iterator<Item = OsString>) -> ExitCode {
+    let name = "flash-coupons-attack";
+    let path = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(name),
+        Err(err) => {
+            eprintln!("flash-coupons: cannot find this executable to run {name} beside it: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    // exec returns only when it failed.
+    let err = Command::new(&path).args(args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        eprintln!(
+            "flash-coupons: attack needs {} (build it with `cargo build --release -p \
+             flash-coupons-attack`, or `cargo build --release` for both binaries)",
+            path.display()
+        );
+    } else {
+        eprintln!("flash-coupons: cannot run {}: {err}", path.display());
+    }
+    ExitCode::from(2)
 }
 
 /// The drain period (SHUTDOWN_DRAIN_SECS): /healthz fails while everything

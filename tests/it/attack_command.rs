@@ -1,9 +1,13 @@
-//! `flash-coupons attack`, the real binary, against the real service, a
-//! fake service that answers wrongly, and nothing at all.
+//! `flash-coupons attack`, the real binaries (the server's, which hands
+//! `attack` to the attack package's `flash-coupons-attack` beside it),
+//! against the real service, a fake service that answers wrongly, and
+//! nothing at all.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
@@ -12,17 +16,65 @@ use serde_json::{Value, json};
 use crate::support::TestApp;
 use crate::support::serial;
 
+const SERVER: &str = env!("CARGO_BIN_EXE_flash-coupons");
+
+/// The server binary, with the attack binary beside it where the server
+/// looks for it. Cargo gives these tests `CARGO_BIN_EXE_` only for the
+/// binaries of their own package, so the attack package's is built here,
+/// once, into the same target directory and profile; `cargo test` has
+/// released its build lock by the time tests run.
+fn server_binary() -> &'static Path {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let server = Path::new(SERVER);
+    BUILT.get_or_init(|| {
+        let profile_dir = server.parent().expect("the server binary's directory");
+        // Cargo names the dev profile's directory `debug`, any other
+        // profile's after the profile.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("no profile directory in {SERVER}"),
+        };
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("the target directory");
+        let built = Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "flash-coupons-attack"])
+            .args(["--bin", "flash-coupons-attack", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running cargo build -p flash-coupons-attack");
+        assert!(
+            built.status.success(),
+            "cargo build -p flash-coupons-attack: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let attack = server.with_file_name("flash-coupons-attack");
+        assert!(attack.is_file(), "{} was not built", attack.display());
+    });
+    server
+}
+
 /// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
 /// it printed.
 fn attack(args: &[&str]) -> (Option<i32>, String, String) {
+    run(Command::new(server_binary())
+        .arg("attack")
+        .args(args)
+        .args(["--timeout-secs", "30", "--deadline-secs", "240"]))
+}
+
+/// Runs `command` without ADMIN_TOKEN, DATABASE_URL or input, and returns
+/// its exit code and what it printed.
+fn run(command: &mut Command) -> (Option<i32>, String, String) {
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_flash-coupons"))
-        .arg("attack")
-        .args(args)
-        .args(["--timeout-secs", "30", "--deadline-secs", "240"])
+    } = command
         .env_remove("ADMIN_TOKEN")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
