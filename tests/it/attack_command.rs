@@ -232,6 +232,51 @@ fn usage_errors_exit_two_and_help_exits_zero() {
     assert!(stdout.contains("usage: flash-coupons attack"), "{stdout}");
 }
 
+#[test]
+fn the_server_binary_hands_attack_to_the_attack_binary() {
+    let _turn = serial::turn!();
+    let server = server_binary();
+    let (code, stdout, stderr) = run(Command::new(server).args(["attack", "--help"]));
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.starts_with("usage: flash-coupons attack --url http://HOST:PORT"),
+        "{stdout}"
+    );
+    assert_eq!(stderr, "");
+
+    let attack_binary = server.with_file_name("flash-coupons-attack");
+    let (direct_code, direct_stdout, _) = run(Command::new(attack_binary).arg("--help"));
+    assert_eq!(direct_code, Some(0));
+    assert_eq!(stdout, direct_stdout);
+}
+
+#[test]
+fn without_the_attack_binary_beside_it_the_server_binary_names_what_to_build() {
+    let _turn = serial::turn!();
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("server-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = dir.join("flash-coupons");
+    // A link, not a copy: a copy's file is open for writing while it is
+    // written, and a test forking then meanwhile would make running it fail
+    // with ETXTBSY.
+    std::fs::hard_link(SERVER, &server).expect("linking the server binary");
+    let (code, stdout, stderr) =
+        run(Command::new(&server).args(["attack", "--url", "http://127.0.0.1:1"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!(
+            "flash-coupons: attack needs {} (build it with `cargo build --release -p \
+             flash-coupons-attack`, or `cargo build --release` for both binaries)\n",
+            dir.join("flash-coupons-attack").display()
+        )
+    );
+}
+
 /// A fake of the service on 127.0.0.1 that is healthy, creates anything,
 /// and answers every claim 200: a service that oversells.
 fn fake_service_granting_every_claim() -> String {
