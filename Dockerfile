@@ -1,22 +1,27 @@
 # flash-coupons: build with the Rust toolchain, run on a slim Debian of the
-# same release (bookworm), so the binary's glibc matches the runtime's.
+# same release (bookworm), so the binaries' glibc matches the runtime's. The
+# image holds the server and, beside it, flash-coupons-attack (the attack
+# package's load tool), which `flash-coupons attack` runs.
 
 # ---------------------------------------------------------------- build stage
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /app
 
-# Dependencies get a layer of their own: it is rebuilt only when Cargo.toml,
-# Cargo.lock or patches/ change. A stub lib and binary stand in for the real
-# sources. patches/ holds our own chunked_transfer, which Cargo.toml's
-# [patch.crates-io] puts in the crates.io one's place: the manifest does not
-# resolve without it.
+# Dependencies get a layer of their own: it is rebuilt only when the
+# manifests, Cargo.lock or patches/ change. A stub lib and binary stand in
+# for the real sources of each package (the service's and attack/, both
+# workspace members the build needs). patches/ holds our own
+# chunked_transfer, which Cargo.toml's [patch.crates-io] puts in the
+# crates.io one's place: the manifest does not resolve without it.
 COPY Cargo.toml Cargo.lock ./
+COPY attack/Cargo.toml ./attack/
 COPY patches ./patches
-RUN mkdir src \
+RUN mkdir src attack/src \
     && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
+    && echo 'fn main() {}' > attack/src/main.rs \
+    && touch src/lib.rs attack/src/lib.rs \
     && cargo build --release --locked \
-    && rm -rf src
+    && rm -rf src attack/src
 
 # The real sources. schema.sql sits at the repository root because
 # src/store/schema.rs embeds it with include_str!("../../schema.sql").
@@ -24,21 +29,27 @@ RUN mkdir src \
 # changed since the stub build": touching them forces the real build.
 COPY schema.sql ./
 COPY src ./src
-RUN find src schema.sql -type f -exec touch {} + \
+COPY attack/src ./attack/src
+RUN find src attack/src schema.sql -type f -exec touch {} + \
     && cargo build --release --locked \
-    && install -m 0755 target/release/flash-coupons /usr/local/bin/flash-coupons
+    && install -m 0755 target/release/flash-coupons target/release/flash-coupons-attack \
+        /usr/local/bin/
 
 # -------------------------------------------------------------- runtime stage
 FROM debian:bookworm-slim
 
-# No packages to install: the binary needs only glibc and libgcc_s, both in
-# the base image, and talks to PostgreSQL without TLS. The health check below
-# uses bash, head and grep, which are part of every Debian base image.
+# No packages to install: the binaries need only glibc and libgcc_s, both in
+# the base image; the server talks to PostgreSQL without TLS, the attack
+# plain HTTP. The health check below uses bash, head and grep, which are part
+# of every Debian base image.
 RUN groupadd --gid 10001 flash \
     && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home \
         --home-dir /nonexistent --shell /usr/sbin/nologin flash
 
-COPY --from=build /usr/local/bin/flash-coupons /usr/local/bin/flash-coupons
+# Side by side: `flash-coupons attack` runs the flash-coupons-attack beside
+# its own executable.
+COPY --from=build /usr/local/bin/flash-coupons /usr/local/bin/flash-coupons-attack \
+    /usr/local/bin/
 
 ENV LISTEN_ADDR=0.0.0.0:8080
 EXPOSE 8080

@@ -68,7 +68,6 @@
 //! - **drain**: the time after SIGTERM during which /healthz fails while
 //!   everything else is still served (SHUTDOWN_DRAIN_SECS).
 
-pub mod attack;
 pub mod claims;
 pub mod cli;
 pub mod config;

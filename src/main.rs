@@ -1,3 +1,5 @@
+use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -29,13 +31,7 @@ fn main() -> ExitCode {
             eprintln!("flash-coupons: {what}; see flash-coupons --help");
             return ExitCode::from(2);
         }
-        Command::Attack(rest) => {
-            let rest = rest
-                .into_iter()
-                .map(|arg| arg.to_string_lossy().into_owned())
-                .collect();
-            return flash_coupons::attack::run(rest);
-        }
+        Command::Attack(rest) => return attack(rest.into_iter()),
     }
     let config = match Config::from_env() {
         Ok(config) => config,
@@ -109,6 +105,34 @@ fn init_logging(level: LevelFilter) {
             ColorChoice::Never,
         ),
     ]);
+}
+
+/// `flash-coupons attack ARGS`: the load tool is a binary of its own,
+/// `flash-coupons-attack`, so that the service links none of it. It is
+/// looked for beside this executable, where `cargo build` and the image put
+/// it, and runs in this process's place: its output and exit code are the
+/// command's.
+fn attack(args: impl Iterator<Item = OsString>) -> ExitCode {
+    let name = "flash-coupons-attack";
+    let path = match std::env::current_exe() {
+        Ok(exe) => exe.with_file_name(name),
+        Err(err) => {
+            eprintln!("flash-coupons: cannot find this executable to run {name} beside it: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    // exec returns only when it failed.
+    let err = std::process::Command::new(&path).args(args).exec();
+    if err.kind() == std::io::ErrorKind::NotFound {
+        eprintln!(
+            "flash-coupons: attack needs {} (build it with `cargo build --release -p \
+             flash-coupons-attack`, or `cargo build --release` for both binaries)",
+            path.display()
+        );
+    } else {
+        eprintln!("flash-coupons: cannot run {}: {err}", path.display());
+    }
+    ExitCode::from(2)
 }
 
 /// The drain period (SHUTDOWN_DRAIN_SECS): /healthz fails while everything

@@ -1,9 +1,13 @@
-//! `flash-coupons attack`, the real binary, against the real service, a
-//! fake service that answers wrongly, and nothing at all.
+//! `flash-coupons attack`, the real binaries (the server's, which hands
+//! `attack` to the attack package's `flash-coupons-attack` beside it),
+//! against the real service, a fake service that answers wrongly, and
+//! nothing at all.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::thread;
 use std::time::Duration;
 
@@ -12,17 +16,65 @@ use serde_json::{Value, json};
 use crate::support::TestApp;
 use crate::support::serial;
 
+const SERVER: &str = env!("CARGO_BIN_EXE_flash-coupons");
+
+/// The server binary, with the attack binary beside it where the server
+/// looks for it. Cargo gives these tests `CARGO_BIN_EXE_` only for the
+/// binaries of their own package, so the attack package's is built here,
+/// once, into the same target directory and profile; `cargo test` has
+/// released its build lock by the time tests run.
+fn server_binary() -> &'static Path {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let server = Path::new(SERVER);
+    BUILT.get_or_init(|| {
+        let profile_dir = server.parent().expect("the server binary's directory");
+        // Cargo names the dev profile's directory `debug`, any other
+        // profile's after the profile.
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(other) => other,
+            None => panic!("no profile directory in {SERVER}"),
+        };
+        let target_dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .parent()
+            .expect("the target directory");
+        let built = Command::new(env!("CARGO"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "flash-coupons-attack"])
+            .args(["--bin", "flash-coupons-attack", "--profile", profile])
+            .arg("--target-dir")
+            .arg(target_dir)
+            .stdin(Stdio::null())
+            .output()
+            .expect("running cargo build -p flash-coupons-attack");
+        assert!(
+            built.status.success(),
+            "cargo build -p flash-coupons-attack: {}",
+            String::from_utf8_lossy(&built.stderr)
+        );
+        let attack = server.with_file_name("flash-coupons-attack");
+        assert!(attack.is_file(), "{} was not built", attack.display());
+    });
+    server
+}
+
 /// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
 /// it printed.
 fn attack(args: &[&str]) -> (Option<i32>, String, String) {
+    run(Command::new(server_binary())
+        .arg("attack")
+        .args(args)
+        .args(["--timeout-secs", "30", "--deadline-secs", "240"]))
+}
+
+/// Runs `command` without ADMIN_TOKEN, DATABASE_URL or input, and returns
+/// its exit code and what it printed.
+fn run(command: &mut Command) -> (Option<i32>, String, String) {
     let Output {
         status,
         stdout,
         stderr,
-    } = Command::new(env!("CARGO_BIN_EXE_flash-coupons"))
-        .arg("attack")
-        .args(args)
-        .args(["--timeout-secs", "30", "--deadline-secs", "240"])
+    } = command
         .env_remove("ADMIN_TOKEN")
         .env_remove("DATABASE_URL")
         .stdin(Stdio::null())
@@ -178,6 +230,51 @@ fn usage_errors_exit_two_and_help_exits_zero() {
     let (code, stdout, _) = attack(&["--help"]);
     assert_eq!(code, Some(0));
     assert!(stdout.contains("usage: flash-coupons attack"), "{stdout}");
+}
+
+#[test]
+fn the_server_binary_hands_attack_to_the_attack_binary() {
+    let _turn = serial::turn!();
+    let server = server_binary();
+    let (code, stdout, stderr) = run(Command::new(server).args(["attack", "--help"]));
+    assert_eq!(code, Some(0), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.starts_with("usage: flash-coupons attack --url http://HOST:PORT"),
+        "{stdout}"
+    );
+    assert_eq!(stderr, "");
+
+    let attack_binary = server.with_file_name("flash-coupons-attack");
+    let (direct_code, direct_stdout, _) = run(Command::new(attack_binary).arg("--help"));
+    assert_eq!(direct_code, Some(0));
+    assert_eq!(stdout, direct_stdout);
+}
+
+#[test]
+fn without_the_attack_binary_beside_it_the_server_binary_names_what_to_build() {
+    let _turn = serial::turn!();
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("server-alone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let server = dir.join("flash-coupons");
+    // A link, not a copy: a copy's file is open for writing while it is
+    // written, and a test forking then meanwhile would make running it fail
+    // with ETXTBSY.
+    std::fs::hard_link(SERVER, &server).expect("linking the server binary");
+    let (code, stdout, stderr) =
+        run(Command::new(&server).args(["attack", "--url", "http://127.0.0.1:1"]));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(code, Some(2), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        format!(
+            "flash-coupons: attack needs {} (build it with `cargo build --release -p \
+             flash-coupons-attack`, or `cargo build --release` for both binaries)\n",
+            dir.join("flash-coupons-attack").display()
+        )
+    );
 }
 
 /// A fake of the service on 127.0.0.1 that is healthy, creates anything,

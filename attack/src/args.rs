@@ -1,5 +1,6 @@
 //! The command line of `flash-coupons attack`, parsed and checked once.
 
+use std::ffi::OsString;
 use std::time::Duration;
 
 use lexopt::prelude::*;
@@ -22,6 +23,9 @@ service, each on a fresh coupon, and checks every answer.
 
 Where the service guards coupon creation with ADMIN_TOKEN, set the same
 ADMIN_TOKEN in the environment: it is sent as `Authorization: Bearer`.
+
+`flash-coupons attack` runs the binary flash-coupons-attack installed
+beside flash-coupons; running flash-coupons-attack itself is the same.
 
 Exit code: 0 every check passed, 1 a check failed, 2 usage error or the
 service is unreachable.";
@@ -58,7 +62,11 @@ pub enum Parsed {
 }
 
 /// Parses the arguments after `attack`; the error is one line for the user.
-pub fn parse(args: Vec<String>) -> Result<Parsed, String> {
+pub fn parse<I>(args: I) -> Result<Parsed, String>
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
     let mut url = None;
     let mut users = None;
     let mut stock = None;
@@ -147,7 +155,7 @@ mod tests {
     use super::*;
 
     fn parse_str(line: &str) -> Result<Parsed, String> {
-        parse(line.split_whitespace().map(str::to_owned).collect())
+        parse(line.split_whitespace())
     }
 
     fn args(line: &str) -> Args {
@@ -215,5 +223,17 @@ mod tests {
             let err = parse_str(line).expect_err(line);
             assert!(!err.is_empty(), "{line}");
         }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn an_argument_that_is_not_utf8_is_refused_by_name() {
+        use std::os::unix::ffi::OsStringExt;
+
+        let url = OsString::from_vec(b"http://h\xff".to_vec());
+        assert_eq!(
+            parse([OsString::from("--url"), url]),
+            Err("--url is not valid UTF-8".to_owned())
+        );
     }
 }

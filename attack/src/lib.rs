@@ -1,5 +1,7 @@
 //! `flash-coupons attack`: the spec's stress scenarios run against any
-//! running deployment, with a verdict per scenario and an exit code.
+//! running deployment, with a verdict per scenario and an exit code. A
+//! package of its own, so that the service links none of it; its binary
+//! `flash-coupons-attack` is what the server binary's `attack` runs.
 //!
 //! - `args`: the command line;
 //! - `client`: HTTP requests (ureq), bounded by a timeout and the deadline;
@@ -18,6 +20,7 @@ mod progress;
 mod report;
 mod scenarios;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -27,7 +30,11 @@ use client::Client;
 const USAGE_OR_UNREACHABLE: u8 = 2;
 
 /// Runs the command; `args` come after `attack`.
-pub fn run(args: Vec<String>) -> ExitCode {
+pub fn run<I>(args: I) -> ExitCode
+where
+    I: IntoIterator,
+    I::Item: Into<OsString>,
+{
     let args = match args::parse(args) {
         Ok(Parsed::Run(args)) => args,
         Ok(Parsed::Help) => {
