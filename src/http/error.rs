@@ -308,3 +308,70 @@ impl ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header(response: &Response, name: &str) -> Option<String> {
+        response.header(name).map(str::to_owned)
+    }
+
+    #[test]
+    fn every_error_answers_its_status_code_and_a_sentence_as_json() {
+        let response = ApiError::AlreadyClaimed.into_response();
+        assert_eq!(response.status, 409);
+        assert_eq!(
+            header(&response, "Content-Type").as_deref(),
+            Some("application/json")
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+        assert_eq!(body["error"]["code"], "already_claimed");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.ends_with('.'))
+        );
+    }
+
+    #[test]
+    fn some_errors_carry_the_header_that_says_what_to_do() {
+        let not_allowed = ApiError::MethodNotAllowed { allow: "GET, HEAD" }.into_response();
+        assert_eq!(header(&not_allowed, "Allow").as_deref(), Some("GET, HEAD"));
+        let unauthorized = ApiError::Unauthorized.into_response();
+        assert_eq!(
+            header(&unauthorized, "WWW-Authenticate").as_deref(),
+            Some("Bearer")
+        );
+        for unavailable in [
+            ApiError::Overloaded,
+            ApiError::ShuttingDown,
+            ApiError::Store(StoreError::Busy { attempts: 3 }),
+        ] {
+            let response = unavailable.into_response();
+            assert_eq!(response.status, 503);
+            assert_eq!(header(&response, "Retry-After").as_deref(), Some("1"));
+        }
+    }
+
+    #[test]
+    fn a_field_error_names_the_field_and_what_is_wrong_with_it() {
+        let err = ApiError::field("amount", FieldProblem::NotAWholeNumber);
+        assert_eq!(
+            (err.status(), err.code()),
+            (400, "amount_not_a_whole_number".into())
+        );
+        assert_eq!(err.message(), "amount must be a whole JSON number.");
+    }
+
+    #[test]
+    fn the_database_s_own_words_never_reach_the_client() {
+        let err = ApiError::Store(StoreError::Internal(
+            "ERROR: relation \"coupons\" does not exist".into(),
+        ));
+        let response = err.into_response();
+        assert_eq!(response.status, 500);
+        let body = String::from_utf8(response.body).unwrap();
+        assert!(!body.contains("relation"), "{body}");
+    }
+}

@@ -99,7 +99,16 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'{')
     .add(b'}');
 
-pub fn create_coupon(ctx: &Context, request: &Request) -> Result<Response, ApiError> {
+/// The coupon a create request asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NewCoupon {
+    pub name: CouponName,
+    pub amount: Amount,
+    pub window: SaleWindow,
+}
+
+/// The coupon a request asks to create, or why it cannot be one.
+pub fn parse_new_coupon(request: &Request) -> Result<NewCoupon, ApiError> {
     let object = json_object(request)?;
     let fields = Fields::new(object, &["name", "amount", "starts_at", "expires_at"])?;
     let name = CouponName::parse(fields.text("name")?)
@@ -114,24 +123,40 @@ pub fn create_coupon(ctx: &Context, request: &Request) -> Result<Response, ApiEr
     };
     let window = SaleWindow::new(instant("starts_at")?, instant("expires_at")?)
         .map_err(|_| ApiError::WindowOrder)?;
+    Ok(NewCoupon {
+        name,
+        amount,
+        window,
+    })
+}
+
+pub fn create_coupon(ctx: &Context, request: &Request) -> Result<Response, ApiError> {
+    let NewCoupon {
+        name,
+        amount,
+        window,
+    } = parse_new_coupon(request)?;
     let coupon = ctx
         .store
         .create_coupon(&name, amount, window)?
         .ok_or(ApiError::CouponExists)?;
-    // A segment that is only "." or ".." would be taken as a dot segment
-    // and resolved away by the client (RFC 3986, 5.2.4): it is sent
-    // percent-encoded, which names the same coupon.
+    let body = CouponBody {
+        fields: CouponFields::from(&coupon),
+        claimed_by: &[],
+    };
+    Ok(Response::json(201, &body).with_header("Location", location(&name)))
+}
+
+/// Where a coupon is read. A segment that is only "." or ".." would be
+/// taken as a dot segment and resolved away by the client (RFC 3986,
+/// 5.2.4): it is sent percent-encoded, which names the same coupon.
+fn location(name: &CouponName) -> String {
     let segment = match name.as_str() {
         "." => "%2E".to_owned(),
         ".." => "%2E%2E".to_owned(),
         other => utf8_percent_encode(other, SEGMENT).to_string(),
     };
-    let location = format!("/api/coupons/{segment}");
-    let body = CouponBody {
-        fields: CouponFields::from(&coupon),
-        claimed_by: &[],
-    };
-    Ok(Response::json(201, &body).with_header("Location", location))
+    format!("/api/coupons/{segment}")
 }
 
 /// The claim a request asks for, or why it cannot be one.
@@ -339,4 +364,141 @@ fn path_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
     percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::InvalidPath)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::{Body, Method};
+
+    fn post(path: &str, body: &str) -> Request {
+        Request::new(Method::Post, path)
+            .with_header("Content-Type", "application/json")
+            .with_body(body.as_bytes())
+    }
+
+    fn code(err: ApiError) -> String {
+        err.code()
+    }
+
+    #[test]
+    fn a_claim_is_read_from_a_plain_request() {
+        let request = post(
+            "/api/coupons/claim",
+            r#"{"user_id":"user_1","coupon_name":"PROMO"}"#,
+        );
+        let (coupon, user) = parse_claim(&request).unwrap();
+        assert_eq!((coupon.as_str(), user.as_str()), ("PROMO", "user_1"));
+    }
+
+    #[test]
+    fn a_bad_claim_is_refused_with_the_code_that_names_what_is_wrong() {
+        for (body, expected) in [
+            ("", "invalid_json"),
+            ("[]", "body_not_object"),
+            (r#"{"user_id":"u"}"#, "coupon_name_missing"),
+            (r#"{"user_id":7,"coupon_name":"P"}"#, "user_id_not_a_string"),
+            (
+                r#"{"user_id":"u","coupon_name":"P","x":1}"#,
+                "unknown_field",
+            ),
+            (
+                r#"{"user_id":"u","user_id":"v","coupon_name":"P"}"#,
+                "duplicate_field",
+            ),
+            (
+                r#"{"user_id":" u","coupon_name":"P"}"#,
+                "user_id_surrounding_whitespace",
+            ),
+        ] {
+            let err = parse_claim(&post("/api/coupons/claim", body)).unwrap_err();
+            assert_eq!(code(err), expected, "{body}");
+        }
+        let mut unfinished = post("/api/coupons/claim", "");
+        unfinished.body = Body::TimedOut;
+        assert_eq!(parse_claim(&unfinished).unwrap_err().status(), 408);
+        let xml = Request::new(Method::Post, "/api/coupons/claim")
+            .with_header("Content-Type", "application/xml")
+            .with_body(b"{}");
+        assert_eq!(parse_claim(&xml).unwrap_err().status(), 415);
+    }
+
+    #[test]
+    fn a_new_coupon_is_read_with_its_sale_window() {
+        let coupon = parse_new_coupon(&post(
+            "/api/coupons",
+            r#"{"name":"SUMMER","amount":5,"starts_at":"2026-11-25T12:00:00+07:00"}"#,
+        ))
+        .unwrap();
+        assert_eq!(coupon.name.as_str(), "SUMMER");
+        assert_eq!(coupon.amount.get(), 5);
+        assert_eq!(
+            coupon.window.starts_at().map(format_instant).as_deref(),
+            Some("2026-11-25T05:00:00Z")
+        );
+        for (body, expected) in [
+            (r#"{"name":"X","amount":-1}"#, "amount_negative"),
+            (r#"{"name":"X","amount":1.5}"#, "amount_not_a_whole_number"),
+            (r#"{"name":"","amount":1}"#, "name_empty"),
+            (
+                r#"{"name":"X","amount":1,"starts_at":"2026-01-02T00:00:00Z","expires_at":"2026-01-01T00:00:00Z"}"#,
+                "expires_at_not_after_starts_at",
+            ),
+            (
+                r#"{"name":"X","amount":1,"expires_at":"soon"}"#,
+                "expires_at_not_rfc3339",
+            ),
+        ] {
+            let err = parse_new_coupon(&post("/api/coupons", body)).unwrap_err();
+            assert_eq!(code(err), expected, "{body}");
+        }
+    }
+
+    #[test]
+    fn each_claim_outcome_has_its_answer() {
+        let coupon = CouponName::parse("P").unwrap();
+        let user = UserId::parse("u").unwrap();
+        let answer = |outcome| match claim_response(&coupon, &user, Ok(outcome)) {
+            Ok(response) => (response.status, String::from_utf8(response.body).unwrap()),
+            Err(err) => (err.status(), err.code()),
+        };
+        assert_eq!(
+            answer(ClaimOutcome::Claimed {
+                remaining_amount: 4
+            }),
+            (
+                200,
+                r#"{"user_id":"u","coupon_name":"P","remaining_amount":4}"#.to_owned()
+            )
+        );
+        assert_eq!(
+            answer(ClaimOutcome::AlreadyClaimed),
+            (409, "already_claimed".into())
+        );
+        assert_eq!(
+            answer(ClaimOutcome::OutOfStock),
+            (400, "out_of_stock".into())
+        );
+        assert_eq!(
+            answer(ClaimOutcome::CouponNotFound),
+            (404, "coupon_not_found".into())
+        );
+        assert_eq!(
+            answer(ClaimOutcome::NotStarted),
+            (403, "not_started".into())
+        );
+        assert_eq!(answer(ClaimOutcome::Expired), (410, "expired".into()));
+        let busy = claim_response(&coupon, &user, Err(StoreError::Busy { attempts: 21 }));
+        assert_eq!(busy.unwrap_err().status(), 503);
+    }
+
+    #[test]
+    fn locations_name_the_coupon_and_never_a_dot_segment() {
+        let at = |name: &str| location(&CouponName::parse(name).unwrap());
+        assert_eq!(at("PROMO"), "/api/coupons/PROMO");
+        assert_eq!(at("A B/C"), "/api/coupons/A%20B%2FC");
+        assert_eq!(at("."), "/api/coupons/%2E");
+        assert_eq!(at(".."), "/api/coupons/%2E%2E");
+        assert_eq!(at("..."), "/api/coupons/...");
+    }
 }
