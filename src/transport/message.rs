@@ -109,10 +109,7 @@ impl Request {
     /// The value of the first `name` header (names compare without regard
     /// to case), as sent.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        first_header(&self.headers, name)
     }
 
     /// The values of every `name` header, in the order sent.
@@ -174,16 +171,22 @@ impl Response {
 
     /// The value of the first `name` header.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(field, _)| field.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
+        first_header(&self.headers, name)
     }
 
     /// Written by a writer of its own (see `response_memory`).
     pub fn is_large(&self) -> bool {
         self.held.as_ref().is_some_and(Held::is_large)
     }
+}
+
+/// The value of the first of `fields` named `name` (names compare without
+/// regard to case).
+fn first_header<'a, N: AsRef<str>>(fields: &'a [(N, String)], name: &str) -> Option<&'a str> {
+    fields
+        .iter()
+        .find(|(field, _)| field.as_ref().eq_ignore_ascii_case(name))
+        .map(|(_, value)| value.as_str())
 }
 
 #[cfg(test)]

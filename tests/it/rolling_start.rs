@@ -94,6 +94,20 @@ fn healthy(addr: SocketAddr) -> bool {
     client::get(addr, "/healthz", Duration::from_secs(5)).status() == Some(200)
 }
 
+/// A coupon on `addr` claimed without pause, the database marked as made
+/// by an older release (so a server starting must change the schema), and
+/// a long reader holding the tables.
+fn claims_beside_a_reader_of_an_older_schema(
+    db: &TestDb,
+    addr: SocketAddr,
+) -> (Claimer, LongReader) {
+    create(addr, "ROLLING");
+    db.client()
+        .batch_execute("UPDATE flash_coupons_schema SET version = 1")
+        .unwrap();
+    (Claimer::start(addr, "ROLLING"), LongReader::start(db))
+}
+
 fn recorded_version(db: &TestDb) -> i64 {
     db.count("SELECT version::bigint FROM flash_coupons_schema")
 }
@@ -138,13 +152,7 @@ fn a_server_whose_schema_change_needs_locks_backs_off_until_the_reader_ends() {
     let _turn = serial::turn!();
     let db = TestDb::new();
     let running = ServerProcess::spawn(&db.url, &[]);
-    create(running.addr, "ROLLING");
-    // As if the database had been made by an older release.
-    db.client()
-        .batch_execute("UPDATE flash_coupons_schema SET version = 1")
-        .unwrap();
-    let claimer = Claimer::start(running.addr, "ROLLING");
-    let reader = LongReader::start(&db);
+    let (claimer, reader) = claims_beside_a_reader_of_an_older_schema(&db, running.addr);
 
     let mut second = Starting::spawn(&db.url, &[("DB_STARTUP_TIMEOUT_SECS", "60")]);
     thread::sleep(READER_HOLDS);
@@ -188,12 +196,7 @@ fn through_the_edge_a_deployment_starting_beside_a_long_reader_stalls_no_claim()
     let _turn = serial::alone();
     let db = TestDb::new();
     let running = Edge::start(&db.url, 2, &[]);
-    create(running.addr, "ROLLING");
-    db.client()
-        .batch_execute("UPDATE flash_coupons_schema SET version = 1")
-        .unwrap();
-    let claimer = Claimer::start(running.addr, "ROLLING");
-    let reader = LongReader::start(&db);
+    let (claimer, reader) = claims_beside_a_reader_of_an_older_schema(&db, running.addr);
 
     // The reader ends on a thread of its own: run-local must be started
     // from this one (it is told to stop when the thread that started it
