@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::answer::Answer;
 use crate::support::http::try_status;
 use crate::support::process::{ServerProcess, unused_uid};
 use crate::support::serial;
@@ -232,17 +233,16 @@ fn a_request_head_completed_long_after_its_accept_loop_retired_gets_a_real_answe
     let text = String::from_utf8_lossy(&answer);
     eprintln!("answer: {text:?} ({read:?})");
     if !answer.is_empty() {
-        let (status_line, body) = text
-            .split_once("\r\n\r\n")
-            .map_or((&*text, ""), |(h, b)| (h.lines().next().unwrap_or(""), b));
+        let (parsed, _) = Answer::parse(&answer, true)
+            .unwrap_or_else(|| panic!("not an answer of the service: {text:?}"));
         assert!(
-            !(status_line.contains(" 500") && body.is_empty()),
+            !(parsed.status == 500 && parsed.text.is_empty()),
             "tiny_http's empty 500: {text:?}"
         );
-        let json: serde_json::Value = serde_json::from_str(body)
+        let json: serde_json::Value = serde_json::from_str(&parsed.text)
             .unwrap_or_else(|e| panic!("not an answer of the service ({e}): {text:?}"));
         assert!(
-            status_line.starts_with("HTTP/1.1 200") && json["status"] == "ok"
+            parsed.status_line.starts_with("HTTP/1.1 200") && json["status"] == "ok"
                 || json["error"]["code"].is_string(),
             "{text:?}"
         );

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::answer::Answer;
 use crate::support::client::{self, Exchange};
 use crate::support::crowd::{all_at_once, assert_outcomes, claims_at_once, count, tally};
 use crate::support::edge::{self, Edge};
@@ -70,8 +71,8 @@ fn flash_sale(edge: &Edge, db: &TestDb, coupon: &str, stock: usize, users: usize
     let winners: HashSet<String> = exchanges
         .iter()
         .filter_map(Exchange::answered)
-        .filter(|a| a.status() == 200)
-        .filter_map(|a| a.answer.body["user_id"].as_str().map(str::to_owned))
+        .filter(|a| a.status == 200)
+        .filter_map(|a| a.body["user_id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(winners.len(), stock);
     let coupon_now =
@@ -198,11 +199,11 @@ fn malformed_exchange(
     let mut buf = [0u8; 16384];
     loop {
         if received.starts_with(b"HTTP/1.")
-            && let Some((status, body)) = parse_answer(&received)
+            && let Some((answer, _)) = Answer::parse(&received, false)
         {
             return Outcome::Answered {
-                status,
-                body: body_kind(&body),
+                status: answer.status,
+                body: body_kind(&answer.text),
             };
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -236,10 +237,10 @@ fn malformed_exchange(
     if received.is_empty() {
         Outcome::ClosedSilently
     } else if received.starts_with(b"HTTP/1.") {
-        match parse_answer(&received) {
-            Some((status, body)) => Outcome::Answered {
-                status,
-                body: body_kind(&body),
+        match Answer::parse(&received, true) {
+            Some((answer, _)) => Outcome::Answered {
+                status: answer.status,
+                body: body_kind(&answer.text),
             },
             None => Outcome::Reset(format!(
                 "a cut answer: {:?}",
@@ -256,32 +257,15 @@ fn malformed_exchange(
 
 /// What a body is: `json:CODE` (the JSON error shape), `json`, `html` or
 /// `other`.
-fn body_kind(body: &[u8]) -> String {
-    match serde_json::from_slice::<Value>(body) {
+fn body_kind(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
         Ok(json) => match json["error"]["code"].as_str() {
             Some(code) => format!("json:{code}"),
             None => "json".into(),
         },
-        Err(_) if body.starts_with(b"<html>") => "html".into(),
+        Err(_) if body.starts_with("<html>") => "html".into(),
         Err(_) => "other".into(),
     }
-}
-
-/// The status and body of the first complete HTTP/1 answer in `bytes`.
-fn parse_answer(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let status = head.get(9..12)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let body = bytes.get(end + 4..end + 4 + length)?;
-    Some((status, body.to_vec()))
 }
 
 /// The types of the complete HTTP/2 frames at the start of `bytes`.
@@ -481,32 +465,12 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
     );
 }
 
-/// Writes `request` on `stream` and reads exactly one answer; its status
-/// and body, or None when no complete answer came within `limit`.
-fn send_and_read_one(
-    stream: &mut TcpStream,
-    request: &[u8],
-    limit: Duration,
-) -> Option<(u16, Value)> {
-    let deadline = Instant::now() + limit;
+/// Writes `request` on `stream` and reads exactly one answer; None when no
+/// complete answer came within `limit`.
+fn send_and_read_one(stream: &mut TcpStream, request: &[u8], limit: Duration) -> Option<Answer> {
     stream.set_write_timeout(Some(limit)).ok()?;
     stream.write_all(request).ok()?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some((status, body)) = parse_answer(&received) {
-            return Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        stream.set_read_timeout(Some(left)).ok()?;
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
+    client::read_answer(stream, limit).ok()
 }
 
 #[test]
@@ -533,19 +497,19 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
                     send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
                 let answered_at = Instant::now();
                 held.lock().unwrap().push(stream);
-                answer.map(|(status, body)| (status, body, answered_at))
+                answer.map(|answer| (answer.status, answered_at))
             }
         }));
         let released = released.lock().unwrap().expect("released");
         let slowest = answers
             .iter()
             .flatten()
-            .map(|(_, _, at)| at.saturating_duration_since(released))
+            .map(|(_, at)| at.saturating_duration_since(released))
             .max()
             .unwrap_or_default();
         let statuses: Vec<Option<u16>> = answers
             .iter()
-            .map(|a| a.as_ref().map(|(s, _, _)| *s))
+            .map(|a| a.as_ref().map(|(s, _)| *s))
             .collect();
         eprintln!("round {round}: 50 keep-alive claims answered, the last after {slowest:?}");
         let expected = if round < 2 { 200 } else { 400 };
@@ -727,7 +691,7 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
         eprintln!(
             "excess request: {:?} after {:?}",
             e.answered()
-                .map(|a| (a.status(), a.code().to_owned(), a.retry_after.clone())),
+                .map(|a| (a.status, a.code().to_owned(), a.header("Retry-After"))),
             e.elapsed()
         );
     }
@@ -737,7 +701,7 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
     for e in &held_claims {
         eprintln!(
             "held claim: {:?} after {:?}",
-            e.answered().map(|a| (a.status(), a.code().to_owned())),
+            e.answered().map(|a| (a.status, a.code().to_owned())),
             e.elapsed()
         );
     }
@@ -754,8 +718,11 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
     }
     for e in &excess {
         let answer = e.answered().unwrap_or_else(|| panic!("no answer: {e:?}"));
-        answer.answer.assert_error(503, answer.code());
-        assert!(answer.retry_after.is_some(), "no Retry-After: {answer:?}");
+        answer.assert_error(503, answer.code());
+        assert!(
+            answer.header("Retry-After").is_some(),
+            "no Retry-After: {answer:?}"
+        );
         assert!(e.elapsed() < Duration::from_secs(15), "{e:?}");
     }
     assert_outcomes(
@@ -783,31 +750,19 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// GET /healthz through the edge from `from`: status, error code and
-/// Retry-After.
-fn health_from(from: Ipv4Addr, to: SocketAddr) -> (u16, String, Option<String>, Option<String>) {
+/// GET /healthz through the edge from `from`; None when no whole answer
+/// came.
+fn health_from(from: Ipv4Addr, to: SocketAddr) -> Option<Answer> {
     let mut stream = connect_from(from, to).expect("connecting from a loopback address");
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .expect("sending");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-        header("retry-after"),
-        header("content-type"),
-    )
+    client::read_answer(&mut stream, Duration::from_secs(10)).ok()
+}
+
+/// The status of an answer, 0 for none.
+fn status_of(answer: &Option<Answer>) -> u16 {
+    answer.as_ref().map_or(0, |a| a.status)
 }
 
 #[test]
@@ -823,33 +778,36 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
     // 0 is off, like unset (which every other test here runs with).
     {
         let edge = Edge::start(&db.url, 1, &[("EDGE_IP_RATE_LIMIT", "0")]);
-        let statuses: Vec<u16> = (0..30).map(|_| health_from(client, edge.addr).0).collect();
+        let statuses: Vec<u16> = (0..30)
+            .map(|_| status_of(&health_from(client, edge.addr)))
+            .collect();
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     }
 
     let edge = Edge::start(&db.url, 3, &[("EDGE_IP_RATE_LIMIT", "20")]);
 
     let answers: Vec<_> = (0..30).map(|_| health_from(client, edge.addr)).collect();
-    let served = answers.iter().filter(|a| a.0 == 200).count();
+    let served = answers.iter().filter(|a| status_of(a) == 200).count();
     eprintln!(
         "30 requests in a row from one address with EDGE_IP_RATE_LIMIT=20: {served} served, {} refused",
-        answers.iter().filter(|a| a.0 == 429).count()
+        answers.iter().filter(|a| status_of(a) == 429).count()
     );
     // 20 in a window; one more when the burst straddles the boundary of
     // HAProxy's 10 s periods (its sliding rate is an estimate there).
     assert!((20..=21).contains(&served), "{answers:?}");
-    for refused in answers.iter().filter(|a| a.0 != 200) {
-        assert_eq!(refused.0, 429, "{answers:?}");
-        assert_eq!(refused.1, "rate_limited", "{refused:?}");
-        assert_eq!(refused.2.as_deref(), Some("10"), "{refused:?}");
+    for refused in answers.iter().filter(|a| status_of(a) != 200) {
+        assert_eq!(status_of(refused), 429, "{answers:?}");
+        let refused = refused.as_ref().expect("a 429 is an answer");
+        assert_eq!(refused.code(), "rate_limited", "{refused:?}");
+        assert_eq!(refused.header("Retry-After"), Some("10"), "{refused:?}");
         assert_eq!(
-            refused.3.as_deref(),
+            refused.header("Content-Type"),
             Some("application/json"),
             "{refused:?}"
         );
     }
     // The limit is per address: another client is served meanwhile.
-    assert_eq!(health_from(neighbour, edge.addr).0, 200);
+    assert_eq!(status_of(&health_from(neighbour, edge.addr)), 200);
 
     // Served again once the window has passed (polling once a second; the
     // polls count too).
@@ -857,7 +815,7 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
     let mut status = 429;
     while started.elapsed() < Duration::from_secs(30) {
         thread::sleep(Duration::from_secs(1));
-        status = health_from(client, edge.addr).0;
+        status = status_of(&health_from(client, edge.addr));
         if status == 200 {
             break;
         }
@@ -905,10 +863,10 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
         let _ = s.write_all(bytes);
         read_answer(s, Duration::from_secs(15))
     };
-    let expect_json = |what: &str, got: &RawAnswer, status: u16, code: &str| {
+    let expect_json = |what: &str, got: &Answer, status: u16, code: &str| {
         assert_eq!(got.status, status, "{what}: {got:?}");
         assert_eq!(
-            got.content_type.as_deref(),
+            got.header("Content-Type"),
             Some("application/json"),
             "{what}: {got:?}"
         );
@@ -925,7 +883,8 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     let got = send(format!("{claim_head}Content-Length: 16385\r\n\r\n").as_bytes());
     expect_json("Content-Length over 16 KiB", &got, 413, "payload_too_large");
     assert_eq!(
-        got.retry_after, None,
+        got.header("Retry-After"),
+        None,
         "waiting does not help a 413: {got:?}"
     );
     // A chunked body over 16 KiB, measured once received.
@@ -966,7 +925,8 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     assert_eq!(got.status, 400, "{got:?}");
     eprintln!(
         "a malformed request line: {} {:?}",
-        got.status, got.content_type
+        got.status,
+        got.header("Content-Type")
     );
 
     let got = slow_body.join().unwrap();
@@ -975,7 +935,8 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     assert_eq!(got.status, 408, "a head that trickles: {got:?}");
     eprintln!(
         "a head that trickles: {} {:?}",
-        got.status, got.content_type
+        got.status,
+        got.header("Content-Type")
     );
 
     // Every replica still answers, and holds nothing.
@@ -988,45 +949,10 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     }
 }
 
-#[derive(Debug)]
-struct RawAnswer {
-    status: u16,
-    content_type: Option<String>,
-    retry_after: Option<String>,
-    body: Value,
-}
-
-/// Reads one answer from `stream` (until it is complete or closed).
-fn read_answer(mut stream: TcpStream, limit: Duration) -> RawAnswer {
-    let deadline = Instant::now() + limit;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 8192];
-    while parse_answer(&received).is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&received).into_owned();
-    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let (status, body) = parse_answer(&received).unwrap_or((0, Vec::new()));
-    RawAnswer {
-        status,
-        content_type: header("content-type"),
-        retry_after: header("retry-after"),
-        body: serde_json::from_slice(&body).unwrap_or(Value::String(text.clone())),
-    }
+/// Reads one answer from `stream` (until it is complete or closed); fails
+/// the test when none came.
+fn read_answer(mut stream: TcpStream, limit: Duration) -> Answer {
+    client::read_answer(&mut stream, limit).unwrap_or_else(|failure| panic!("no answer: {failure}"))
 }
 
 #[test]
@@ -1038,8 +964,9 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path).unwrap();
-        let (status, body) =
-            parse_answer(&bytes).unwrap_or_else(|| panic!("{name}: not a complete HTTP answer"));
+        let (answer, _) = Answer::parse(&bytes, false)
+            .unwrap_or_else(|| panic!("{name}: not a complete HTTP answer"));
+        // HAProxy sends the file as it is: its lines are checked as written.
         let text = String::from_utf8_lossy(&bytes);
         let head = text.split("\r\n\r\n").next().unwrap();
         assert!(
@@ -1056,7 +983,8 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
             bytes.len() - head.len() - 4,
             "{name}: Content-Length"
         );
-        let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let json: Value =
+            serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let code = json["error"]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("{name}: no code"));
@@ -1069,10 +997,10 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
         let retry_after = head.lines().any(|l| l.starts_with("Retry-After: "));
         assert_eq!(
             retry_after,
-            matches!(status, 429 | 503 | 504),
+            matches!(answer.status, 429 | 503 | 504),
             "{name}: Retry-After where waiting helps, and only there"
         );
-        seen.push(status);
+        seen.push(answer.status);
     }
     seen.sort_unstable();
     assert_eq!(

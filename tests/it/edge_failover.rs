@@ -155,9 +155,9 @@ enum Outcome {
 
 fn outcome(e: &Exchange) -> Outcome {
     match &e.result {
-        Ok(a) if a.status() == 200 => Outcome::Claimed,
-        Ok(a) if a.status() == 400 && a.code() == "out_of_stock" => Outcome::OutOfStock,
-        Ok(a) if matches!(a.status(), 502..=504) => Outcome::Failed,
+        Ok(a) if a.status == 200 => Outcome::Claimed,
+        Ok(a) if a.status == 400 && a.code() == "out_of_stock" => Outcome::OutOfStock,
+        Ok(a) if matches!(a.status, 502..=504) => Outcome::Failed,
         Ok(_) => Outcome::Wrong,
         Err(Failure::Connect { .. } | Failure::Send { .. } | Failure::Cut { .. }) => {
             Outcome::Failed
@@ -524,7 +524,7 @@ fn describe(sent: &[&Sent], t0: Instant) -> String {
         .take(20)
         .map(|s| {
             let what = match &s.exchange.result {
-                Ok(a) => format!("{} {}", a.status(), a.code()),
+                Ok(a) => format!("{} {}", a.status, a.code()),
                 Err(f) => format!("{f:?}"),
             };
             format!(

@@ -47,7 +47,7 @@ impl UserRun {
     /// failure after the request went out. Its claim may have committed.
     fn had_in_doubt_attempt(&self) -> bool {
         self.attempts.iter().any(|a| match &a.result {
-            Ok(answered) => answered.status() == 503,
+            Ok(answered) => answered.status == 503,
             Err(failure) => !failure.before_sending(),
         })
     }
@@ -173,19 +173,19 @@ fn check_no_500_no_hang(exchanges: &[&Exchange], log: &[String], context: &str, 
             ),
         };
         assert_ne!(
-            answered.status(),
+            answered.status,
             500,
             "{context}: a 500: {answered:?}\nserver log tail: {:#?}",
             tail(log, 30)
         );
-        if answered.status() == 503 {
+        if answered.status == 503 {
             assert!(
                 matches!(answered.code(), "database_unavailable" | "busy"),
                 "{context}: a 503 with an unexpected code: {answered:?}"
             );
-            answered.answer.assert_error(503, answered.code());
+            answered.assert_error(503, answered.code());
             assert!(
-                !retry_after || answered.retry_after.as_deref() == Some("1"),
+                !retry_after || answered.header("Retry-After") == Some("1"),
                 "{context}: a 503 without Retry-After: 1: {answered:?}"
             );
         }
@@ -474,8 +474,7 @@ fn every_claim_wholly_inside_the_outage_got_503(outage: &Outage) {
     for e in &during_outage {
         let answered = e.answered().expect("checked above");
         assert_eq!(
-            answered.status(),
-            503,
+            answered.status, 503,
             "a claim while the database was stopped: {e:?}"
         );
     }
@@ -490,15 +489,15 @@ fn healthz_a_read_and_a_claim_during_the_outage_got_503_database_unavailable(out
     } = outage;
     health.answered().map_or_else(
         || panic!("/healthz during the outage: {health:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
     coupon.answered().map_or_else(
         || panic!("GET during the outage: {coupon:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
     claim.answered().map_or_else(
         || panic!("a claim during the outage: {claim:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
 }
 
@@ -627,11 +626,11 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
     );
     for run in &runs {
         let last = run.last().answered().expect("checked above");
-        match last.status() {
+        match last.status {
             200 => {}
-            400 => last.answer.assert_error(400, "out_of_stock"),
+            400 => last.assert_error(400, "out_of_stock"),
             409 => {
-                last.answer.assert_error(409, "already_claimed");
+                last.assert_error(409, "already_claimed");
                 assert!(
                     run.had_in_doubt_attempt(),
                     "{} got 409 without ever claiming before: {run:?}",
@@ -672,8 +671,8 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
         if run.got(200) {
             assert!(held, "{} got 200 but has no claim row", run.user);
             for a in run.attempts.iter().filter_map(Exchange::answered) {
-                if a.status() == 200 {
-                    let left = a.answer.body["remaining_amount"].as_i64().expect("a count");
+                if a.status == 200 {
+                    let left = a.body["remaining_amount"].as_i64().expect("a count");
                     assert!(
                         remaining_seen.insert(left),
                         "two 200s said remaining_amount {left}"
@@ -756,7 +755,7 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     // fail at the transport. No 500 and no 503 either way.
     for e in &attempts {
         match &e.result {
-            Ok(a) => assert_eq!(a.status(), 200, "an answer before the kill: {a:?}"),
+            Ok(a) => assert_eq!(a.status, 200, "an answer before the kill: {a:?}"),
             Err(f) => assert!(
                 e.finished >= killed,
                 "a request failed before the kill: {f:?}\nserver log tail: {:#?}",
@@ -822,7 +821,7 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     let mut granted = HashSet::new();
     for run in &runs {
         let a = run.last().answered().expect("checked above");
-        match a.status() {
+        match a.status {
             200 => {
                 assert!(
                     !held.contains(run.user.as_str()),
@@ -832,14 +831,14 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
                 granted.insert(run.user.as_str());
             }
             409 => {
-                a.answer.assert_error(409, "already_claimed");
+                a.assert_error(409, "already_claimed");
                 assert!(
                     held.contains(run.user.as_str()),
                     "{} got 409 without a claim",
                     run.user
                 );
             }
-            400 => a.answer.assert_error(400, "out_of_stock"),
+            400 => a.assert_error(400, "out_of_stock"),
             _ => panic!("unexpected answer from the new server: {run:?}"),
         }
     }

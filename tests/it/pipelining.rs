@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::client::{Answered, claim_text, pipelined, request_text};
+use crate::support::answer::Answer;
+use crate::support::client::{claim_text, pipelined, request_text};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 use crate::support::{self, TestDb};
@@ -24,10 +25,8 @@ fn create(addr: SocketAddr, name: &str, amount: i64) {
     assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
 }
 
-fn remaining(answer: &Answered) -> i64 {
-    answer.answer.body["remaining_amount"]
-        .as_i64()
-        .unwrap_or(-1)
+fn remaining(answer: &Answer) -> i64 {
+    answer.body["remaining_amount"].as_i64().unwrap_or(-1)
 }
 
 /// Two claims on one fresh coupon of 2 in one send, on each of `coupons`
@@ -57,14 +56,14 @@ fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
         let answers = answers.unwrap_or_else(|(got, failure)| {
             panic!("coupon pair{i}: {} answers, then {failure:?}", got.len())
         });
-        assert_eq!(answers[0].status(), 200, "pair{i}: {answers:?}");
+        assert_eq!(answers[0].status, 200, "pair{i}: {answers:?}");
         assert_eq!(remaining(&answers[0]), 1, "pair{i}: {answers:?}");
         if i % 2 == 0 {
-            assert_eq!(answers[1].status(), 200, "pair{i}: {answers:?}");
+            assert_eq!(answers[1].status, 200, "pair{i}: {answers:?}");
             assert_eq!(remaining(&answers[1]), 0, "pair{i}: {answers:?}");
         } else {
             assert_eq!(
-                (answers[1].status(), answers[1].code()),
+                (answers[1].status, answers[1].code()),
                 (409, "already_claimed"),
                 "pair{i}: {answers:?}"
             );
@@ -117,10 +116,10 @@ fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
     ];
     let answers = pipelined(addr, &requests, LIMIT)
         .unwrap_or_else(|(got, failure)| panic!("{} answers, then {failure:?}", got.len()));
-    let claimed_by = answers[0].answer.body["claimed_by"].as_array().unwrap();
+    let claimed_by = answers[0].body["claimed_by"].as_array().unwrap();
     assert_eq!(claimed_by.len(), 20_000);
     assert_eq!(claimed_by[0], "user-1");
-    assert_eq!((answers[1].status(), remaining(&answers[1])), (200, 0));
+    assert_eq!((answers[1].status, remaining(&answers[1])), (200, 0));
     assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
 }
 
@@ -146,7 +145,7 @@ fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_
             let answers = answers.join().unwrap().unwrap_or_else(|(got, failure)| {
                 panic!("round {round}: {} answers, then {failure:?}", got.len())
             });
-            assert!(answers.iter().all(|a| a.status() == 200), "{answers:?}");
+            assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
         }
     }
     db.assert_invariant();
@@ -172,7 +171,7 @@ fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_an
     };
     assert!(!answers.is_empty());
     for (n, answer) in answers.iter().enumerate() {
-        assert_eq!(answer.status(), 200, "answer {n}: {answer:?}");
+        assert_eq!(answer.status, 200, "answer {n}: {answer:?}");
         assert_eq!(remaining(answer), 999 - n as i64, "answer {n} out of order");
     }
     // Every claim decided was answered: the ones dropped were never run.
@@ -252,7 +251,7 @@ fn a_new_connection_from_the_address_of_a_cut_one_is_served_once_the_cut_one_has
     let mut answer = String::new();
     let _ = second.read_to_string(&mut answer);
     assert_eq!(
-        support::http::statuses(&answer),
+        support::answer::statuses(&answer),
         [200],
         "the new connection got {answer:?}"
     );

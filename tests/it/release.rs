@@ -56,7 +56,7 @@ fn create(server: &ServerProcess, name: &str, amount: i64) {
 /// (status, error code) of an exchange; status 0 when no answer came.
 fn outcome(e: &Exchange) -> (u16, String) {
     match e.answered() {
-        Some(a) => (a.status(), a.code().to_owned()),
+        Some(a) => (a.status, a.code().to_owned()),
         None => (0, format!("{:?}", e.result)),
     }
 }
@@ -191,7 +191,7 @@ fn a_released_unit_is_served_by_every_replica() {
         let released = release(a, "SEQ", user);
         assert_eq!(released.status(), Some(200), "{released:?}");
         assert_eq!(
-            released.answered().unwrap().answer.body,
+            released.answered().unwrap().body,
             json!({ "coupon_name": "SEQ", "user_id": user, "remaining_amount": left })
         );
         released_at = Instant::now();
@@ -199,7 +199,7 @@ fn a_released_unit_is_served_by_every_replica() {
 
     // B reads the new state at once, ...
     let got = client::get(b.addr, "/api/coupons/SEQ", LIMIT);
-    let body = &got.answered().expect("GET answered").answer.body;
+    let body = &got.answered().expect("GET answered").body;
     assert_eq!(body["remaining_amount"], 2, "{body}");
     assert_eq!(body["claimed_by"], json!(["u3"]), "{body}");
     // ... and serves the released user (no stale 409), then a new user (no
@@ -452,7 +452,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
         || claim(b, "u2", "OOB"),
     );
     let got = client::get(a.addr, "/api/coupons/OOB", LIMIT);
-    let body = &got.answered().expect("GET answered").answer.body;
+    let body = &got.answered().expect("GET answered").body;
     assert_eq!(body["remaining_amount"], 2, "{body}");
     assert_eq!(body["claimed_by"], json!(["u1", "fresh", "u2"]), "{body}");
     db.assert_invariant();
@@ -661,7 +661,7 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
             &auth,
         );
         got.assert_error(405, "method_not_allowed");
-        assert_eq!(got.allow.as_deref(), Some("DELETE"));
+        assert_eq!(got.header("Allow"), Some("DELETE"));
     }
     assert_eq!(
         tables(&app.db),

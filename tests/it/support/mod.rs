@@ -1,5 +1,6 @@
 //! Test support: a fresh database per test and the real server on port 0.
 
+pub mod answer;
 pub mod client;
 pub mod cluster;
 pub mod crowd;
@@ -15,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flash_coupons::Server;
 use flash_coupons::config::{Config, parse_database_url};
 
-pub use http::Answer;
+pub use answer::Answer;
 
 /// A database of its own for one test, dropped when the test ends.
 pub struct TestDb {
