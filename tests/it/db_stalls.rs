@@ -216,12 +216,6 @@ fn sigterm_during_a_start_up_that_waits_on_a_silent_database_ends_the_server_at_
     );
 }
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), CLIENT_LIMIT);
-    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
 fn slowest<'a>(exchanges: impl Iterator<Item = &'a Exchange>) -> Duration {
     exchanges.map(Exchange::elapsed).max().unwrap_or_default()
 }
@@ -292,7 +286,7 @@ fn claims_while_postgresql_is_stopped_get_503_within_the_deadlines_and_sigterm_s
     let mut server = spawn_server(&cluster, &[("WORKERS", "8"), ("DB_POOL_SIZE", "8")]);
     let addr = server.addr;
     for t in 0..THREADS {
-        create(addr, &format!("STALL_{t}"), 1_000_000);
+        client::create(addr, &format!("STALL_{t}"), 1_000_000);
     }
 
     // A short claim load, so that the pool is warm; the database stops
@@ -466,9 +460,9 @@ fn after_postgresql_resumes_the_same_server_recovers_by_itself_and_the_invariant
     let addr = server.addr;
     // One hot coupon shared by every thread (claims on it are combined),
     // and one coupon per thread.
-    create(addr, "HOT", 1_000_000);
+    client::create(addr, "HOT", 1_000_000);
     for t in 0..THREADS {
-        create(addr, &format!("OWN_{t}"), 1_000_000);
+        client::create(addr, &format!("OWN_{t}"), 1_000_000);
     }
     let ok = Arc::new(AtomicUsize::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -651,7 +645,7 @@ fn while_every_worker_waits_on_a_stopped_database_metrics_unknown_paths_and_heal
     let server = spawn_server(&cluster, &[("WORKERS", "4"), ("DB_POOL_SIZE", "4")]);
     let addr = server.addr;
     for t in 0..READERS {
-        create(addr, &format!("READ_{t}"), 10);
+        client::create(addr, &format!("READ_{t}"), 10);
     }
     for t in 0..WORKERS {
         let e = client::claim(addr, "warm", &format!("READ_{t}"), CLIENT_LIMIT);
@@ -741,8 +735,8 @@ fn a_request_that_waits_on_a_lock_past_the_query_deadline_is_cut_and_answered_50
     let cluster = OwnedCluster::new();
     let server = spawn_server(&cluster, &[]);
     let addr = server.addr;
-    create(addr, "LOCKED", 10);
-    create(addr, "FREE", 10);
+    client::create(addr, "LOCKED", 10);
+    client::create(addr, "FREE", 10);
     let cut_lines = |what: &str| -> usize {
         server
             .log()

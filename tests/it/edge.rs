@@ -27,19 +27,6 @@ fn one_at_a_time() -> Turn {
     serial::alone()
 }
 
-fn post(edge: &Edge, path: &str, body: &Value) -> support::Answer {
-    support::http::request("POST", &edge.url(path), Some(&body.to_string()))
-}
-
-fn create(edge: &Edge, name: &str, amount: i64) {
-    let answer = post(
-        edge,
-        "/api/coupons",
-        &serde_json::json!({ "name": name, "amount": amount }),
-    );
-    assert_eq!(answer.status, 201, "{answer:?}");
-}
-
 /// One claim per (user, coupon), all released at once, each on its own
 /// connection through the edge; the exchanges in the same order.
 fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Exchange> {
@@ -52,7 +39,7 @@ fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Excha
 /// edge: exactly `stock` answered 200 (each a distinct winner, exactly the
 /// coupon's claimed_by), every other 400 out_of_stock.
 fn flash_sale(edge: &Edge, db: &TestDb, coupon: &str, stock: usize, users: usize) {
-    create(edge, coupon, stock as i64);
+    client::create(edge.addr, coupon, stock as i64);
     let claims: Vec<(String, String)> = (0..users)
         .map(|i| (format!("{coupon}_user_{i}"), coupon.to_owned()))
         .collect();
@@ -126,7 +113,7 @@ fn the_flash_sale_and_double_dip_attacks_through_the_edge_give_exact_counts() {
     flash_sale(&edge, &db, "BIG", 100, 500);
 
     // The spec's Double Dip Attack: one user, ten claims at once.
-    create(&edge, "DIP", 10);
+    client::create(edge.addr, "DIP", 10);
     let claims: Vec<(String, String)> = (0..10)
         .map(|_| ("the_same_user".to_owned(), "DIP".to_owned()))
         .collect();
@@ -478,7 +465,7 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
     let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
-    create(&edge, "KEPT", 100);
+    client::create(edge.addr, "KEPT", 100);
     let addr = edge.addr;
     // Every connection stays open on the client's side to the end.
     let held: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
@@ -621,7 +608,7 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             ("DB_QUERY_TIMEOUT_MS", "30000"),
         ],
     );
-    create(&edge, "HELD", 100);
+    client::create(edge.addr, "HELD", 100);
 
     // Claims on HELD wait on its row lock, each holding its replica
     // connection: two per replica fill every replica's limit.
@@ -1144,7 +1131,7 @@ fn http2_with_prior_knowledge_is_served_through_the_edge() {
     let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
-    create(&edge, "H2C", 1);
+    client::create(edge.addr, "H2C", 1);
 
     let mut h2 = H2::connect(edge.addr);
     let (status, body) = h2.request("GET", "/healthz", None);

@@ -74,12 +74,6 @@ fn start_edge(db: &TestDb) -> Edge {
     )
 }
 
-fn create(edge: &Edge, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let answer = support::http::request("POST", &edge.url("/api/coupons"), Some(&body));
-    assert_eq!(answer.status, 201, "{answer:?}");
-}
-
 /// One claim sent through the edge and what became of it.
 struct Sent {
     user: String,
@@ -501,8 +495,8 @@ fn all_up(edge: &Edge, replicas: &[Replica], limit: Duration) -> bool {
 fn set_up() -> (TestDb, Edge) {
     let db = TestDb::new();
     let edge = start_edge(&db);
-    create(&edge, "BIG", BIG_AMOUNT);
-    create(&edge, "SMALL", SMALL_AMOUNT);
+    client::create(edge.addr, "BIG", BIG_AMOUNT);
+    client::create(edge.addr, "SMALL", SMALL_AMOUNT);
     assert!(
         all_up(&edge, &edge.replicas, Duration::from_secs(10)),
         "{:?}",

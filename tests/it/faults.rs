@@ -134,12 +134,6 @@ impl Sale {
     }
 }
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), HANG);
-    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
 fn all_attempts(runs: &[UserRun]) -> impl Iterator<Item = &Exchange> {
     runs.iter().flat_map(|r| r.attempts.iter())
 }
@@ -335,7 +329,7 @@ impl Outage {
 /// threads for at most 45 s, until told to stop.
 fn start_a_load_of_claims(addr: SocketAddr) -> (Arc<Progress>, JoinHandle<Vec<UserRun>>) {
     for name in ["LOAD_A", "LOAD_B"] {
-        create(addr, name, 1_000_000);
+        client::create(addr, name, 1_000_000);
     }
     let claims: Vec<(String, String)> = (0..100_000u32)
         .map(|i| {
@@ -568,8 +562,8 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
     const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
     let server = ServerProcess::spawn(&cluster.url(), &[]);
-    create(server.addr, "FLASH", STOCK);
-    create(server.addr, "BYSTANDER", 3);
+    client::create(server.addr, "FLASH", STOCK);
+    client::create(server.addr, "BYSTANDER", 3);
     let claims: Vec<(String, String)> = (0..USERS)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
@@ -715,7 +709,7 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
     const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
     let mut first = ServerProcess::spawn(&cluster.url(), &[]);
-    create(first.addr, "FLASH", STOCK);
+    client::create(first.addr, "FLASH", STOCK);
     let claims: Vec<(String, String)> = (0..USERS)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
@@ -895,8 +889,8 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
     for round in 0..3 {
         let flash = format!("FLASH_{round}");
         let dip = format!("DIP_{round}");
-        create(addrs[round % 3], &flash, 5);
-        create(addrs[(round + 1) % 3], &dip, 10);
+        client::create(addrs[round % 3], &flash, 5);
+        client::create(addrs[(round + 1) % 3], &dip, 10);
 
         // Flash Sale Attack: 50 users, 5 units.
         let claims: Vec<_> = (0..50)

@@ -19,12 +19,6 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// timeout; a few pool threads linger).
 const THREAD_SLACK: usize = 4;
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = support::client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
 fn remaining(answer: &Answer) -> i64 {
     answer.body["remaining_amount"].as_i64().unwrap_or(-1)
 }
@@ -38,7 +32,7 @@ fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
     let mut server = ServerProcess::spawn(&db.url, env);
     let addr = server.addr;
     for i in 0..coupons {
-        create(addr, &format!("pair{i}"), 2);
+        support::client::create(addr, &format!("pair{i}"), 2);
     }
     let threads = server.threads();
     let pairs: Vec<_> = (0..coupons)
@@ -101,8 +95,8 @@ fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "big", 30_000);
-    create(addr, "small", 1);
+    support::client::create(addr, "big", 30_000);
+    support::client::create(addr, "small", 1);
     db.client()
         .batch_execute(
             "INSERT INTO claims (user_id, coupon_name) \
@@ -131,8 +125,8 @@ fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_
     let addr = server.addr;
     for round in 0..30 {
         let (x, y) = (format!("x{round}"), format!("y{round}"));
-        create(addr, &x, 2);
-        create(addr, &y, 2);
+        support::client::create(addr, &x, 2);
+        support::client::create(addr, &y, 2);
         let orders = [
             [claim_text("u1", &x), claim_text("u1", &y)],
             [claim_text("u2", &y), claim_text("u2", &x)],
@@ -160,7 +154,7 @@ fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_an
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "flood", 1000);
+    support::client::create(addr, "flood", 1000);
     let requests: Vec<String> = (0..400)
         .map(|n| claim_text(&format!("user{n}"), "flood"))
         .collect();
@@ -202,7 +196,7 @@ fn a_new_connection_from_the_address_of_a_cut_one_is_served_once_the_cut_one_has
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "flood", 1000);
+    support::client::create(addr, "flood", 1000);
     let port = support::database::free_port().unwrap();
 
     // Far more than the server lets wait behind one request: cut.

@@ -36,23 +36,6 @@ fn servers(db: &TestDb, count: usize) -> Vec<ServerProcess> {
         .collect()
 }
 
-fn bearer() -> String {
-    format!("Authorization: Bearer {TOKEN}\r\n")
-}
-
-fn create(server: &ServerProcess, name: &str, amount: i64) {
-    let body = json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange_with_headers(
-        server.addr,
-        "POST",
-        "/api/coupons",
-        Some(&body),
-        &bearer(),
-        LIMIT,
-    );
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 /// (status, error code) of an exchange; status 0 when no answer came.
 fn outcome(e: &Exchange) -> (u16, String) {
     match e.answered() {
@@ -175,7 +158,7 @@ fn a_released_unit_is_served_by_every_replica() {
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "SEQ", 3);
+    client::create_with_token(a.addr, TOKEN, "SEQ", 3);
     for user in ["u1", "u2", "u3"] {
         assert_eq!(claim(a, user, "SEQ").0, 200);
     }
@@ -273,7 +256,7 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
     const THREADS: usize = 16;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
-    create(&servers[0], "RACE", AMOUNT as i64);
+    client::create_with_token(servers[0].addr, TOKEN, "RACE", AMOUNT as i64);
     for i in 0..AMOUNT {
         assert_eq!(claim(&servers[i % 2], &format!("h{i}"), "RACE").0, 200);
     }
@@ -404,7 +387,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "OOB", 2);
+    client::create_with_token(a.addr, TOKEN, "OOB", 2);
     assert_eq!(claim(a, "u1", "OOB").0, 200);
     assert_eq!(claim(b, "u2", "OOB").0, 200);
     until_answered_from_memory(a, "OOB", "probe-a");
@@ -464,7 +447,7 @@ fn a_release_racing_the_same_users_claim_leaves_one_truth() {
     const ROUNDS: usize = 40;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
-    create(&servers[0], "DUEL", 1);
+    client::create_with_token(servers[0].addr, TOKEN, "DUEL", 1);
     assert_eq!(claim(&servers[0], "me", "DUEL").0, 200);
     let mut claim_won = 0;
     for round in 0..ROUNDS {
@@ -719,7 +702,7 @@ fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_aga
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "LSN", 2);
+    client::create_with_token(a.addr, TOKEN, "LSN", 2);
     assert_eq!(claim(a, "u1", "LSN").0, 200);
     assert_eq!(claim(a, "u2", "LSN").0, 200);
     until_answered_from_memory(a, "LSN", "probe-a");

@@ -26,12 +26,6 @@ use crate::support::{self, TestDb};
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 /// The advisory lock key the servers take for `coupon`'s claims: FNV-1a
 /// (64-bit) of "flash-coupons claim " and the name, as PostgreSQL's signed
 /// bigint. Written out here on purpose: it is the protocol between servers
@@ -109,7 +103,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
     let db = TestDb::new();
     let servers: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::spawn(&db.url, &[])).collect();
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    create(addrs[0], "HOT", STOCK as i64);
+    client::create(addrs[0], "HOT", STOCK as i64);
 
     // User i claims through server i % 3; each server gets its users from
     // THREADS_PER_SERVER threads at once.
@@ -205,8 +199,8 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
     let servers: Vec<ServerProcess> = (0..3)
         .map(|_| ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "120000")]))
         .collect();
-    create(servers[0].addr, "HELD", 100);
-    create(servers[0].addr, "FREE", 10);
+    client::create(servers[0].addr, "HELD", 100);
+    client::create(servers[0].addr, "FREE", 10);
 
     let mut holder = db.client();
     let key = claim_lock_key("HELD");
@@ -295,7 +289,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
     let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "1500")]);
-    create(server.addr, "STUCK", 10);
+    client::create(server.addr, "STUCK", 10);
     let mut holder = db.client();
     let key = claim_lock_key("STUCK");
     holder
@@ -337,7 +331,7 @@ fn a_claim_transaction_that_fails_releases_the_lock_and_keeps_its_connection() {
     // One connection: the failed claim's is the one every later claim uses.
     let first = ServerProcess::spawn(&db.url, &[("DB_POOL_SIZE", "1")]);
     let second = ServerProcess::spawn(&db.url, &[]);
-    create(first.addr, "POISONED", 10);
+    client::create(first.addr, "POISONED", 10);
     // A claim by this user fails inside its transaction, after the lock was
     // taken (a check violation: neither retried nor the client's fault).
     db.client()
@@ -392,7 +386,7 @@ fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() 
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "3")]);
     let addr = server.addr;
-    create(addr, "DRAIN", 1000);
+    client::create(addr, "DRAIN", 1000);
     assert_eq!(client::get(addr, "/healthz", LIMIT).status(), Some(200));
 
     // Taken before the signal: the drain cannot end before signalled + DRAIN.

@@ -84,12 +84,6 @@ impl Claimer {
     }
 }
 
-fn create(addr: SocketAddr, name: &str) {
-    let body = serde_json::json!({ "name": name, "amount": 1_000_000 }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 fn healthy(addr: SocketAddr) -> bool {
     client::get(addr, "/healthz", Duration::from_secs(5)).status() == Some(200)
 }
@@ -103,7 +97,7 @@ fn a_server_starting_beside_a_long_reader_serves_at_once_when_the_schema_is_curr
     let _turn = serial::turn!();
     let db = TestDb::new();
     let running = ServerProcess::spawn(&db.url, &[]);
-    create(running.addr, "ROLLING");
+    client::create(running.addr, "ROLLING", 1_000_000);
     let claimer = Claimer::start(running.addr, "ROLLING");
     let reader = LongReader::start(&db);
 
@@ -138,7 +132,7 @@ fn a_server_whose_schema_change_needs_locks_backs_off_until_the_reader_ends() {
     let _turn = serial::turn!();
     let db = TestDb::new();
     let running = ServerProcess::spawn(&db.url, &[]);
-    create(running.addr, "ROLLING");
+    client::create(running.addr, "ROLLING", 1_000_000);
     // As if the database had been made by an older release.
     db.client()
         .batch_execute("UPDATE flash_coupons_schema SET version = 1")
@@ -188,7 +182,7 @@ fn through_the_edge_a_deployment_starting_beside_a_long_reader_stalls_no_claim()
     let _turn = serial::alone();
     let db = TestDb::new();
     let running = Edge::start(&db.url, 2, &[]);
-    create(running.addr, "ROLLING");
+    client::create(running.addr, "ROLLING", 1_000_000);
     db.client()
         .batch_execute("UPDATE flash_coupons_schema SET version = 1")
         .unwrap();

@@ -55,12 +55,6 @@ fn server_sessions(db: &TestDb, waiting_for_a_lock: bool) -> i64 {
     ))
 }
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 /// Fills the server's connection pool with idle connections: a connection
 /// opened while the test holds the claims table would wait for the lock in
 /// preparing its statements, and its request would get a 503 instead of
@@ -157,7 +151,7 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;
-    create(addr, "SHUT", STOCK);
+    client::create(addr, "SHUT", STOCK);
     warm_the_pool(&db, addr);
 
     let mut blocker = db.client();
@@ -451,7 +445,7 @@ fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500(
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;
-    create(addr, "RACE", 1);
+    client::create(addr, "RACE", 1);
 
     // One claim held in flight keeps the process alive for a while after
     // the signal, as a busy server would be.

@@ -115,6 +115,39 @@ pub fn get(addr: SocketAddr, path: &str, limit: Duration) -> Exchange {
     exchange(addr, "GET", path, None, limit)
 }
 
+/// What a coupon's creation may take on a server at rest (it takes
+/// milliseconds): the shortest any test gave it.
+const CREATE_LIMIT: Duration = Duration::from_secs(15);
+
+/// Creates coupon `name` with `amount` units (POST /api/coupons); fails the
+/// test unless it is answered 201.
+pub fn create(addr: SocketAddr, name: &str, amount: i64) {
+    create_with_headers(addr, name, amount, "");
+}
+
+/// The same on a server that has `token` as its ADMIN_TOKEN.
+pub fn create_with_token(addr: SocketAddr, token: &str, name: &str, amount: i64) {
+    create_with_headers(
+        addr,
+        name,
+        amount,
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+}
+
+fn create_with_headers(addr: SocketAddr, name: &str, amount: i64, extra_headers: &str) {
+    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
+    let created = exchange_with_headers(
+        addr,
+        "POST",
+        "/api/coupons",
+        Some(&body),
+        extra_headers,
+        CREATE_LIMIT,
+    );
+    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
+}
+
 /// DELETE /api/coupons/{coupon}/claims/{user} (both percent-encoded here),
 /// with `Authorization: Bearer <token>` when a token is given.
 pub fn release(
