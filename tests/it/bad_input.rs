@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::answer::{Answer, answers};
+use crate::support::client::percent_encode_segment;
 use crate::support::http::raw;
 use crate::support::serial;
 use crate::support::{self, TestApp};
@@ -1367,19 +1368,6 @@ fn a_json_body_sent_with_any_accepted_content_type_is_served() {
     app.db.assert_invariant();
 }
 
-/// A path segment with everything but unreserved characters percent-encoded.
-fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally() {
     let _turn = serial::turn!();
@@ -1420,7 +1408,7 @@ fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally
             "remaining_amount": 10 - users.len(),
             "claimed_by": users,
         });
-        let read = app.get(&format!("/api/coupons/{}", encode_segment(name)));
+        let read = app.get(&format!("/api/coupons/{}", percent_encode_segment(name)));
         assert_eq!(read.status, 200, "{name:?}: {read:?}");
         assert_eq!(read.body, expected);
         let by_location = app.get(&location);
