@@ -276,13 +276,41 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
     thread::sleep(Duration::from_secs(1));
     let threads_before: Vec<usize> = edge.replicas.iter().map(edge::Replica::threads).collect();
 
+    let report = each_malformed_kind_30_times_at_once(edge.addr);
+    each_got_an_answer_or_a_clean_close(&report);
+    each_kind_got_the_answer_the_edge_gives_it(&report);
+
+    // Nothing of it is left on any replica, and each still answers.
+    let slack: Vec<usize> = threads_before.iter().map(|t| t + 8).collect();
+    if let Some(held) = edge.replicas_settled(&slack, Duration::from_secs(30)) {
+        panic!("a replica still holds something after the malformed requests: {held}");
+    }
+    for replica in &edge.replicas {
+        assert_eq!(
+            replica.health(Duration::from_secs(5)),
+            Some(200),
+            "{replica:?}"
+        );
+    }
+    assert_eq!(
+        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
+        Some(200)
+    );
+}
+
+/// Each malformed kind: how many of its requests ended in each way.
+type MalformedReport = BTreeMap<&'static str, BTreeMap<Outcome, usize>>;
+
+/// The malformed requests sent to the edge: what each is, its bytes, and
+/// whether the client half-closes after sending it.
+fn malformed_kinds() -> Vec<(&'static str, Vec<u8>, bool)> {
     let claim_head =
         "POST /api/coupons/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n";
     let big_header = format!(
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
-    let kinds: Vec<(&str, Vec<u8>, bool)> = vec![
+    vec![
         (
             "the HTTP/2 preface and nothing else",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
@@ -326,18 +354,18 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             b"POST /api/cou".to_vec(),
             true,
         ),
-    ];
+    ]
+}
 
+/// Each kind 30 times at once; the kinds one after another.
+fn each_malformed_kind_30_times_at_once(addr: SocketAddr) -> MalformedReport {
     let mut report = BTreeMap::new();
     let started = Instant::now();
-    // Each kind 30 times at once; the kinds one after another.
-    for (name, bytes, half_close) in &kinds {
-        let bytes = Arc::new(bytes.clone());
+    for (name, bytes, half_close) in malformed_kinds() {
+        let bytes = Arc::new(bytes);
         let handles: Vec<_> = (0..30)
             .map(|_| {
                 let bytes = Arc::clone(&bytes);
-                let half_close = *half_close;
-                let addr = edge.addr;
                 thread::spawn(move || {
                     malformed_exchange(addr, &bytes, half_close, Duration::from_secs(25))
                 })
@@ -347,7 +375,7 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
         for h in handles {
             *outcomes.entry(h.join().unwrap()).or_insert(0usize) += 1;
         }
-        report.insert(*name, outcomes);
+        report.insert(name, outcomes);
     }
     eprintln!(
         "30 of each malformed request at the edge ({:?}):",
@@ -356,8 +384,11 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
     for (name, outcomes) in &report {
         eprintln!("  {name}: {outcomes:?}");
     }
+    report
+}
 
-    for (name, outcomes) in &report {
+fn each_got_an_answer_or_a_clean_close(report: &MalformedReport) {
+    for (name, outcomes) in report {
         for outcome in outcomes.keys() {
             assert!(
                 matches!(
@@ -370,6 +401,9 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             );
         }
     }
+}
+
+fn each_kind_got_the_answer_the_edge_gives_it(report: &MalformedReport) {
     let only = |name: &str, outcome: Outcome| {
         assert_eq!(
             report[name].get(&outcome),
@@ -433,23 +467,6 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             report[version]
         );
     }
-
-    // Nothing of it is left on any replica, and each still answers.
-    let slack: Vec<usize> = threads_before.iter().map(|t| t + 8).collect();
-    if let Some(held) = edge.replicas_settled(&slack, Duration::from_secs(30)) {
-        panic!("a replica still holds something after the malformed requests: {held}");
-    }
-    for replica in &edge.replicas {
-        assert_eq!(
-            replica.health(Duration::from_secs(5)),
-            Some(200),
-            "{replica:?}"
-        );
-    }
-    assert_eq!(
-        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
-        Some(200)
-    );
 }
 
 /// Writes `request` on `stream` and reads exactly one answer; None when no
@@ -624,6 +641,33 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             })
         })
         .collect();
+    every_replica_takes_two_held_claims(&edge);
+
+    let excess = seven_more_requests_one_after_another(addr);
+    // Released, the six held claims all succeed.
+    lock.rollback().expect("releasing the lock");
+    let held_claims: Vec<Exchange> = held_claims.into_iter().map(|h| h.join().unwrap()).collect();
+    for e in &held_claims {
+        eprintln!(
+            "held claim: {:?} after {:?}",
+            e.answered().map(|a| (a.status, a.code().to_owned())),
+            e.elapsed()
+        );
+    }
+    the_excess_waited_in_the_queue_or_found_it_full_and_got_503(&edge, &excess);
+    assert_outcomes(&held_claims, &[(200, "", 6)], "the held claims");
+    let coupon = support::http::request("GET", &edge.url("/api/coupons/HELD"), None);
+    assert_eq!(coupon.body["remaining_amount"], 94, "{coupon:?}");
+    db.assert_invariant();
+    assert_eq!(
+        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
+        Some(200)
+    );
+}
+
+/// Claims held by the row lock take two connections on every replica, its
+/// limit, soon enough to test the queue; HAProxy counts them too.
+fn every_replica_takes_two_held_claims(edge: &Edge) {
     let waiting = Instant::now();
     let full = support::wait_for(Duration::from_secs(15), || {
         edge.replicas.iter().all(|r| r.held_connections() >= 2)
@@ -644,9 +688,9 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             .map(edge::Replica::held_connections)
             .collect::<Vec<_>>()
     );
-    // The held claims last until the statement_timeout above (60 s) cuts
-    // them; what follows needs about 6 s of that, and HAProxy's timeout
-    // server (30 s) must not pass either.
+    // The held claims last until the statement_timeout the test sets
+    // (60 s) cuts them; what follows needs about 6 s of that, and HAProxy's
+    // timeout server (30 s) must not pass either.
     assert!(
         waiting.elapsed() < Duration::from_secs(20),
         "the replicas took {:?} to take their claims: too slow to test the queue",
@@ -663,9 +707,11 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
     eprintln!("HAProxy's view, requests in flight per replica: {in_rotation:?}");
     assert_eq!(in_rotation.len(), 3, "{in_rotation:?}");
     assert!(in_rotation.iter().all(|(_, n)| *n == 2), "{in_rotation:?}");
+}
 
-    // Seven more requests, one after another: four wait in the queue (then
-    // 503 when timeout queue passes), three find it full (503 at once).
+/// Seven more requests, one after another: four wait in the queue (then
+/// 503 when timeout queue passes), three find it full (503 at once).
+fn seven_more_requests_one_after_another(addr: SocketAddr) -> Vec<Exchange> {
     let mut excess = Vec::new();
     for _ in 0..7 {
         excess.push(thread::spawn(move || {
@@ -682,17 +728,11 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             e.elapsed()
         );
     }
-    // Released, the six held claims all succeed.
-    lock.rollback().expect("releasing the lock");
-    let held_claims: Vec<Exchange> = held_claims.into_iter().map(|h| h.join().unwrap()).collect();
-    for e in &held_claims {
-        eprintln!(
-            "held claim: {:?} after {:?}",
-            e.answered().map(|a| (a.status, a.code().to_owned())),
-            e.elapsed()
-        );
-    }
-    if count(&excess, 503, "") != 7 {
+    excess
+}
+
+fn the_excess_waited_in_the_queue_or_found_it_full_and_got_503(edge: &Edge, excess: &[Exchange]) {
+    if count(excess, 503, "") != 7 {
         let log: Vec<String> = edge
             .log()
             .into_iter()
@@ -703,7 +743,7 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             log.join("\n")
         );
     }
-    for e in &excess {
+    for e in excess {
         let answer = e.answered().unwrap_or_else(|| panic!("no answer: {e:?}"));
         answer.assert_error(503, answer.code());
         assert!(
@@ -713,17 +753,9 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
         assert!(e.elapsed() < Duration::from_secs(15), "{e:?}");
     }
     assert_outcomes(
-        &excess,
+        excess,
         &[(503, "service_unavailable", 4), (503, "overloaded", 3)],
         "the excess",
-    );
-    assert_outcomes(&held_claims, &[(200, "", 6)], "the held claims");
-    let coupon = support::http::request("GET", &edge.url("/api/coupons/HELD"), None);
-    assert_eq!(coupon.body["remaining_amount"], 94, "{coupon:?}");
-    db.assert_invariant();
-    assert_eq!(
-        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
-        Some(200)
     );
 }
 
@@ -850,21 +882,6 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
         let _ = s.write_all(bytes);
         read_answer(s, Duration::from_secs(15))
     };
-    let expect_json = |what: &str, got: &Answer, status: u16, code: &str| {
-        assert_eq!(got.status, status, "{what}: {got:?}");
-        assert_eq!(
-            got.header("Content-Type"),
-            Some("application/json"),
-            "{what}: {got:?}"
-        );
-        assert_eq!(got.body["error"]["code"], code, "{what}: {got:?}");
-        assert!(
-            got.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{what}: {got:?}"
-        );
-    };
 
     // A declared body over 16 KiB: refused before any of it is read.
     let got = send(format!("{claim_head}Content-Length: 16385\r\n\r\n").as_bytes());
@@ -934,6 +951,24 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
             "{replica:?}"
         );
     }
+}
+
+/// The service's JSON error body, with this status and code, from the
+/// edge.
+fn expect_json(what: &str, got: &Answer, status: u16, code: &str) {
+    assert_eq!(got.status, status, "{what}: {got:?}");
+    assert_eq!(
+        got.header("Content-Type"),
+        Some("application/json"),
+        "{what}: {got:?}"
+    );
+    assert_eq!(got.body["error"]["code"], code, "{what}: {got:?}");
+    assert!(
+        got.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {got:?}"
+    );
 }
 
 /// Reads one answer from `stream` (until it is complete or closed); fails
