@@ -11,7 +11,8 @@ pub struct Answer {
     pub status: u16,
     /// As received, e.g. `HTTP/1.1 200 OK`.
     pub status_line: String,
-    /// Every header field in order, names as sent, values trimmed.
+    /// Every header field in order, values trimmed; names as sent on a raw
+    /// connection (ureq lowercases them).
     pub headers: Vec<(String, String)>,
     /// The body as JSON; the text as a JSON string when it is not JSON.
     pub body: Value,
@@ -31,6 +32,7 @@ impl std::fmt::Debug for Answer {
 }
 
 impl Answer {
+    /// `body` is read from `text`.
     pub fn new(
         status_line: String,
         status: u16,
