@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::answer::Answer;
 use crate::support::http::try_status;
 use crate::support::process::{ServerProcess, unused_uid};
 use crate::support::serial;
@@ -47,6 +48,41 @@ fn assert_nothing_left_held(server: &ServerProcess, gone: &BTreeSet<u64>, thread
          generations {gone:?}), {} client connections",
         server.thread_names(),
         server.held_connections()
+    );
+}
+
+/// The log has a line for each generation that really ended (while
+/// threads could not be created, each new one dies at its start), a warning
+/// for the first of a run of them only, never one per stale wake, and none
+/// once the server accepts again.
+fn one_log_line_per_ended_accept_loop_and_none_per_stale_wake(log: &[String]) {
+    let ended = lines_with(log, "accept loop ended");
+    let stale = lines_with(log, ": a thread panicked:");
+    eprintln!(
+        "{} 'accept loop ended' lines, {} stale panic wakes ignored",
+        ended.len(),
+        stale.len()
+    );
+    let named: BTreeSet<&str> = ended
+        .iter()
+        .filter_map(|l| l.split("(http-").nth(1)?.split(':').next())
+        .collect();
+    assert_eq!(named.len(), ended.len(), "{ended:#?}");
+    assert!((1..=12).contains(&ended.len()), "{ended:#?}");
+    let warned = ended.iter().filter(|l| l.contains("[WARN]")).count();
+    assert_eq!(warned, 1, "{ended:#?}");
+    assert!(
+        !stale.is_empty(),
+        "the poisoned pool's threads never panicked, so no stale wake was tested: {log:?}"
+    );
+    let recovered = log
+        .iter()
+        .position(|l| l.contains("accepting again"))
+        .unwrap_or_else(|| panic!("no 'accepting again' line: {log:?}"));
+    assert!(
+        lines_with(&log[recovered..], "accept loop ended").is_empty(),
+        "an accept loop was retired after it served: {:#?}",
+        &log[recovered..]
     );
 }
 
@@ -142,38 +178,7 @@ fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_
         server.log()
     );
 
-    let log = server.log();
-    let ended = lines_with(&log, "accept loop ended");
-    let stale = lines_with(&log, ": a thread panicked:");
-    eprintln!(
-        "{} 'accept loop ended' lines, {} stale panic wakes ignored",
-        ended.len(),
-        stale.len()
-    );
-    // One line per generation that really ended (while threads could not
-    // be created, each new one dies at its start), a warning for the first
-    // of a run of them only: never one per stale wake.
-    let named: BTreeSet<&str> = ended
-        .iter()
-        .filter_map(|l| l.split("(http-").nth(1)?.split(':').next())
-        .collect();
-    assert_eq!(named.len(), ended.len(), "{ended:#?}");
-    assert!((1..=12).contains(&ended.len()), "{ended:#?}");
-    let warned = ended.iter().filter(|l| l.contains("[WARN]")).count();
-    assert_eq!(warned, 1, "{ended:#?}");
-    assert!(
-        !stale.is_empty(),
-        "the poisoned pool's threads never panicked, so no stale wake was tested: {log:?}"
-    );
-    let recovered = log
-        .iter()
-        .position(|l| l.contains("accepting again"))
-        .unwrap_or_else(|| panic!("no 'accepting again' line: {log:?}"));
-    assert!(
-        lines_with(&log[recovered..], "accept loop ended").is_empty(),
-        "an accept loop was retired after it served: {:#?}",
-        &log[recovered..]
-    );
+    one_log_line_per_ended_accept_loop_and_none_per_stale_wake(&server.log());
 
     // Every thread of the failed generations has ended; the one serving
     // now is back to its idle size.
@@ -232,17 +237,16 @@ fn a_request_head_completed_long_after_its_accept_loop_retired_gets_a_real_answe
     let text = String::from_utf8_lossy(&answer);
     eprintln!("answer: {text:?} ({read:?})");
     if !answer.is_empty() {
-        let (status_line, body) = text
-            .split_once("\r\n\r\n")
-            .map_or((&*text, ""), |(h, b)| (h.lines().next().unwrap_or(""), b));
+        let (parsed, _) = Answer::parse(&answer, true)
+            .unwrap_or_else(|| panic!("not an answer of the service: {text:?}"));
         assert!(
-            !(status_line.contains(" 500") && body.is_empty()),
+            !(parsed.status == 500 && parsed.text.is_empty()),
             "tiny_http's empty 500: {text:?}"
         );
-        let json: serde_json::Value = serde_json::from_str(body)
+        let json: serde_json::Value = serde_json::from_str(&parsed.text)
             .unwrap_or_else(|e| panic!("not an answer of the service ({e}): {text:?}"));
         assert!(
-            status_line.starts_with("HTTP/1.1 200") && json["status"] == "ok"
+            parsed.status_line.starts_with("HTTP/1.1 200") && json["status"] == "ok"
                 || json["error"]["code"].is_string(),
             "{text:?}"
         );

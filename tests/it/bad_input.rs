@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::support::answer::{Answer, answers};
+use crate::support::client::percent_encode_segment;
 use crate::support::http::raw;
 use crate::support::serial;
 use crate::support::{self, TestApp};
@@ -995,68 +997,8 @@ fn content_type_cases() -> Vec<Case> {
     .collect()
 }
 
-/// One parsed response.
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// Splits a raw exchange into its final responses (interim 1xx skipped),
-/// using each response's Content-Length.
-fn parse_responses(mut rest: &str) -> Result<Vec<Response>, String> {
-    let mut out = Vec::new();
-    while !rest.is_empty() {
-        let end = rest
-            .find("\r\n\r\n")
-            .ok_or_else(|| format!("a response head without its end: {rest:?}"))?;
-        let head = &rest[..end];
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .strip_prefix("HTTP/1.1 ")
-            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not a status line: {status_line:?}"))?;
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-            .collect();
-        let length: usize = headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case("Content-Length"))
-            .map_or(Ok(0), |(_, v)| v.parse())
-            .map_err(|e| format!("a bad Content-Length: {e}"))?;
-        let body_start = end + 4;
-        let body = rest
-            .get(body_start..body_start + length)
-            .ok_or_else(|| format!("a body shorter than its Content-Length: {rest:?}"))?;
-        rest = &rest[body_start + length..];
-        if (100..200).contains(&status) {
-            continue;
-        }
-        out.push(Response {
-            status,
-            headers,
-            body: body.to_owned(),
-        });
-    }
-    Ok(out)
-}
-
 /// Checks one response against what was wanted; the problems found.
-fn check(got: &Response, want: Want) -> Vec<String> {
+fn check(got: &Answer, want: Want) -> Vec<String> {
     let mut problems = Vec::new();
     let (status, code) = match want {
         Want::Bare(status) => {
@@ -1066,7 +1008,7 @@ fn check(got: &Response, want: Want) -> Vec<String> {
             return problems;
         }
         Want::Healthy => {
-            if got.status != 200 || got.body != r#"{"status":"ok"}"# {
+            if got.status != 200 || got.text != r#"{"status":"ok"}"# {
                 problems.push(format!("not a healthy /healthz answer: {got:?}"));
             }
             return problems;
@@ -1091,7 +1033,7 @@ fn check(got: &Response, want: Want) -> Vec<String> {
             got.header("Content-Type")
         ));
     }
-    match serde_json::from_str::<Value>(&got.body) {
+    match serde_json::from_str::<Value>(&got.text) {
         Ok(body) => {
             let message_ok = body["error"]["message"]
                 .as_str()
@@ -1110,7 +1052,7 @@ fn check(got: &Response, want: Want) -> Vec<String> {
                 ));
             }
         }
-        Err(e) => problems.push(format!("a body that is not JSON ({e}): {:?}", got.body)),
+        Err(e) => problems.push(format!("a body that is not JSON ({e}): {:?}", got.text)),
     }
     problems
 }
@@ -1173,7 +1115,7 @@ fn assert_cases(app: &TestApp, cases: &[Case]) {
             raw(app.addr(), &case.request, EXCHANGE_TIMEOUT)
         };
         let mut problems = Vec::new();
-        match parse_responses(&exchange) {
+        match answers(exchange.as_bytes()) {
             Ok(responses) => {
                 if responses.len() != case.want.len() {
                     problems.push(format!(
@@ -1311,9 +1253,9 @@ fn a_body_that_stops_short_of_its_length_gets_408_or_400_incomplete_body() {
 }
 
 /// The one answer to `request`, sent on a connection of its own.
-fn one_answer(app: &TestApp, request: &[u8]) -> Response {
+fn one_answer(app: &TestApp, request: &[u8]) -> Answer {
     let exchange = raw(app.addr(), request, EXCHANGE_TIMEOUT);
-    let mut responses = parse_responses(&exchange).unwrap_or_else(|why| panic!("{why}"));
+    let mut responses = answers(exchange.as_bytes()).unwrap_or_else(|why| panic!("{why}"));
     assert_eq!(responses.len(), 1, "{exchange:?}");
     responses.remove(0)
 }
@@ -1369,7 +1311,7 @@ fn a_chunked_body_with_a_trailer_section_is_read_like_one_without() {
         let request = chunked_with_trailer("/api/coupons", body.as_bytes(), 5, fields, true);
         let created = one_answer(&app, &request);
         assert_eq!(created.status, 201, "{name} with {fields:?}: {created:?}");
-        let coupon: Value = serde_json::from_str(&created.body).expect("a JSON body");
+        let coupon: Value = serde_json::from_str(&created.text).expect("a JSON body");
         assert_eq!(coupon["name"], name, "{created:?}");
         assert_eq!(app.get(&format!("/api/coupons/{name}")).status, 200);
     }
@@ -1401,7 +1343,7 @@ fn a_json_body_sent_with_any_accepted_content_type_is_served() {
                 answer.status, status,
                 "{path} as {content_type:?}: {answer:?}"
             );
-            serde_json::from_str(&answer.body).expect("a JSON body")
+            serde_json::from_str(&answer.text).expect("a JSON body")
         };
         let name = format!("TYPED_{i}");
         assert_eq!(
@@ -1426,19 +1368,6 @@ fn a_json_body_sent_with_any_accepted_content_type_is_served() {
     app.db.assert_invariant();
 }
 
-/// A path segment with everything but unreserved characters percent-encoded.
-fn encode_segment(text: &str) -> String {
-    text.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 #[test]
 fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally() {
     let _turn = serial::turn!();
@@ -1461,7 +1390,10 @@ fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally
         let created = app.create(name, 10);
         assert_eq!(created.status, 201, "{name:?}: {created:?}");
         assert_eq!(created.body["name"], name);
-        let location = created.location.clone().expect("a Location header");
+        let location = created
+            .header("Location")
+            .expect("a Location header")
+            .to_owned();
         for user in users {
             let claimed = app.claim(user, name);
             assert_eq!(claimed.status, 200, "{user:?} on {name:?}: {claimed:?}");
@@ -1476,7 +1408,7 @@ fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally
             "remaining_amount": 10 - users.len(),
             "claimed_by": users,
         });
-        let read = app.get(&format!("/api/coupons/{}", encode_segment(name)));
+        let read = app.get(&format!("/api/coupons/{}", percent_encode_segment(name)));
         assert_eq!(read.status, 200, "{name:?}: {read:?}");
         assert_eq!(read.body, expected);
         let by_location = app.get(&location);
@@ -1545,7 +1477,7 @@ fn a_request_line_of_http_2_gets_an_answer_and_the_server_lets_go_of_it() {
         b"GET /healthz HTTP/2.0\r\nHost: t\r\nConnection: close\r\n\r\n",
         EXCHANGE_TIMEOUT,
     );
-    let statuses = support::http::statuses(&exchange);
+    let statuses = support::answer::statuses(&exchange);
     assert_eq!(statuses.len(), 1, "no single answer: {exchange:?}");
     assert!((400..600).contains(&statuses[0]), "{exchange:?}");
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::support::answer::Answer;
 use crate::support::client::{self, Exchange};
 use crate::support::crowd::{all_at_once, assert_outcomes, claims_at_once, count, tally};
 use crate::support::edge::{self, Edge};
@@ -26,19 +27,6 @@ fn one_at_a_time() -> Turn {
     serial::alone()
 }
 
-fn post(edge: &Edge, path: &str, body: &Value) -> support::Answer {
-    support::http::request("POST", &edge.url(path), Some(&body.to_string()))
-}
-
-fn create(edge: &Edge, name: &str, amount: i64) {
-    let answer = post(
-        edge,
-        "/api/coupons",
-        &serde_json::json!({ "name": name, "amount": amount }),
-    );
-    assert_eq!(answer.status, 201, "{answer:?}");
-}
-
 /// One claim per (user, coupon), all released at once, each on its own
 /// connection through the edge; the exchanges in the same order.
 fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Exchange> {
@@ -51,7 +39,7 @@ fn claim_all_at_once(addr: SocketAddr, claims: &[(String, String)]) -> Vec<Excha
 /// edge: exactly `stock` answered 200 (each a distinct winner, exactly the
 /// coupon's claimed_by), every other 400 out_of_stock.
 fn flash_sale(edge: &Edge, db: &TestDb, coupon: &str, stock: usize, users: usize) {
-    create(edge, coupon, stock as i64);
+    client::create(edge.addr, coupon, stock as i64);
     let claims: Vec<(String, String)> = (0..users)
         .map(|i| (format!("{coupon}_user_{i}"), coupon.to_owned()))
         .collect();
@@ -70,8 +58,8 @@ fn flash_sale(edge: &Edge, db: &TestDb, coupon: &str, stock: usize, users: usize
     let winners: HashSet<String> = exchanges
         .iter()
         .filter_map(Exchange::answered)
-        .filter(|a| a.status() == 200)
-        .filter_map(|a| a.answer.body["user_id"].as_str().map(str::to_owned))
+        .filter(|a| a.status == 200)
+        .filter_map(|a| a.body["user_id"].as_str().map(str::to_owned))
         .collect();
     assert_eq!(winners.len(), stock);
     let coupon_now =
@@ -125,7 +113,7 @@ fn the_flash_sale_and_double_dip_attacks_through_the_edge_give_exact_counts() {
     flash_sale(&edge, &db, "BIG", 100, 500);
 
     // The spec's Double Dip Attack: one user, ten claims at once.
-    create(&edge, "DIP", 10);
+    client::create(edge.addr, "DIP", 10);
     let claims: Vec<(String, String)> = (0..10)
         .map(|_| ("the_same_user".to_owned(), "DIP".to_owned()))
         .collect();
@@ -198,11 +186,11 @@ fn malformed_exchange(
     let mut buf = [0u8; 16384];
     loop {
         if received.starts_with(b"HTTP/1.")
-            && let Some((status, body)) = parse_answer(&received)
+            && let Some((answer, _)) = Answer::parse(&received, false)
         {
             return Outcome::Answered {
-                status,
-                body: body_kind(&body),
+                status: answer.status,
+                body: body_kind(&answer.text),
             };
         }
         let left = deadline.saturating_duration_since(Instant::now());
@@ -236,10 +224,10 @@ fn malformed_exchange(
     if received.is_empty() {
         Outcome::ClosedSilently
     } else if received.starts_with(b"HTTP/1.") {
-        match parse_answer(&received) {
-            Some((status, body)) => Outcome::Answered {
-                status,
-                body: body_kind(&body),
+        match Answer::parse(&received, true) {
+            Some((answer, _)) => Outcome::Answered {
+                status: answer.status,
+                body: body_kind(&answer.text),
             },
             None => Outcome::Reset(format!(
                 "a cut answer: {:?}",
@@ -256,32 +244,15 @@ fn malformed_exchange(
 
 /// What a body is: `json:CODE` (the JSON error shape), `json`, `html` or
 /// `other`.
-fn body_kind(body: &[u8]) -> String {
-    match serde_json::from_slice::<Value>(body) {
+fn body_kind(body: &str) -> String {
+    match serde_json::from_str::<Value>(body) {
         Ok(json) => match json["error"]["code"].as_str() {
             Some(code) => format!("json:{code}"),
             None => "json".into(),
         },
-        Err(_) if body.starts_with(b"<html>") => "html".into(),
+        Err(_) if body.starts_with("<html>") => "html".into(),
         Err(_) => "other".into(),
     }
-}
-
-/// The status and body of the first complete HTTP/1 answer in `bytes`.
-fn parse_answer(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let status = head.get(9..12)?.parse().ok()?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case("content-length")
-                .then(|| v.trim().parse().ok())?
-        })
-        .unwrap_or(0);
-    let body = bytes.get(end + 4..end + 4 + length)?;
-    Some((status, body.to_vec()))
 }
 
 /// The types of the complete HTTP/2 frames at the start of `bytes`.
@@ -305,13 +276,41 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
     thread::sleep(Duration::from_secs(1));
     let threads_before: Vec<usize> = edge.replicas.iter().map(edge::Replica::threads).collect();
 
+    let report = each_malformed_kind_30_times_at_once(edge.addr);
+    each_got_an_answer_or_a_clean_close(&report);
+    each_kind_got_the_answer_the_edge_gives_it(&report);
+
+    // Nothing of it is left on any replica, and each still answers.
+    let slack: Vec<usize> = threads_before.iter().map(|t| t + 8).collect();
+    if let Some(held) = edge.replicas_settled(&slack, Duration::from_secs(30)) {
+        panic!("a replica still holds something after the malformed requests: {held}");
+    }
+    for replica in &edge.replicas {
+        assert_eq!(
+            replica.health(Duration::from_secs(5)),
+            Some(200),
+            "{replica:?}"
+        );
+    }
+    assert_eq!(
+        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
+        Some(200)
+    );
+}
+
+/// Each malformed kind: how many of its requests ended in each way.
+type MalformedReport = BTreeMap<&'static str, BTreeMap<Outcome, usize>>;
+
+/// The malformed requests sent to the edge: what each is, its bytes, and
+/// whether the client half-closes after sending it.
+fn malformed_kinds() -> Vec<(&'static str, Vec<u8>, bool)> {
     let claim_head =
         "POST /api/coupons/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n";
     let big_header = format!(
         "GET /healthz HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(100 * 1024)
     );
-    let kinds: Vec<(&str, Vec<u8>, bool)> = vec![
+    vec![
         (
             "the HTTP/2 preface and nothing else",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
@@ -355,18 +354,18 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             b"POST /api/cou".to_vec(),
             true,
         ),
-    ];
+    ]
+}
 
+/// Each kind 30 times at once; the kinds one after another.
+fn each_malformed_kind_30_times_at_once(addr: SocketAddr) -> MalformedReport {
     let mut report = BTreeMap::new();
     let started = Instant::now();
-    // Each kind 30 times at once; the kinds one after another.
-    for (name, bytes, half_close) in &kinds {
-        let bytes = Arc::new(bytes.clone());
+    for (name, bytes, half_close) in malformed_kinds() {
+        let bytes = Arc::new(bytes);
         let handles: Vec<_> = (0..30)
             .map(|_| {
                 let bytes = Arc::clone(&bytes);
-                let half_close = *half_close;
-                let addr = edge.addr;
                 thread::spawn(move || {
                     malformed_exchange(addr, &bytes, half_close, Duration::from_secs(25))
                 })
@@ -376,7 +375,7 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
         for h in handles {
             *outcomes.entry(h.join().unwrap()).or_insert(0usize) += 1;
         }
-        report.insert(*name, outcomes);
+        report.insert(name, outcomes);
     }
     eprintln!(
         "30 of each malformed request at the edge ({:?}):",
@@ -385,8 +384,11 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
     for (name, outcomes) in &report {
         eprintln!("  {name}: {outcomes:?}");
     }
+    report
+}
 
-    for (name, outcomes) in &report {
+fn each_got_an_answer_or_a_clean_close(report: &MalformedReport) {
+    for (name, outcomes) in report {
         for outcome in outcomes.keys() {
             assert!(
                 matches!(
@@ -399,6 +401,9 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             );
         }
     }
+}
+
+fn each_kind_got_the_answer_the_edge_gives_it(report: &MalformedReport) {
     let only = |name: &str, outcome: Outcome| {
         assert_eq!(
             report[name].get(&outcome),
@@ -462,51 +467,14 @@ fn malformed_requests_end_at_the_edge_and_no_replica_holds_a_connection_or_threa
             report[version]
         );
     }
-
-    // Nothing of it is left on any replica, and each still answers.
-    let slack: Vec<usize> = threads_before.iter().map(|t| t + 8).collect();
-    if let Some(held) = edge.replicas_settled(&slack, Duration::from_secs(30)) {
-        panic!("a replica still holds something after the malformed requests: {held}");
-    }
-    for replica in &edge.replicas {
-        assert_eq!(
-            replica.health(Duration::from_secs(5)),
-            Some(200),
-            "{replica:?}"
-        );
-    }
-    assert_eq!(
-        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
-        Some(200)
-    );
 }
 
-/// Writes `request` on `stream` and reads exactly one answer; its status
-/// and body, or None when no complete answer came within `limit`.
-fn send_and_read_one(
-    stream: &mut TcpStream,
-    request: &[u8],
-    limit: Duration,
-) -> Option<(u16, Value)> {
-    let deadline = Instant::now() + limit;
+/// Writes `request` on `stream` and reads exactly one answer; None when no
+/// complete answer came within `limit`.
+fn send_and_read_one(stream: &mut TcpStream, request: &[u8], limit: Duration) -> Option<Answer> {
     stream.set_write_timeout(Some(limit)).ok()?;
     stream.write_all(request).ok()?;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        if let Some((status, body)) = parse_answer(&received) {
-            return Some((status, serde_json::from_slice(&body).unwrap_or(Value::Null)));
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        stream.set_read_timeout(Some(left)).ok()?;
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
+    client::read_answer(stream, limit).ok()
 }
 
 #[test]
@@ -514,7 +482,7 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
     let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
-    create(&edge, "KEPT", 100);
+    client::create(edge.addr, "KEPT", 100);
     let addr = edge.addr;
     // Every connection stays open on the client's side to the end.
     let held: Arc<Mutex<Vec<TcpStream>>> = Arc::new(Mutex::new(Vec::new()));
@@ -533,19 +501,19 @@ fn claimers_that_keep_their_connections_open_are_answered_every_round_after_idle
                     send_and_read_one(&mut stream, request.as_bytes(), Duration::from_secs(20));
                 let answered_at = Instant::now();
                 held.lock().unwrap().push(stream);
-                answer.map(|(status, body)| (status, body, answered_at))
+                answer.map(|answer| (answer.status, answered_at))
             }
         }));
         let released = released.lock().unwrap().expect("released");
         let slowest = answers
             .iter()
             .flatten()
-            .map(|(_, _, at)| at.saturating_duration_since(released))
+            .map(|(_, at)| at.saturating_duration_since(released))
             .max()
             .unwrap_or_default();
         let statuses: Vec<Option<u16>> = answers
             .iter()
-            .map(|a| a.as_ref().map(|(s, _, _)| *s))
+            .map(|a| a.as_ref().map(|(s, _)| *s))
             .collect();
         eprintln!("round {round}: 50 keep-alive claims answered, the last after {slowest:?}");
         let expected = if round < 2 { 200 } else { 400 };
@@ -657,7 +625,7 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             ("DB_QUERY_TIMEOUT_MS", "30000"),
         ],
     );
-    create(&edge, "HELD", 100);
+    client::create(edge.addr, "HELD", 100);
 
     // Claims on HELD wait on its row lock, each holding its replica
     // connection: two per replica fill every replica's limit.
@@ -673,6 +641,33 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             })
         })
         .collect();
+    every_replica_takes_two_held_claims(&edge);
+
+    let excess = seven_more_requests_one_after_another(addr);
+    // Released, the six held claims all succeed.
+    lock.rollback().expect("releasing the lock");
+    let held_claims: Vec<Exchange> = held_claims.into_iter().map(|h| h.join().unwrap()).collect();
+    for e in &held_claims {
+        eprintln!(
+            "held claim: {:?} after {:?}",
+            e.answered().map(|a| (a.status, a.code().to_owned())),
+            e.elapsed()
+        );
+    }
+    the_excess_waited_in_the_queue_or_found_it_full_and_got_503(&edge, &excess);
+    assert_outcomes(&held_claims, &[(200, "", 6)], "the held claims");
+    let coupon = support::http::request("GET", &edge.url("/api/coupons/HELD"), None);
+    assert_eq!(coupon.body["remaining_amount"], 94, "{coupon:?}");
+    db.assert_invariant();
+    assert_eq!(
+        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
+        Some(200)
+    );
+}
+
+/// Claims held by the row lock take two connections on every replica, its
+/// limit, soon enough to test the queue; HAProxy counts them too.
+fn every_replica_takes_two_held_claims(edge: &Edge) {
     let waiting = Instant::now();
     let full = support::wait_for(Duration::from_secs(15), || {
         edge.replicas.iter().all(|r| r.held_connections() >= 2)
@@ -693,9 +688,9 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             .map(edge::Replica::held_connections)
             .collect::<Vec<_>>()
     );
-    // The held claims last until the statement_timeout above (60 s) cuts
-    // them; what follows needs about 6 s of that, and HAProxy's timeout
-    // server (30 s) must not pass either.
+    // The held claims last until the statement_timeout the test sets
+    // (60 s) cuts them; what follows needs about 6 s of that, and HAProxy's
+    // timeout server (30 s) must not pass either.
     assert!(
         waiting.elapsed() < Duration::from_secs(20),
         "the replicas took {:?} to take their claims: too slow to test the queue",
@@ -712,9 +707,11 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
     eprintln!("HAProxy's view, requests in flight per replica: {in_rotation:?}");
     assert_eq!(in_rotation.len(), 3, "{in_rotation:?}");
     assert!(in_rotation.iter().all(|(_, n)| *n == 2), "{in_rotation:?}");
+}
 
-    // Seven more requests, one after another: four wait in the queue (then
-    // 503 when timeout queue passes), three find it full (503 at once).
+/// Seven more requests, one after another: four wait in the queue (then
+/// 503 when timeout queue passes), three find it full (503 at once).
+fn seven_more_requests_one_after_another(addr: SocketAddr) -> Vec<Exchange> {
     let mut excess = Vec::new();
     for _ in 0..7 {
         excess.push(thread::spawn(move || {
@@ -727,21 +724,15 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
         eprintln!(
             "excess request: {:?} after {:?}",
             e.answered()
-                .map(|a| (a.status(), a.code().to_owned(), a.retry_after.clone())),
+                .map(|a| (a.status, a.code().to_owned(), a.header("Retry-After"))),
             e.elapsed()
         );
     }
-    // Released, the six held claims all succeed.
-    lock.rollback().expect("releasing the lock");
-    let held_claims: Vec<Exchange> = held_claims.into_iter().map(|h| h.join().unwrap()).collect();
-    for e in &held_claims {
-        eprintln!(
-            "held claim: {:?} after {:?}",
-            e.answered().map(|a| (a.status(), a.code().to_owned())),
-            e.elapsed()
-        );
-    }
-    if count(&excess, 503, "") != 7 {
+    excess
+}
+
+fn the_excess_waited_in_the_queue_or_found_it_full_and_got_503(edge: &Edge, excess: &[Exchange]) {
+    if count(excess, 503, "") != 7 {
         let log: Vec<String> = edge
             .log()
             .into_iter()
@@ -752,24 +743,19 @@ fn with_every_replica_at_its_connection_limit_the_excess_waits_in_the_edges_queu
             log.join("\n")
         );
     }
-    for e in &excess {
+    for e in excess {
         let answer = e.answered().unwrap_or_else(|| panic!("no answer: {e:?}"));
-        answer.answer.assert_error(503, answer.code());
-        assert!(answer.retry_after.is_some(), "no Retry-After: {answer:?}");
+        answer.assert_error(503, answer.code());
+        assert!(
+            answer.header("Retry-After").is_some(),
+            "no Retry-After: {answer:?}"
+        );
         assert!(e.elapsed() < Duration::from_secs(15), "{e:?}");
     }
     assert_outcomes(
-        &excess,
+        excess,
         &[(503, "service_unavailable", 4), (503, "overloaded", 3)],
         "the excess",
-    );
-    assert_outcomes(&held_claims, &[(200, "", 6)], "the held claims");
-    let coupon = support::http::request("GET", &edge.url("/api/coupons/HELD"), None);
-    assert_eq!(coupon.body["remaining_amount"], 94, "{coupon:?}");
-    db.assert_invariant();
-    assert_eq!(
-        support::http::try_status(&edge.url("/healthz"), Duration::from_secs(5)),
-        Some(200)
     );
 }
 
@@ -783,31 +769,19 @@ fn connect_from(from: Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(socket.into())
 }
 
-/// GET /healthz through the edge from `from`: status, error code and
-/// Retry-After.
-fn health_from(from: Ipv4Addr, to: SocketAddr) -> (u16, String, Option<String>, Option<String>) {
+/// GET /healthz through the edge from `from`; None when no whole answer
+/// came.
+fn health_from(from: Ipv4Addr, to: SocketAddr) -> Option<Answer> {
     let mut stream = connect_from(from, to).expect("connecting from a loopback address");
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
         .expect("sending");
-    let mut text = String::new();
-    let _ = stream.read_to_string(&mut text);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
-    (
-        status,
-        body["error"]["code"].as_str().unwrap_or("").to_owned(),
-        header("retry-after"),
-        header("content-type"),
-    )
+    client::read_answer(&mut stream, Duration::from_secs(10)).ok()
+}
+
+/// The status of an answer, 0 for none.
+fn status_of(answer: &Option<Answer>) -> u16 {
+    answer.as_ref().map_or(0, |a| a.status)
 }
 
 #[test]
@@ -823,33 +797,36 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
     // 0 is off, like unset (which every other test here runs with).
     {
         let edge = Edge::start(&db.url, 1, &[("EDGE_IP_RATE_LIMIT", "0")]);
-        let statuses: Vec<u16> = (0..30).map(|_| health_from(client, edge.addr).0).collect();
+        let statuses: Vec<u16> = (0..30)
+            .map(|_| status_of(&health_from(client, edge.addr)))
+            .collect();
         assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     }
 
     let edge = Edge::start(&db.url, 3, &[("EDGE_IP_RATE_LIMIT", "20")]);
 
     let answers: Vec<_> = (0..30).map(|_| health_from(client, edge.addr)).collect();
-    let served = answers.iter().filter(|a| a.0 == 200).count();
+    let served = answers.iter().filter(|a| status_of(a) == 200).count();
     eprintln!(
         "30 requests in a row from one address with EDGE_IP_RATE_LIMIT=20: {served} served, {} refused",
-        answers.iter().filter(|a| a.0 == 429).count()
+        answers.iter().filter(|a| status_of(a) == 429).count()
     );
     // 20 in a window; one more when the burst straddles the boundary of
     // HAProxy's 10 s periods (its sliding rate is an estimate there).
     assert!((20..=21).contains(&served), "{answers:?}");
-    for refused in answers.iter().filter(|a| a.0 != 200) {
-        assert_eq!(refused.0, 429, "{answers:?}");
-        assert_eq!(refused.1, "rate_limited", "{refused:?}");
-        assert_eq!(refused.2.as_deref(), Some("10"), "{refused:?}");
+    for refused in answers.iter().filter(|a| status_of(a) != 200) {
+        assert_eq!(status_of(refused), 429, "{answers:?}");
+        let refused = refused.as_ref().expect("a 429 is an answer");
+        assert_eq!(refused.code(), "rate_limited", "{refused:?}");
+        assert_eq!(refused.header("Retry-After"), Some("10"), "{refused:?}");
         assert_eq!(
-            refused.3.as_deref(),
+            refused.header("Content-Type"),
             Some("application/json"),
             "{refused:?}"
         );
     }
     // The limit is per address: another client is served meanwhile.
-    assert_eq!(health_from(neighbour, edge.addr).0, 200);
+    assert_eq!(status_of(&health_from(neighbour, edge.addr)), 200);
 
     // Served again once the window has passed (polling once a second; the
     // polls count too).
@@ -857,7 +834,7 @@ fn the_per_address_rate_limit_answers_429_with_retry_after_and_serves_again_afte
     let mut status = 429;
     while started.elapsed() < Duration::from_secs(30) {
         thread::sleep(Duration::from_secs(1));
-        status = health_from(client, edge.addr).0;
+        status = status_of(&health_from(client, edge.addr));
         if status == 200 {
             break;
         }
@@ -905,27 +882,13 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
         let _ = s.write_all(bytes);
         read_answer(s, Duration::from_secs(15))
     };
-    let expect_json = |what: &str, got: &RawAnswer, status: u16, code: &str| {
-        assert_eq!(got.status, status, "{what}: {got:?}");
-        assert_eq!(
-            got.content_type.as_deref(),
-            Some("application/json"),
-            "{what}: {got:?}"
-        );
-        assert_eq!(got.body["error"]["code"], code, "{what}: {got:?}");
-        assert!(
-            got.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{what}: {got:?}"
-        );
-    };
 
     // A declared body over 16 KiB: refused before any of it is read.
     let got = send(format!("{claim_head}Content-Length: 16385\r\n\r\n").as_bytes());
     expect_json("Content-Length over 16 KiB", &got, 413, "payload_too_large");
     assert_eq!(
-        got.retry_after, None,
+        got.header("Retry-After"),
+        None,
         "waiting does not help a 413: {got:?}"
     );
     // A chunked body over 16 KiB, measured once received.
@@ -966,7 +929,8 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     assert_eq!(got.status, 400, "{got:?}");
     eprintln!(
         "a malformed request line: {} {:?}",
-        got.status, got.content_type
+        got.status,
+        got.header("Content-Type")
     );
 
     let got = slow_body.join().unwrap();
@@ -975,7 +939,8 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     assert_eq!(got.status, 408, "a head that trickles: {got:?}");
     eprintln!(
         "a head that trickles: {} {:?}",
-        got.status, got.content_type
+        got.status,
+        got.header("Content-Type")
     );
 
     // Every replica still answers, and holds nothing.
@@ -988,45 +953,28 @@ fn the_edges_own_answers_carry_the_services_json_error_body() {
     }
 }
 
-#[derive(Debug)]
-struct RawAnswer {
-    status: u16,
-    content_type: Option<String>,
-    retry_after: Option<String>,
-    body: Value,
+/// The service's JSON error body, with this status and code, from the
+/// edge.
+fn expect_json(what: &str, got: &Answer, status: u16, code: &str) {
+    assert_eq!(got.status, status, "{what}: {got:?}");
+    assert_eq!(
+        got.header("Content-Type"),
+        Some("application/json"),
+        "{what}: {got:?}"
+    );
+    assert_eq!(got.body["error"]["code"], code, "{what}: {got:?}");
+    assert!(
+        got.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{what}: {got:?}"
+    );
 }
 
-/// Reads one answer from `stream` (until it is complete or closed).
-fn read_answer(mut stream: TcpStream, limit: Duration) -> RawAnswer {
-    let deadline = Instant::now() + limit;
-    let mut received = Vec::new();
-    let mut buf = [0u8; 8192];
-    while parse_answer(&received).is_none() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            break;
-        }
-        let _ = stream.set_read_timeout(Some(left));
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-        }
-    }
-    let text = String::from_utf8_lossy(&received).into_owned();
-    let (head, _) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let header = |name: &str| {
-        head.lines().find_map(|l| {
-            let (k, v) = l.split_once(':')?;
-            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-        })
-    };
-    let (status, body) = parse_answer(&received).unwrap_or((0, Vec::new()));
-    RawAnswer {
-        status,
-        content_type: header("content-type"),
-        retry_after: header("retry-after"),
-        body: serde_json::from_slice(&body).unwrap_or(Value::String(text.clone())),
-    }
+/// Reads one answer from `stream` (until it is complete or closed); fails
+/// the test when none came.
+fn read_answer(mut stream: TcpStream, limit: Duration) -> Answer {
+    client::read_answer(&mut stream, limit).unwrap_or_else(|failure| panic!("no answer: {failure}"))
 }
 
 #[test]
@@ -1038,8 +986,9 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path).unwrap();
-        let (status, body) =
-            parse_answer(&bytes).unwrap_or_else(|| panic!("{name}: not a complete HTTP answer"));
+        let (answer, _) = Answer::parse(&bytes, false)
+            .unwrap_or_else(|| panic!("{name}: not a complete HTTP answer"));
+        // HAProxy sends the file as it is: its lines are checked as written.
         let text = String::from_utf8_lossy(&bytes);
         let head = text.split("\r\n\r\n").next().unwrap();
         assert!(
@@ -1056,7 +1005,8 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
             bytes.len() - head.len() - 4,
             "{name}: Content-Length"
         );
-        let json: Value = serde_json::from_slice(&body).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let json: Value =
+            serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{name}: {e}"));
         let code = json["error"]["code"]
             .as_str()
             .unwrap_or_else(|| panic!("{name}: no code"));
@@ -1069,10 +1019,10 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
         let retry_after = head.lines().any(|l| l.starts_with("Retry-After: "));
         assert_eq!(
             retry_after,
-            matches!(status, 429 | 503 | 504),
+            matches!(answer.status, 429 | 503 | 504),
             "{name}: Retry-After where waiting helps, and only there"
         );
-        seen.push(status);
+        seen.push(answer.status);
     }
     seen.sort_unstable();
     assert_eq!(
@@ -1216,7 +1166,7 @@ fn http2_with_prior_knowledge_is_served_through_the_edge() {
     let _turn = one_at_a_time();
     let db = TestDb::new();
     let edge = Edge::start(&db.url, 3, &[]);
-    create(&edge, "H2C", 1);
+    client::create(edge.addr, "H2C", 1);
 
     let mut h2 = H2::connect(edge.addr);
     let (status, body) = h2.request("GET", "/healthz", None);

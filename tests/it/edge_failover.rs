@@ -74,12 +74,6 @@ fn start_edge(db: &TestDb) -> Edge {
     )
 }
 
-fn create(edge: &Edge, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let answer = support::http::request("POST", &edge.url("/api/coupons"), Some(&body));
-    assert_eq!(answer.status, 201, "{answer:?}");
-}
-
 /// One claim sent through the edge and what became of it.
 struct Sent {
     user: String,
@@ -155,9 +149,9 @@ enum Outcome {
 
 fn outcome(e: &Exchange) -> Outcome {
     match &e.result {
-        Ok(a) if a.status() == 200 => Outcome::Claimed,
-        Ok(a) if a.status() == 400 && a.code() == "out_of_stock" => Outcome::OutOfStock,
-        Ok(a) if matches!(a.status(), 502..=504) => Outcome::Failed,
+        Ok(a) if a.status == 200 => Outcome::Claimed,
+        Ok(a) if a.status == 400 && a.code() == "out_of_stock" => Outcome::OutOfStock,
+        Ok(a) if matches!(a.status, 502..=504) => Outcome::Failed,
         Ok(_) => Outcome::Wrong,
         Err(Failure::Connect { .. } | Failure::Send { .. } | Failure::Cut { .. }) => {
             Outcome::Failed
@@ -501,8 +495,8 @@ fn all_up(edge: &Edge, replicas: &[Replica], limit: Duration) -> bool {
 fn set_up() -> (TestDb, Edge) {
     let db = TestDb::new();
     let edge = start_edge(&db);
-    create(&edge, "BIG", BIG_AMOUNT);
-    create(&edge, "SMALL", SMALL_AMOUNT);
+    client::create(edge.addr, "BIG", BIG_AMOUNT);
+    client::create(edge.addr, "SMALL", SMALL_AMOUNT);
     assert!(
         all_up(&edge, &edge.replicas, Duration::from_secs(10)),
         "{:?}",
@@ -524,7 +518,7 @@ fn describe(sent: &[&Sent], t0: Instant) -> String {
         .take(20)
         .map(|s| {
             let what = match &s.exchange.result {
-                Ok(a) => format!("{} {}", a.status(), a.code()),
+                Ok(a) => format!("{} {}", a.status, a.code()),
                 Err(f) => format!("{f:?}"),
             };
             format!(
@@ -657,152 +651,280 @@ fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edg
 {
     let _turn = one_at_a_time();
     let (db, edge) = set_up();
+    let failover = kill_one_replica_then_stop_another_by_sigterm_mid_sale(&edge);
+    failover.report();
+    let interesting = edge_lines_of_interest(&edge);
+    eprintln!("the edge's lines of interest:\n{}", interesting.join("\n"));
 
+    the_killed_replica_and_the_one_given_sigterm_left_the_edge(&edge, &failover, &interesting);
+
+    // Whatever failed: no wrong answer, every 200 in claims, every holder
+    // answered 200 or a failed claim, the invariant; SMALL sold out exactly.
+    let sent = &failover.sent;
+    let committed_big = check_coupon(&db, &edge, "BIG", BIG_AMOUNT, sent);
+    let committed_small = check_coupon(&db, &edge, "SMALL", SMALL_AMOUNT, sent);
+    eprintln!(
+        "failed claims committed anyway (in claims, never answered 200): {} of {} (BIG \
+         {committed_big}, SMALL {committed_small})",
+        committed_big + committed_small,
+        failed(sent).len()
+    );
+    check_sold_out(&db, sent, committed_small);
+    db.assert_invariant();
+
+    only_claims_in_flight_on_the_killed_replica_as_it_died_failed(&failover, &interesting);
+}
+
+/// A sale through the edge during which one replica is killed (SIGKILL)
+/// and, once the edge has taken it out, another leaves by SIGTERM: every
+/// claim sent, what HAProxy showed, and when each thing happened.
+struct Failover {
+    t0: Instant,
+    sent: Vec<Sent>,
+    took: Duration,
+    timeline: Vec<String>,
+    killed: Replica,
+    /// HAProxy's row for the killed replica just before the kill.
+    before: BTreeMap<String, String>,
+    killed_at: Instant,
+    /// When it no longer listened, when HAProxy showed it DOWN, and
+    /// run-local's line about its end.
+    gone: Option<Instant>,
+    down: Option<Instant>,
+    killed_exit: Option<String>,
+    /// `gone`, or the end of the sale if it never stopped listening.
+    gone_at: Instant,
+    leaving: Replica,
+    /// Requests HAProxy had sent the leaving replica at the signal, and
+    /// when it showed it DOWN.
+    sent_before: u64,
+    sent_until_down: u64,
+    signalled: Instant,
+    leaving_down: Option<Instant>,
+    leaving_gone: Option<Instant>,
+    leaving_exit: Option<String>,
+}
+
+fn kill_one_replica_then_stop_another_by_sigterm_mid_sale(edge: &Edge) -> Failover {
     let t0 = Instant::now();
-    let watch = Watch::start(&edge, &edge.replicas, t0);
-    let sale = Sale::start(&edge, plan("BIG", "SMALL"));
+    let watch = Watch::start(edge, &edge.replicas, t0);
+    let sale = Sale::start(edge, plan("BIG", "SMALL"));
     thread::sleep(Duration::from_millis(1500));
 
-    // The bound on failures. A claim can be lost with the killed replica
-    // only if HAProxy handed it to it, over a connection the replica's
-    // listening socket took (into its backlog, if the process was already
-    // dying); once that socket is closed ("gone" below), a connection is
-    // refused, which HAProxy retries elsewhere (redispatch) without sending
-    // the request. So every failure was sent before the replica was gone,
-    // and ended after the kill: the claims in flight at some moment from
-    // the kill until it was gone. Each client has one claim in flight at a
-    // time, so that is CLIENTS plus the claims sent during those few
-    // milliseconds of dying. (HAProxy's maxconn, WORKERS, is printed but is
-    // no bound: the first 502s free slots that HAProxy fills again while
-    // the dying process's listening socket still completes handshakes; 10
-    // such 502s were seen with a maxconn of 8.)
     let killed = edge.replicas[0];
-    let before = stat_of(&edge, &killed).unwrap_or_default();
+    let before = stat_of(edge, &killed).unwrap_or_default();
     let killed_at = Instant::now();
     killed.signal(libc::SIGKILL);
     let gone = wait_until_gone(&killed, Duration::from_secs(10));
-    let down = wait_until_down(&edge, &killed, Duration::from_secs(15));
-    let killed_exit = exit_line(&edge, &killed, Duration::from_secs(5));
+    let down = wait_until_down(edge, &killed, Duration::from_secs(15));
+    let killed_exit = exit_line(edge, &killed, Duration::from_secs(5));
     // Two replicas for a while, then the second leaves by SIGTERM.
     thread::sleep(Duration::from_millis(2000));
     let leaving = edge.replicas[2];
-    let sent_before = sent_to(&edge, &leaving);
+    let sent_before = sent_to(edge, &leaving);
     let signalled = Instant::now();
     leaving.signal(libc::SIGTERM);
-    let leaving_down = wait_until_down(&edge, &leaving, Duration::from_secs(15));
-    let sent_until_down = sent_to(&edge, &leaving);
+    let leaving_down = wait_until_down(edge, &leaving, Duration::from_secs(15));
+    let sent_until_down = sent_to(edge, &leaving);
     let leaving_gone = wait_until_gone(&leaving, Duration::from_secs(30));
-    let leaving_exit = exit_line(&edge, &leaving, Duration::from_secs(5));
+    let leaving_exit = exit_line(edge, &leaving, Duration::from_secs(5));
     // One replica left: the sale goes on a little longer.
     thread::sleep(Duration::from_millis(1000));
     let sent = sale.finish();
     let took = t0.elapsed();
     let timeline = watch.finish();
+    Failover {
+        gone_at: gone.unwrap_or_else(Instant::now),
+        t0,
+        sent,
+        took,
+        timeline,
+        killed,
+        before,
+        killed_at,
+        gone,
+        down,
+        killed_exit,
+        leaving,
+        sent_before,
+        sent_until_down,
+        signalled,
+        leaving_down,
+        leaving_gone,
+        leaving_exit,
+    }
+}
 
-    let failed = failed(&sent);
-    let gone_at = gone.unwrap_or_else(Instant::now);
-    let (early, late): (Vec<&Sent>, Vec<&Sent>) =
-        failed.iter().partition(|s| s.exchange.started < gone_at);
-    let in_flight_while_dying = sent
-        .iter()
-        .filter(|s| s.exchange.started < gone_at && s.exchange.finished >= killed_at)
-        .count();
-    eprintln!(
-        "HAProxy's view from the start of the sale:\n{}",
-        timeline.join("\n")
-    );
-    eprintln!(
-        "SIGKILL to {killed:?} at {:.3}s; just before, HAProxy showed it {} with {} requests in \
-         flight (at most {WORKERS}, its maxconn)",
-        (killed_at - t0).as_secs_f64(),
-        before.get("status").map_or("", String::as_str),
-        before.get("scur").map_or("", String::as_str)
-    );
-    eprintln!(
-        "kill -> no longer listening: {:?}; kill -> DOWN at the edge: {:?}; {killed_exit:?}",
-        gone.map(|d| d - killed_at),
-        down.map(|d| d - killed_at),
-    );
-    eprintln!(
-        "failed claims: {} {:?}: {} sent before it stopped listening, {} after; claims in \
-         flight from the kill until it stopped listening (the bound): {in_flight_while_dying}; \
-         the last failure ended {:?} after the kill",
-        failed.len(),
-        tally(failed.iter().map(|s| &s.exchange)),
-        early.len(),
-        late.len(),
-        last_failure_after(&sent, killed_at)
-    );
-    eprintln!(
-        "SIGTERM to {leaving:?} at {:.3}s; signal -> DOWN: {:?}; requests the edge sent it \
-         between the signal and DOWN: {}; signal -> no longer listening: {:?}; {leaving_exit:?}",
-        (signalled - t0).as_secs_f64(),
-        leaving_down.map(|d| d - signalled),
-        sent_until_down - sent_before,
-        leaving_gone.map(|d| d - signalled),
-    );
-    eprintln!("{} claims in {took:?}", sent.len());
-    let interesting = edge_lines_of_interest(&edge);
-    eprintln!("the edge's lines of interest:\n{}", interesting.join("\n"));
+impl Failover {
+    /// The claims in flight at some moment from the kill until the killed
+    /// replica no longer listened.
+    fn in_flight_while_dying(&self) -> usize {
+        self.sent
+            .iter()
+            .filter(|s| s.exchange.started < self.gone_at && s.exchange.finished >= self.killed_at)
+            .count()
+    }
 
+    /// The failed claims sent before the killed replica no longer
+    /// listened, and those sent after.
+    fn failed_early_and_late(&self) -> (Vec<&Sent>, Vec<&Sent>) {
+        failed(&self.sent)
+            .into_iter()
+            .partition(|s| s.exchange.started < self.gone_at)
+    }
+
+    fn report(&self) {
+        let Failover {
+            t0,
+            sent,
+            took,
+            timeline,
+            killed,
+            before,
+            killed_at,
+            gone,
+            down,
+            killed_exit,
+            leaving,
+            sent_before,
+            sent_until_down,
+            signalled,
+            leaving_down,
+            leaving_gone,
+            leaving_exit,
+            ..
+        } = self;
+        let failed = failed(sent);
+        let (early, late) = self.failed_early_and_late();
+        let in_flight_while_dying = self.in_flight_while_dying();
+        eprintln!(
+            "HAProxy's view from the start of the sale:\n{}",
+            timeline.join("\n")
+        );
+        eprintln!(
+            "SIGKILL to {killed:?} at {:.3}s; just before, HAProxy showed it {} with {} requests in \
+             flight (at most {WORKERS}, its maxconn)",
+            (*killed_at - *t0).as_secs_f64(),
+            before.get("status").map_or("", String::as_str),
+            before.get("scur").map_or("", String::as_str)
+        );
+        eprintln!(
+            "kill -> no longer listening: {:?}; kill -> DOWN at the edge: {:?}; {killed_exit:?}",
+            gone.map(|d| d - *killed_at),
+            down.map(|d| d - *killed_at),
+        );
+        eprintln!(
+            "failed claims: {} {:?}: {} sent before it stopped listening, {} after; claims in \
+             flight from the kill until it stopped listening (the bound): {in_flight_while_dying}; \
+             the last failure ended {:?} after the kill",
+            failed.len(),
+            tally(failed.iter().map(|s| &s.exchange)),
+            early.len(),
+            late.len(),
+            last_failure_after(sent, *killed_at)
+        );
+        eprintln!(
+            "SIGTERM to {leaving:?} at {:.3}s; signal -> DOWN: {:?}; requests the edge sent it \
+             between the signal and DOWN: {}; signal -> no longer listening: {:?}; {leaving_exit:?}",
+            (*signalled - *t0).as_secs_f64(),
+            leaving_down.map(|d| d - *signalled),
+            sent_until_down - sent_before,
+            leaving_gone.map(|d| d - *signalled),
+        );
+        eprintln!("{} claims in {took:?}", sent.len());
+    }
+}
+
+fn the_killed_replica_and_the_one_given_sigterm_left_the_edge(
+    edge: &Edge,
+    failover: &Failover,
+    interesting: &[String],
+) {
+    let Failover {
+        killed,
+        gone,
+        down,
+        killed_exit,
+        leaving,
+        leaving_down,
+        leaving_gone,
+        leaving_exit,
+        ..
+    } = failover;
     assert!(gone.is_some(), "the killed replica still listens 10 s on");
     assert!(
         down.is_some(),
         "HAProxy did not show the killed replica DOWN within 15 s: {:?}",
-        view(&edge)
+        view(edge)
     );
-    let killed_exit = killed_exit.unwrap_or_default();
+    let killed_exit = killed_exit.clone().unwrap_or_default();
     assert!(
         killed_exit.ends_with("was killed by signal 9; the others carry on"),
         "{killed_exit:?}"
     );
     assert_left_by_sigterm(
-        &edge,
-        &leaving,
-        (leaving_down, leaving_gone, leaving_exit),
-        &interesting,
+        edge,
+        leaving,
+        (*leaving_down, *leaving_gone, leaving_exit.clone()),
+        interesting,
     );
-    for gone in [&killed, &leaving] {
+    for gone in [killed, leaving] {
         assert!(
-            field_of(&edge, gone, "status").starts_with("DOWN"),
+            field_of(edge, gone, "status").starts_with("DOWN"),
             "{:?}",
-            view(&edge)
+            view(edge)
         );
     }
+}
 
-    // Whatever failed: no wrong answer, every 200 in claims, every holder
-    // answered 200 or a failed claim, the invariant; SMALL sold out exactly.
-    let committed_big = check_coupon(&db, &edge, "BIG", BIG_AMOUNT, &sent);
-    let committed_small = check_coupon(&db, &edge, "SMALL", SMALL_AMOUNT, &sent);
-    eprintln!(
-        "failed claims committed anyway (in claims, never answered 200): {} of {} (BIG \
-         {committed_big}, SMALL {committed_small})",
-        committed_big + committed_small,
-        failed.len()
-    );
-    check_sold_out(&db, &sent, committed_small);
-    db.assert_invariant();
-
-    // The failures: only what was on the killed replica when it died.
+/// The failures: only what was on the killed replica when it died.
+///
+/// The bound on failures. A claim can be lost with the killed replica
+/// only if HAProxy handed it to it, over a connection the replica's
+/// listening socket took (into its backlog, if the process was already
+/// dying); once that socket is closed (`gone`), a connection is
+/// refused, which HAProxy retries elsewhere (redispatch) without sending
+/// the request. So every failure was sent before the replica was gone,
+/// and ended after the kill: the claims in flight at some moment from
+/// the kill until it was gone. Each client has one claim in flight at a
+/// time, so that is CLIENTS plus the claims sent during those few
+/// milliseconds of dying. (HAProxy's maxconn, WORKERS, is printed but is
+/// no bound: the first 502s free slots that HAProxy fills again while
+/// the dying process's listening socket still completes handshakes; 10
+/// such 502s were seen with a maxconn of 8.)
+fn only_claims_in_flight_on_the_killed_replica_as_it_died_failed(
+    failover: &Failover,
+    interesting: &[String],
+) {
+    let Failover {
+        t0,
+        sent,
+        killed_at,
+        signalled,
+        ..
+    } = failover;
+    let failed = failed(sent);
+    let (_, late) = failover.failed_early_and_late();
+    let in_flight_while_dying = failover.in_flight_while_dying();
     let before_kill: Vec<&Sent> = failed
         .iter()
         .copied()
-        .filter(|s| s.exchange.finished < killed_at)
+        .filter(|s| s.exchange.finished < *killed_at)
         .collect();
     assert!(
         before_kill.is_empty(),
         "claims failed before the kill:\n{}",
-        describe(&before_kill, t0)
+        describe(&before_kill, *t0)
     );
     let during_sigterm: Vec<&Sent> = failed
         .iter()
         .copied()
-        .filter(|s| s.exchange.finished >= signalled)
+        .filter(|s| s.exchange.finished >= *signalled)
         .collect();
     assert!(
         during_sigterm.is_empty(),
         "claims failed while the second replica left by SIGTERM:\n{}\n{}",
-        describe(&during_sigterm, t0),
+        describe(&during_sigterm, *t0),
         interesting.join("\n")
     );
     assert!(
@@ -810,7 +932,7 @@ fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edg
         "{} claims sent after the killed replica had stopped listening failed, though \
          HAProxy could have sent each to another replica:\n{}\n{}",
         late.len(),
-        describe(&late, t0),
+        describe(&late, *t0),
         interesting.join("\n")
     );
     assert!(
@@ -821,7 +943,7 @@ fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edg
     );
     // A few check intervals after the kill nothing fails any more, the
     // SIGTERM included (implied by the above; the requirement as stated).
-    let settled = killed_at + Duration::from_secs(3);
+    let settled = *killed_at + Duration::from_secs(3);
     let after: Vec<&Sent> = failed
         .iter()
         .copied()
@@ -830,6 +952,6 @@ fn a_replica_sigkilled_mid_sale_costs_at_most_its_requests_in_flight_and_the_edg
     assert!(
         after.is_empty(),
         "failures more than 3 s after the kill:\n{}",
-        describe(&after, t0)
+        describe(&after, *t0)
     );
 }

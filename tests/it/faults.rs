@@ -47,7 +47,7 @@ impl UserRun {
     /// failure after the request went out. Its claim may have committed.
     fn had_in_doubt_attempt(&self) -> bool {
         self.attempts.iter().any(|a| match &a.result {
-            Ok(answered) => answered.status() == 503,
+            Ok(answered) => answered.status == 503,
             Err(failure) => !failure.before_sending(),
         })
     }
@@ -134,12 +134,6 @@ impl Sale {
     }
 }
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), HANG);
-    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
 fn all_attempts(runs: &[UserRun]) -> impl Iterator<Item = &Exchange> {
     runs.iter().flat_map(|r| r.attempts.iter())
 }
@@ -173,19 +167,19 @@ fn check_no_500_no_hang(exchanges: &[&Exchange], log: &[String], context: &str, 
             ),
         };
         assert_ne!(
-            answered.status(),
+            answered.status,
             500,
             "{context}: a 500: {answered:?}\nserver log tail: {:#?}",
             tail(log, 30)
         );
-        if answered.status() == 503 {
+        if answered.status == 503 {
             assert!(
                 matches!(answered.code(), "database_unavailable" | "busy"),
                 "{context}: a 503 with an unexpected code: {answered:?}"
             );
-            answered.answer.assert_error(503, answered.code());
+            answered.assert_error(503, answered.code());
             assert!(
-                !retry_after || answered.retry_after.as_deref() == Some("1"),
+                !retry_after || answered.header("Retry-After") == Some("1"),
                 "{context}: a 503 without Retry-After: 1: {answered:?}"
             );
         }
@@ -335,7 +329,7 @@ impl Outage {
 /// threads for at most 45 s, until told to stop.
 fn start_a_load_of_claims(addr: SocketAddr) -> (Arc<Progress>, JoinHandle<Vec<UserRun>>) {
     for name in ["LOAD_A", "LOAD_B"] {
-        create(addr, name, 1_000_000);
+        client::create(addr, name, 1_000_000);
     }
     let claims: Vec<(String, String)> = (0..100_000u32)
         .map(|i| {
@@ -474,8 +468,7 @@ fn every_claim_wholly_inside_the_outage_got_503(outage: &Outage) {
     for e in &during_outage {
         let answered = e.answered().expect("checked above");
         assert_eq!(
-            answered.status(),
-            503,
+            answered.status, 503,
             "a claim while the database was stopped: {e:?}"
         );
     }
@@ -490,15 +483,15 @@ fn healthz_a_read_and_a_claim_during_the_outage_got_503_database_unavailable(out
     } = outage;
     health.answered().map_or_else(
         || panic!("/healthz during the outage: {health:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
     coupon.answered().map_or_else(
         || panic!("GET during the outage: {coupon:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
     claim.answered().map_or_else(
         || panic!("a claim during the outage: {claim:?}"),
-        |a| a.answer.assert_error(503, "database_unavailable"),
+        |a| a.assert_error(503, "database_unavailable"),
     );
 }
 
@@ -569,8 +562,8 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
     const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
     let server = ServerProcess::spawn(&cluster.url(), &[]);
-    create(server.addr, "FLASH", STOCK);
-    create(server.addr, "BYSTANDER", 3);
+    client::create(server.addr, "FLASH", STOCK);
+    client::create(server.addr, "BYSTANDER", 3);
     let claims: Vec<(String, String)> = (0..USERS)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
@@ -627,11 +620,11 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
     );
     for run in &runs {
         let last = run.last().answered().expect("checked above");
-        match last.status() {
+        match last.status {
             200 => {}
-            400 => last.answer.assert_error(400, "out_of_stock"),
+            400 => last.assert_error(400, "out_of_stock"),
             409 => {
-                last.answer.assert_error(409, "already_claimed");
+                last.assert_error(409, "already_claimed");
                 assert!(
                     run.had_in_doubt_attempt(),
                     "{} got 409 without ever claiming before: {run:?}",
@@ -672,8 +665,8 @@ fn restart_in_the_middle_of_a_flash_sale(mode: &str) {
         if run.got(200) {
             assert!(held, "{} got 200 but has no claim row", run.user);
             for a in run.attempts.iter().filter_map(Exchange::answered) {
-                if a.status() == 200 {
-                    let left = a.answer.body["remaining_amount"].as_i64().expect("a count");
+                if a.status == 200 {
+                    let left = a.body["remaining_amount"].as_i64().expect("a count");
                     assert!(
                         remaining_seen.insert(left),
                         "two 200s said remaining_amount {left}"
@@ -712,18 +705,59 @@ fn an_immediate_restart_of_postgresql_mid_sale_loses_no_claim_and_oversells_noth
 #[test]
 fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_on_exactly() {
     let _turn = serial::turn!();
-    const USERS: usize = 2000;
-    const STOCK: i64 = 500;
     let cluster = OwnedCluster::new();
-    let mut first = ServerProcess::spawn(&cluster.url(), &[]);
-    create(first.addr, "FLASH", STOCK);
-    let claims: Vec<(String, String)> = (0..USERS)
+    let claims: Vec<(String, String)> = (0..KILLED_SALE_USERS)
         .map(|i| (format!("user_{i}"), "FLASH".to_owned()))
         .collect();
+    let killed = kill_the_server_mid_sale(&cluster, &claims);
+    before_the_kill_every_answer_was_a_whole_200_and_at_it_requests_failed_at_the_transport(
+        &killed,
+    );
+    let (after_kill, ok) =
+        every_200_before_the_kill_has_its_claim_and_every_claim_a_reason(&cluster, &killed.runs);
+
+    let (_second, runs) = every_user_claims_again_on_a_new_server(&cluster, claims);
+    let granted =
+        the_new_server_sold_exactly_the_rest_and_told_every_holder_409(&runs, &after_kill);
+    cluster.assert_invariant();
+    let holders = cluster.holders("FLASH");
+    assert_eq!(holders.len() as i64, KILLED_SALE_STOCK);
+    let all: HashSet<&str> = holders.iter().map(String::as_str).collect();
+    assert_eq!(all.len(), holders.len(), "a user holds FLASH twice");
+    for user in granted.iter().chain(&ok) {
+        assert!(
+            all.contains(user.as_str()),
+            "{user} got 200 but has no claim"
+        );
+    }
+    assert_eq!(
+        cluster.count("SELECT remaining_amount::bigint FROM coupons WHERE name = 'FLASH'"),
+        0
+    );
+}
+
+/// The sale whose server is killed: 2,000 users on 500 units.
+const KILLED_SALE_USERS: usize = 2000;
+const KILLED_SALE_STOCK: i64 = 500;
+
+/// A sale on one server, killed (SIGKILL) once 100 claims have succeeded.
+struct KilledSale {
+    /// Every user's claim, one attempt each.
+    runs: Vec<UserRun>,
+    /// Taken before the signal: a request cut by the kill can finish before
+    /// a timestamp taken after it (seen once in CI).
+    killed: Instant,
+    log: Vec<String>,
+}
+
+/// `claims` from 32 threads on a server of its own, killed mid-sale.
+fn kill_the_server_mid_sale(cluster: &OwnedCluster, claims: &[(String, String)]) -> KilledSale {
+    let mut first = ServerProcess::spawn(&cluster.url(), &[]);
+    client::create(first.addr, "FLASH", KILLED_SALE_STOCK);
     let progress = Arc::new(Progress::default());
     let sale = Sale {
         addrs: vec![first.addr],
-        claims: claims.clone(),
+        claims: claims.to_vec(),
         threads: 32,
         max_attempts: 1,
         retry_pause: Duration::ZERO,
@@ -734,8 +768,6 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         support::wait_for(Duration::from_secs(20), || progress.ok() >= 100),
         "the sale never got going"
     );
-    // Taken before the signal: a request cut by the kill can finish before
-    // a timestamp taken after it (seen once in CI).
     let killed = Instant::now();
     first.signal(libc::SIGKILL);
     progress.stop.store(true, Ordering::SeqCst);
@@ -751,38 +783,51 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         attempts.len(),
         tally(attempts.iter().copied())
     );
+    KilledSale { runs, killed, log }
+}
 
-    // Before the kill every answer is a complete 200; at the kill, requests
-    // fail at the transport. No 500 and no 503 either way.
-    for e in &attempts {
+/// Before the kill every answer is a complete 200; at the kill, requests
+/// fail at the transport. No 500 and no 503 either way.
+fn before_the_kill_every_answer_was_a_whole_200_and_at_it_requests_failed_at_the_transport(
+    sale: &KilledSale,
+) {
+    let KilledSale { runs, killed, log } = sale;
+    for e in all_attempts(runs) {
         match &e.result {
-            Ok(a) => assert_eq!(a.status(), 200, "an answer before the kill: {a:?}"),
+            Ok(a) => assert_eq!(a.status, 200, "an answer before the kill: {a:?}"),
             Err(f) => assert!(
-                e.finished >= killed,
+                e.finished >= *killed,
                 "a request failed before the kill: {f:?}\nserver log tail: {:#?}",
-                tail(&log, 30)
+                tail(log, 30)
             ),
         }
         assert!(e.elapsed() < HANG, "a request hung: {e:?}");
     }
+}
 
-    // No half-done claim: the invariant holds and every 200 has its row.
+/// No half-done claim: the invariant holds, every 200 has its row, and
+/// every row its 200 or a request cut by the kill. The holders after the
+/// kill (a row each), and the users answered 200 before it.
+fn every_200_before_the_kill_has_its_claim_and_every_claim_a_reason(
+    cluster: &OwnedCluster,
+    runs: &[UserRun],
+) -> (Vec<String>, HashSet<String>) {
     cluster.assert_invariant();
     let after_kill = cluster.holders("FLASH");
-    let held: HashSet<&str> = after_kill.iter().map(String::as_str).collect();
-    let ok: HashSet<&str> = runs
+    let held: HashSet<&String> = after_kill.iter().collect();
+    let ok: HashSet<String> = runs
         .iter()
         .filter(|r| r.got(200))
-        .map(|r| r.user.as_str())
+        .map(|r| r.user.clone())
         .collect();
     for user in &ok {
         assert!(
-            held.contains(user),
+            held.contains(&user),
             "{user} got 200 before the kill but has no claim"
         );
     }
     for holder in &held {
-        let run = runs.iter().find(|r| r.user == *holder);
+        let run = runs.iter().find(|r| r.user == **holder);
         assert!(
             run.is_some_and(|r| r.got(200) || r.had_in_doubt_attempt()),
             "{holder} holds a unit without a 200 or a request cut by the kill: {run:?}"
@@ -794,8 +839,15 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         ok.len(),
         after_kill.len() - ok.len()
     );
+    (after_kill, ok)
+}
 
-    // A new server on the same database carries on: every user claims again.
+/// A new server on the same database, and every user of the sale claiming
+/// again on it: no 500, no hang, every user answered.
+fn every_user_claims_again_on_a_new_server(
+    cluster: &OwnedCluster,
+    claims: Vec<(String, String)>,
+) -> (ServerProcess, Vec<UserRun>) {
     let second = ServerProcess::spawn(&cluster.url(), &[]);
     let progress = Arc::new(Progress::default());
     let runs = Sale {
@@ -817,29 +869,40 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         tally(attempts.iter().copied())
     );
     assert_no_500_no_hang(&attempts, &log, "the new server");
-    assert_eq!(runs.len(), USERS, "not every user claimed within the limit");
-    let stock_left = STOCK as usize - after_kill.len();
+    assert_eq!(
+        runs.len(),
+        KILLED_SALE_USERS,
+        "not every user claimed within the limit"
+    );
+    (second, runs)
+}
+
+/// The new server gives the units left after the kill to users who held
+/// none, 409 to every holder from before, and 400 to everyone else. The
+/// users it granted a unit.
+fn the_new_server_sold_exactly_the_rest_and_told_every_holder_409(
+    runs: &[UserRun],
+    after_kill: &[String],
+) -> HashSet<String> {
+    let held: HashSet<&String> = after_kill.iter().collect();
+    let stock_left = KILLED_SALE_STOCK as usize - after_kill.len();
     let mut granted = HashSet::new();
-    for run in &runs {
+    for run in runs {
         let a = run.last().answered().expect("checked above");
-        match a.status() {
+        match a.status {
             200 => {
-                assert!(
-                    !held.contains(run.user.as_str()),
-                    "{} got a second unit",
-                    run.user
-                );
-                granted.insert(run.user.as_str());
+                assert!(!held.contains(&run.user), "{} got a second unit", run.user);
+                granted.insert(run.user.clone());
             }
             409 => {
-                a.answer.assert_error(409, "already_claimed");
+                a.assert_error(409, "already_claimed");
                 assert!(
-                    held.contains(run.user.as_str()),
+                    held.contains(&run.user),
                     "{} got 409 without a claim",
                     run.user
                 );
             }
-            400 => a.answer.assert_error(400, "out_of_stock"),
+            400 => a.assert_error(400, "out_of_stock"),
             _ => panic!("unexpected answer from the new server: {run:?}"),
         }
     }
@@ -859,20 +922,9 @@ fn a_server_killed_mid_sale_leaves_no_half_done_claim_and_a_new_server_carries_o
         runs.iter()
             .filter(|r| r.final_status() == Some(400))
             .count(),
-        USERS - STOCK as usize
+        KILLED_SALE_USERS - KILLED_SALE_STOCK as usize
     );
-    cluster.assert_invariant();
-    let holders = cluster.holders("FLASH");
-    assert_eq!(holders.len() as i64, STOCK);
-    let all: HashSet<&str> = holders.iter().map(String::as_str).collect();
-    assert_eq!(all.len(), holders.len(), "a user holds FLASH twice");
-    for user in granted.iter().chain(&ok) {
-        assert!(all.contains(user), "{user} got 200 but has no claim");
-    }
-    assert_eq!(
-        cluster.count("SELECT remaining_amount::bigint FROM coupons WHERE name = 'FLASH'"),
-        0
-    );
+    granted
 }
 
 /// All claims at once, request i to server i mod n.
@@ -896,8 +948,8 @@ fn three_server_processes_on_one_database_share_the_flash_sale_and_double_dip_at
     for round in 0..3 {
         let flash = format!("FLASH_{round}");
         let dip = format!("DIP_{round}");
-        create(addrs[round % 3], &flash, 5);
-        create(addrs[(round + 1) % 3], &dip, 10);
+        client::create(addrs[round % 3], &flash, 5);
+        client::create(addrs[(round + 1) % 3], &dip, 10);
 
         // Flash Sale Attack: 50 users, 5 units.
         let claims: Vec<_> = (0..50)

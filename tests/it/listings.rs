@@ -5,7 +5,9 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::TestApp;
-use crate::support::http::{raw, statuses};
+use crate::support::answer::answers;
+use crate::support::client;
+use crate::support::http::raw;
 use crate::support::serial;
 
 fn seed_claims(app: &TestApp, coupon: &str, n: i64) {
@@ -121,13 +123,21 @@ fn the_coupon_body_has_its_length_for_http_1_1_and_1_0_alike() {
         &b"GET /api/coupons/S HTTP/1.0\r\n\r\n"[..],
     ] {
         let got = raw(app.addr(), request, Duration::from_secs(5));
-        assert_eq!(statuses(&got), vec![200]);
-        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        let answers = answers(got.as_bytes()).unwrap_or_else(|why| panic!("{why}"));
+        assert_eq!(
+            answers.iter().map(|a| a.status).collect::<Vec<_>>(),
+            vec![200]
+        );
+        let answer = &answers[0];
+        let length = answer.text.len().to_string();
         assert!(
-            head.contains(&format!("Content-Length: {}", body.len())),
+            answer
+                .headers
+                .iter()
+                .any(|(name, value)| name == "Content-Length" && *value == length),
             "{got}"
         );
-        let parsed: Value = serde_json::from_str(body).unwrap();
+        let parsed: Value = serde_json::from_str(&answer.text).unwrap();
         assert_eq!(
             parsed["claimed_by"],
             serde_json::json!(["user_1", "user_2", "user_3"])
@@ -137,13 +147,10 @@ fn the_coupon_body_has_its_length_for_http_1_1_and_1_0_alike() {
 
 /// The body of a GET, as sent.
 fn body_text(app: &TestApp, path: &str) -> String {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
-    let answer = raw(app.addr(), request.as_bytes(), Duration::from_secs(10));
-    assert_eq!(statuses(&answer), [200], "{answer}");
-    answer
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default()
+    let got = client::get(app.addr(), path, Duration::from_secs(10));
+    let answer = got.answered().unwrap_or_else(|| panic!("{got:?}"));
+    assert_eq!(answer.status, 200, "{answer:?}");
+    answer.text.clone()
 }
 
 #[test]

@@ -1,12 +1,12 @@
-//! The integration tests, as one test binary: each module below was a test
-//! binary of its own (tests/<name>.rs) and keeps its tests' names; they all
-//! share `support`. One binary links the server library and the support code
-//! once, not twenty times, and starts one throwaway PostgreSQL cluster (when
-//! DATABASE_URL is unset), not one per binary.
+//! The integration tests, as one test binary: a module per subject, all
+//! sharing `support`. One binary links the server library and the support
+//! code once, and starts one throwaway PostgreSQL cluster for every test
+//! (when DATABASE_URL is unset).
 //!
-//! Every test begins by taking its module's turn (`support::serial`), so
-//! that tests run beside the same tests as when each module was a binary of
-//! its own: tests of one module side by side, never beside another module's.
+//! Every test begins by taking a turn (`support::serial`): tests of one
+//! module run side by side, never beside another module's, and the
+//! heaviest (HAProxy in front of replicas, deadlines held against a stopped
+//! database) take `serial::alone()` and run beside no other test.
 
 mod support;
 

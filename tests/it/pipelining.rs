@@ -6,7 +6,8 @@ use std::net::SocketAddr;
 use std::thread;
 use std::time::Duration;
 
-use crate::support::client::{Answered, claim_text, pipelined, request_text};
+use crate::support::answer::Answer;
+use crate::support::client::{claim_text, pipelined, request_text};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
 use crate::support::{self, TestDb};
@@ -18,16 +19,8 @@ const LIMIT: Duration = Duration::from_secs(20);
 /// timeout; a few pool threads linger).
 const THREAD_SLACK: usize = 4;
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = support::client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
-}
-
-fn remaining(answer: &Answered) -> i64 {
-    answer.answer.body["remaining_amount"]
-        .as_i64()
-        .unwrap_or(-1)
+fn remaining(answer: &Answer) -> i64 {
+    answer.body["remaining_amount"].as_i64().unwrap_or(-1)
 }
 
 /// Two claims on one fresh coupon of 2 in one send, on each of `coupons`
@@ -39,7 +32,7 @@ fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
     let mut server = ServerProcess::spawn(&db.url, env);
     let addr = server.addr;
     for i in 0..coupons {
-        create(addr, &format!("pair{i}"), 2);
+        support::client::create(addr, &format!("pair{i}"), 2);
     }
     let threads = server.threads();
     let pairs: Vec<_> = (0..coupons)
@@ -57,14 +50,14 @@ fn pipelined_pairs(env: &[(&str, &str)], coupons: usize) {
         let answers = answers.unwrap_or_else(|(got, failure)| {
             panic!("coupon pair{i}: {} answers, then {failure:?}", got.len())
         });
-        assert_eq!(answers[0].status(), 200, "pair{i}: {answers:?}");
+        assert_eq!(answers[0].status, 200, "pair{i}: {answers:?}");
         assert_eq!(remaining(&answers[0]), 1, "pair{i}: {answers:?}");
         if i % 2 == 0 {
-            assert_eq!(answers[1].status(), 200, "pair{i}: {answers:?}");
+            assert_eq!(answers[1].status, 200, "pair{i}: {answers:?}");
             assert_eq!(remaining(&answers[1]), 0, "pair{i}: {answers:?}");
         } else {
             assert_eq!(
-                (answers[1].status(), answers[1].code()),
+                (answers[1].status, answers[1].code()),
                 (409, "already_claimed"),
                 "pair{i}: {answers:?}"
             );
@@ -102,8 +95,8 @@ fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "big", 30_000);
-    create(addr, "small", 1);
+    support::client::create(addr, "big", 30_000);
+    support::client::create(addr, "small", 1);
     db.client()
         .batch_execute(
             "INSERT INTO claims (user_id, coupon_name) \
@@ -117,10 +110,10 @@ fn a_large_get_and_a_claim_in_one_send_are_answered_in_order() {
     ];
     let answers = pipelined(addr, &requests, LIMIT)
         .unwrap_or_else(|(got, failure)| panic!("{} answers, then {failure:?}", got.len()));
-    let claimed_by = answers[0].answer.body["claimed_by"].as_array().unwrap();
+    let claimed_by = answers[0].body["claimed_by"].as_array().unwrap();
     assert_eq!(claimed_by.len(), 20_000);
     assert_eq!(claimed_by[0], "user-1");
-    assert_eq!((answers[1].status(), remaining(&answers[1])), (200, 0));
+    assert_eq!((answers[1].status, remaining(&answers[1])), (200, 0));
     assert_eq!(server.settled(&db, usize::MAX, LIMIT), None);
 }
 
@@ -132,8 +125,8 @@ fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_
     let addr = server.addr;
     for round in 0..30 {
         let (x, y) = (format!("x{round}"), format!("y{round}"));
-        create(addr, &x, 2);
-        create(addr, &y, 2);
+        support::client::create(addr, &x, 2);
+        support::client::create(addr, &y, 2);
         let orders = [
             [claim_text("u1", &x), claim_text("u1", &y)],
             [claim_text("u2", &y), claim_text("u2", &x)],
@@ -146,7 +139,7 @@ fn two_connections_pipelining_claims_on_two_coupons_in_opposite_orders_are_both_
             let answers = answers.join().unwrap().unwrap_or_else(|(got, failure)| {
                 panic!("round {round}: {} answers, then {failure:?}", got.len())
             });
-            assert!(answers.iter().all(|a| a.status() == 200), "{answers:?}");
+            assert!(answers.iter().all(|a| a.status == 200), "{answers:?}");
         }
     }
     db.assert_invariant();
@@ -161,7 +154,7 @@ fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_an
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "flood", 1000);
+    support::client::create(addr, "flood", 1000);
     let requests: Vec<String> = (0..400)
         .map(|n| claim_text(&format!("user{n}"), "flood"))
         .collect();
@@ -172,7 +165,7 @@ fn a_client_that_pipelines_far_ahead_of_its_answers_gets_its_answers_in_order_an
     };
     assert!(!answers.is_empty());
     for (n, answer) in answers.iter().enumerate() {
-        assert_eq!(answer.status(), 200, "answer {n}: {answer:?}");
+        assert_eq!(answer.status, 200, "answer {n}: {answer:?}");
         assert_eq!(remaining(answer), 999 - n as i64, "answer {n} out of order");
     }
     // Every claim decided was answered: the ones dropped were never run.
@@ -203,7 +196,7 @@ fn a_new_connection_from_the_address_of_a_cut_one_is_served_once_the_cut_one_has
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("HTTP_KEEP_ALIVE_REQUESTS", "0")]);
     let addr = server.addr;
-    create(addr, "flood", 1000);
+    support::client::create(addr, "flood", 1000);
     let port = support::database::free_port().unwrap();
 
     // Far more than the server lets wait behind one request: cut.
@@ -252,7 +245,7 @@ fn a_new_connection_from_the_address_of_a_cut_one_is_served_once_the_cut_one_has
     let mut answer = String::new();
     let _ = second.read_to_string(&mut answer);
     assert_eq!(
-        support::http::statuses(&answer),
+        support::answer::statuses(&answer),
         [200],
         "the new connection got {answer:?}"
     );

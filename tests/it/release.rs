@@ -36,27 +36,10 @@ fn servers(db: &TestDb, count: usize) -> Vec<ServerProcess> {
         .collect()
 }
 
-fn bearer() -> String {
-    format!("Authorization: Bearer {TOKEN}\r\n")
-}
-
-fn create(server: &ServerProcess, name: &str, amount: i64) {
-    let body = json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange_with_headers(
-        server.addr,
-        "POST",
-        "/api/coupons",
-        Some(&body),
-        &bearer(),
-        LIMIT,
-    );
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 /// (status, error code) of an exchange; status 0 when no answer came.
 fn outcome(e: &Exchange) -> (u16, String) {
     match e.answered() {
-        Some(a) => (a.status(), a.code().to_owned()),
+        Some(a) => (a.status, a.code().to_owned()),
         None => (0, format!("{:?}", e.result)),
     }
 }
@@ -175,7 +158,7 @@ fn a_released_unit_is_served_by_every_replica() {
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "SEQ", 3);
+    client::create_with_token(a.addr, TOKEN, "SEQ", 3);
     for user in ["u1", "u2", "u3"] {
         assert_eq!(claim(a, user, "SEQ").0, 200);
     }
@@ -191,7 +174,7 @@ fn a_released_unit_is_served_by_every_replica() {
         let released = release(a, "SEQ", user);
         assert_eq!(released.status(), Some(200), "{released:?}");
         assert_eq!(
-            released.answered().unwrap().answer.body,
+            released.answered().unwrap().body,
             json!({ "coupon_name": "SEQ", "user_id": user, "remaining_amount": left })
         );
         released_at = Instant::now();
@@ -199,7 +182,7 @@ fn a_released_unit_is_served_by_every_replica() {
 
     // B reads the new state at once, ...
     let got = client::get(b.addr, "/api/coupons/SEQ", LIMIT);
-    let body = &got.answered().expect("GET answered").answer.body;
+    let body = &got.answered().expect("GET answered").body;
     assert_eq!(body["remaining_amount"], 2, "{body}");
     assert_eq!(body["claimed_by"], json!(["u3"]), "{body}");
     // ... and serves the released user (no stale 409), then a new user (no
@@ -266,98 +249,30 @@ enum Job {
 #[test]
 fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
     let _turn = serial::turn!();
-    const AMOUNT: usize = 40;
-    const RELEASED: usize = 20;
-    const NEW_USERS: usize = 100;
-    const RECLAIMERS: usize = 10;
-    const THREADS: usize = 16;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
-    create(&servers[0], "RACE", AMOUNT as i64);
-    for i in 0..AMOUNT {
+    client::create_with_token(servers[0].addr, TOKEN, "RACE", RACE_AMOUNT as i64);
+    for i in 0..RACE_AMOUNT {
         assert_eq!(claim(&servers[i % 2], &format!("h{i}"), "RACE").0, 200);
     }
     until_answered_from_memory(&servers[0], "RACE", "probe-a");
     until_answered_from_memory(&servers[1], "RACE", "probe-b");
 
-    // 20 holders give their units back, 100 new users claim, and 10 of the
-    // releasing holders claim again, all at once over both servers.
-    let mut jobs: Vec<(usize, Job)> = Vec::new();
-    for i in 0..RELEASED {
-        jobs.push((i % 2, Job::Release("release", format!("h{i}"))));
-    }
-    for i in 0..NEW_USERS {
-        jobs.push((i % 2, Job::Claim("new", format!("n{i}"))));
-    }
-    for i in 0..RECLAIMERS {
-        jobs.push(((i + 1) % 2, Job::Claim("again", format!("h{i}"))));
-    }
-    fastrand::seed(7);
-    fastrand::shuffle(&mut jobs);
-    let results: Vec<(Job, (u16, String))> = all_at_once((0..THREADS).map(|t| {
-        let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(THREADS).cloned().collect();
-        let servers = Arc::clone(&servers);
-        move || {
-            mine.into_iter()
-                .map(|(server, job)| {
-                    let server = &servers[server];
-                    let answer = match &job {
-                        Job::Release(_, user) => outcome(&release(server, "RACE", user)),
-                        Job::Claim(_, user) => claim(server, user, "RACE"),
-                    };
-                    (job, answer)
-                })
-                .collect::<Vec<_>>()
-        }
-    }))
-    .into_iter()
-    .flatten()
-    .collect();
-
-    let mut tally: BTreeMap<(&str, u16, String), usize> = BTreeMap::new();
-    let mut granted: HashSet<String> = HashSet::new();
-    for (job, answer) in &results {
-        let (kind, user) = match job {
-            Job::Release(kind, user) | Job::Claim(kind, user) => (*kind, user),
-        };
-        *tally.entry((kind, answer.0, answer.1.clone())).or_default() += 1;
-        if matches!(job, Job::Claim(..)) && answer.0 == 200 {
-            assert!(granted.insert(user.clone()), "{user} granted twice");
-        }
-    }
-    eprintln!("race answers: {tally:?}");
-    let count = |kind: &str, status: u16| -> usize {
-        tally
-            .iter()
-            .filter(|((k, s, _), _)| *k == kind && *s == status)
-            .map(|(_, n)| n)
-            .sum()
-    };
-    assert_eq!(count("release", 200), RELEASED, "{tally:?}");
-    assert_eq!(
-        count("new", 200) + count("new", 400),
-        NEW_USERS,
-        "{tally:?}"
-    );
-    assert_eq!(
-        count("again", 200) + count("again", 400) + count("again", 409),
-        RECLAIMERS,
-        "{tally:?}"
-    );
-
+    let results = race_releases_new_claims_and_reclaims(&servers);
+    let granted = every_job_got_an_answer_it_may_get(&results);
     db.assert_invariant();
     let left = remaining(&db, "RACE") as usize;
-    assert!(left <= AMOUNT);
+    assert!(left <= RACE_AMOUNT);
     // Each released unit is either claimed again by exactly one 200 or
     // still free.
     assert_eq!(
         granted.len() + left,
-        RELEASED,
+        RACE_RELEASED,
         "granted {granted:?}, left {left}"
     );
     // Who holds the coupon: the holders never released, and exactly those
     // answered 200; a released holder holds nothing unless it claimed again.
-    let expected: HashSet<String> = (RELEASED..AMOUNT)
+    let expected: HashSet<String> = (RACE_RELEASED..RACE_AMOUNT)
         .map(|i| format!("h{i}"))
         .chain(granted.iter().cloned())
         .collect();
@@ -374,14 +289,106 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut released: Vec<String> = (0..RELEASED).map(|i| format!("h{i}")).collect();
+    let mut released: Vec<String> = (0..RACE_RELEASED).map(|i| format!("h{i}")).collect();
     released.sort();
     assert_eq!(recorded, released);
 
-    // What is left is handed out, exactly, by both servers.
+    what_is_left_is_handed_out_exactly_by_both_servers(&servers, &db, left);
+    db.assert_invariant();
+}
+
+/// The race: 40 units held, 20 of their holders give them back while 100
+/// new users claim and 10 of the releasing holders claim again, from 16
+/// threads.
+const RACE_AMOUNT: usize = 40;
+const RACE_RELEASED: usize = 20;
+const RACE_NEW_USERS: usize = 100;
+const RACE_RECLAIMERS: usize = 10;
+const RACE_THREADS: usize = 16;
+
+/// The race's releases and claims, all at once over both servers; each
+/// with its answer.
+fn race_releases_new_claims_and_reclaims(
+    servers: &Arc<Vec<ServerProcess>>,
+) -> Vec<(Job, (u16, String))> {
+    let mut jobs: Vec<(usize, Job)> = Vec::new();
+    for i in 0..RACE_RELEASED {
+        jobs.push((i % 2, Job::Release("release", format!("h{i}"))));
+    }
+    for i in 0..RACE_NEW_USERS {
+        jobs.push((i % 2, Job::Claim("new", format!("n{i}"))));
+    }
+    for i in 0..RACE_RECLAIMERS {
+        jobs.push(((i + 1) % 2, Job::Claim("again", format!("h{i}"))));
+    }
+    fastrand::seed(7);
+    fastrand::shuffle(&mut jobs);
+    all_at_once((0..RACE_THREADS).map(|t| {
+        let mine: Vec<(usize, Job)> = jobs.iter().skip(t).step_by(RACE_THREADS).cloned().collect();
+        let servers = Arc::clone(servers);
+        move || {
+            mine.into_iter()
+                .map(|(server, job)| {
+                    let server = &servers[server];
+                    let answer = match &job {
+                        Job::Release(_, user) => outcome(&release(server, "RACE", user)),
+                        Job::Claim(_, user) => claim(server, user, "RACE"),
+                    };
+                    (job, answer)
+                })
+                .collect::<Vec<_>>()
+        }
+    }))
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Every release 200, every new user 200 or 400, every holder claiming
+/// again 200, 400 or 409; no user granted twice. The users granted a unit.
+fn every_job_got_an_answer_it_may_get(results: &[(Job, (u16, String))]) -> HashSet<String> {
+    let mut tally: BTreeMap<(&str, u16, String), usize> = BTreeMap::new();
+    let mut granted: HashSet<String> = HashSet::new();
+    for (job, answer) in results {
+        let (kind, user) = match job {
+            Job::Release(kind, user) | Job::Claim(kind, user) => (*kind, user),
+        };
+        *tally.entry((kind, answer.0, answer.1.clone())).or_default() += 1;
+        if matches!(job, Job::Claim(..)) && answer.0 == 200 {
+            assert!(granted.insert(user.clone()), "{user} granted twice");
+        }
+    }
+    eprintln!("race answers: {tally:?}");
+    let count = |kind: &str, status: u16| -> usize {
+        tally
+            .iter()
+            .filter(|((k, s, _), _)| *k == kind && *s == status)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    assert_eq!(count("release", 200), RACE_RELEASED, "{tally:?}");
+    assert_eq!(
+        count("new", 200) + count("new", 400),
+        RACE_NEW_USERS,
+        "{tally:?}"
+    );
+    assert_eq!(
+        count("again", 200) + count("again", 400) + count("again", 409),
+        RACE_RECLAIMERS,
+        "{tally:?}"
+    );
+    granted
+}
+
+/// What is left is handed out, exactly, by both servers.
+fn what_is_left_is_handed_out_exactly_by_both_servers(
+    servers: &[ServerProcess],
+    db: &TestDb,
+    left: usize,
+) {
     let mut drained = 0;
     let mut i = 0;
-    while remaining(&db, "RACE") > 0 {
+    while remaining(db, "RACE") > 0 {
         assert!(i < 200, "the last {left} units were never handed out");
         if claim(&servers[i % 2], &format!("d{i}"), "RACE").0 == 200 {
             drained += 1;
@@ -395,7 +402,6 @@ fn releases_racing_a_flash_sale_on_two_replicas_stay_exact() {
             (400, "out_of_stock".to_owned())
         );
     }
-    db.assert_invariant();
 }
 
 #[test]
@@ -404,7 +410,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "OOB", 2);
+    client::create_with_token(a.addr, TOKEN, "OOB", 2);
     assert_eq!(claim(a, "u1", "OOB").0, 200);
     assert_eq!(claim(b, "u2", "OOB").0, 200);
     until_answered_from_memory(a, "OOB", "probe-a");
@@ -452,7 +458,7 @@ fn stock_changed_behind_the_service_is_served_by_every_replica() {
         || claim(b, "u2", "OOB"),
     );
     let got = client::get(a.addr, "/api/coupons/OOB", LIMIT);
-    let body = &got.answered().expect("GET answered").answer.body;
+    let body = &got.answered().expect("GET answered").body;
     assert_eq!(body["remaining_amount"], 2, "{body}");
     assert_eq!(body["claimed_by"], json!(["u1", "fresh", "u2"]), "{body}");
     db.assert_invariant();
@@ -464,7 +470,7 @@ fn a_release_racing_the_same_users_claim_leaves_one_truth() {
     const ROUNDS: usize = 40;
     let db = TestDb::new();
     let servers = Arc::new(servers(&db, 2));
-    create(&servers[0], "DUEL", 1);
+    client::create_with_token(servers[0].addr, TOKEN, "DUEL", 1);
     assert_eq!(claim(&servers[0], "me", "DUEL").0, 200);
     let mut claim_won = 0;
     for round in 0..ROUNDS {
@@ -557,12 +563,41 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
     assert_eq!(created.status, 201, "{created:?}");
     assert_eq!(app.claim("holder", "BAD").status, 200);
     let before = tables(&app.db);
+    each_bad_release_gets_its_documented_answer(&app);
+    assert_eq!(
+        tables(&app.db),
+        before,
+        "a refused release changed something"
+    );
+    without_an_admin_token_nobody_may_release_whatever_they_send();
+
+    // And the right request does what it says.
+    let got = request_with(
+        "DELETE",
+        &app.url("/api/coupons/BAD/claims/holder"),
+        None,
+        &auth,
+    );
+    assert_eq!(got.status, 200, "{got:?}");
+    assert_eq!(
+        got.body,
+        json!({ "coupon_name": "BAD", "user_id": "holder", "remaining_amount": 2 })
+    );
+    assert_eq!(app.db.count("SELECT count(*) FROM claim_releases"), 1);
+    app.db.assert_invariant();
+    the_release_metrics_count_each_outcome(&app);
+}
+
+/// A release's path, its headers, and the status and code it must get.
+type BadRelease = (String, Vec<(&'static str, &'static str)>, u16, &'static str);
+
+/// Releases of BAD's holder (and others) that are refused: an unknown
+/// coupon or claim, a path that breaks the rules for names, no or a wrong
+/// token.
+fn bad_releases() -> Vec<BadRelease> {
+    let auth = [("Authorization", "Bearer t")];
     let long = "x".repeat(129);
-    let delete = |path: &str, headers: &[(&str, &str)]| {
-        request_with("DELETE", &app.url(path), None, headers)
-    };
-    type Headers<'a> = Vec<(&'a str, &'a str)>;
-    let cases: Vec<(String, Headers, u16, &str)> = vec![
+    vec![
         (
             "/api/coupons/NOPE/claims/holder".into(),
             auth.to_vec(),
@@ -642,8 +677,17 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
             401,
             "unauthorized",
         ),
-    ];
-    for (path, headers, status, code) in &cases {
+    ]
+}
+
+/// Each bad release gets its documented error; other methods on the path
+/// get 405, naming DELETE.
+fn each_bad_release_gets_its_documented_answer(app: &TestApp) {
+    let auth = [("Authorization", "Bearer t")];
+    let delete = |path: &str, headers: &[(&str, &str)]| {
+        request_with("DELETE", &app.url(path), None, headers)
+    };
+    for (path, headers, status, code) in &bad_releases() {
         let got = delete(path, headers);
         assert_eq!(
             (got.status, got.code()),
@@ -661,15 +705,11 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
             &auth,
         );
         got.assert_error(405, "method_not_allowed");
-        assert_eq!(got.allow.as_deref(), Some("DELETE"));
+        assert_eq!(got.header("Allow"), Some("DELETE"));
     }
-    assert_eq!(
-        tables(&app.db),
-        before,
-        "a refused release changed something"
-    );
+}
 
-    // Without ADMIN_TOKEN nobody may release, whatever they send.
+fn without_an_admin_token_nobody_may_release_whatever_they_send() {
     let open = TestApp::spawn();
     assert_eq!(open.create("OPEN", 1).status, 201);
     assert_eq!(open.claim("holder", "OPEN").status, 200);
@@ -684,16 +724,9 @@ fn bad_releases_get_their_documented_answer_and_change_nothing() {
         got.assert_error(403, "forbidden");
     }
     assert_eq!(tables(&open.db), before_open);
+}
 
-    // And the right request does what it says.
-    let got = delete("/api/coupons/BAD/claims/holder", &auth);
-    assert_eq!(got.status, 200, "{got:?}");
-    assert_eq!(
-        got.body,
-        json!({ "coupon_name": "BAD", "user_id": "holder", "remaining_amount": 2 })
-    );
-    assert_eq!(app.db.count("SELECT count(*) FROM claim_releases"), 1);
-    app.db.assert_invariant();
+fn the_release_metrics_count_each_outcome(app: &TestApp) {
     let text = scrape(&app.base);
     for (outcome, count) in [
         ("released", 1.0),
@@ -719,7 +752,7 @@ fn without_its_listener_a_replica_answers_from_the_database_until_it_listens_aga
     let db = TestDb::new();
     let servers = servers(&db, 2);
     let (a, b) = (&servers[0], &servers[1]);
-    create(a, "LSN", 2);
+    client::create_with_token(a.addr, TOKEN, "LSN", 2);
     assert_eq!(claim(a, "u1", "LSN").0, 200);
     assert_eq!(claim(a, "u2", "LSN").0, 200);
     until_answered_from_memory(a, "LSN", "probe-a");

@@ -8,13 +8,14 @@
 //! Every server here is the real binary as a child process, on 127.0.0.1.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::answer::Answer;
 use crate::support::client::{self, Exchange, Failure};
 use crate::support::crowd::{all_at_once, tally};
 use crate::support::http::{metric, scrape};
@@ -24,12 +25,6 @@ use crate::support::{self, TestDb};
 
 /// What the client gives any one request before calling it a hang.
 const LIMIT: Duration = Duration::from_secs(60);
-
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
 
 /// The advisory lock key the servers take for `coupon`'s claims: FNV-1a
 /// (64-bit) of "flash-coupons claim " and the name, as PostgreSQL's signed
@@ -88,9 +83,9 @@ fn remaining_of_granted(exchanges: &[Exchange]) -> Vec<i64> {
     let mut seen: Vec<i64> = exchanges
         .iter()
         .filter_map(Exchange::answered)
-        .filter(|a| a.status() == 200)
+        .filter(|a| a.status == 200)
         .map(|a| {
-            a.answer.body["remaining_amount"]
+            a.body["remaining_amount"]
                 .as_i64()
                 .expect("remaining_amount")
         })
@@ -108,7 +103,7 @@ fn three_servers_on_one_hot_coupon_hand_out_exactly_its_stock() {
     let db = TestDb::new();
     let servers: Vec<ServerProcess> = (0..3).map(|_| ServerProcess::spawn(&db.url, &[])).collect();
     let addrs: Vec<SocketAddr> = servers.iter().map(|s| s.addr).collect();
-    create(addrs[0], "HOT", STOCK as i64);
+    client::create(addrs[0], "HOT", STOCK as i64);
 
     // User i claims through server i % 3; each server gets its users from
     // THREADS_PER_SERVER threads at once.
@@ -204,8 +199,8 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
     let servers: Vec<ServerProcess> = (0..3)
         .map(|_| ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "120000")]))
         .collect();
-    create(servers[0].addr, "HELD", 100);
-    create(servers[0].addr, "FREE", 10);
+    client::create(servers[0].addr, "HELD", 100);
+    client::create(servers[0].addr, "FREE", 10);
 
     let mut holder = db.client();
     let key = claim_lock_key("HELD");
@@ -294,7 +289,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
     let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "1500")]);
-    create(server.addr, "STUCK", 10);
+    client::create(server.addr, "STUCK", 10);
     let mut holder = db.client();
     let key = claim_lock_key("STUCK");
     holder
@@ -308,7 +303,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
         waiter.elapsed()
     );
     let answered = waiter.answered().unwrap_or_else(|| panic!("{waiter:?}"));
-    answered.answer.assert_error(503, "database_unavailable");
+    answered.assert_error(503, "database_unavailable");
     // Bounded by the deadline (and a check-out), far below the client's limit.
     assert!(waiter.elapsed() < Duration::from_secs(15), "{waiter:?}");
 
@@ -324,7 +319,7 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
     );
     let again = client::claim(server.addr, "waiter", "STUCK", LIMIT);
     assert_eq!(again.status(), Some(200), "{again:?}");
-    assert_eq!(again.answered().unwrap().answer.body["remaining_amount"], 9);
+    assert_eq!(again.answered().unwrap().body["remaining_amount"], 9);
     assert_eq!(advisory_locks(&db), 0);
     db.assert_invariant();
 }
@@ -336,7 +331,7 @@ fn a_claim_transaction_that_fails_releases_the_lock_and_keeps_its_connection() {
     // One connection: the failed claim's is the one every later claim uses.
     let first = ServerProcess::spawn(&db.url, &[("DB_POOL_SIZE", "1")]);
     let second = ServerProcess::spawn(&db.url, &[]);
-    create(first.addr, "POISONED", 10);
+    client::create(first.addr, "POISONED", 10);
     // A claim by this user fails inside its transaction, after the lock was
     // taken (a check violation: neither retried nor the client's fault).
     db.client()
@@ -344,7 +339,7 @@ fn a_claim_transaction_that_fails_releases_the_lock_and_keeps_its_connection() {
         .unwrap();
     let failed = client::claim(first.addr, "poison", "POISONED", LIMIT);
     let answered = failed.answered().unwrap_or_else(|| panic!("{failed:?}"));
-    answered.answer.assert_error(500, "internal_error");
+    answered.assert_error(500, "internal_error");
 
     assert_eq!(
         advisory_locks(&db),
@@ -391,7 +386,7 @@ fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() 
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[("SHUTDOWN_DRAIN_SECS", "3")]);
     let addr = server.addr;
-    create(addr, "DRAIN", 1000);
+    client::create(addr, "DRAIN", 1000);
     assert_eq!(client::get(addr, "/healthz", LIMIT).status(), Some(200));
 
     // Taken before the signal: the drain cannot end before signalled + DRAIN.
@@ -409,7 +404,7 @@ fn sigterm_with_a_drain_fails_healthz_first_serves_everything_else_then_stops() 
         signalled.elapsed()
     );
     let answered = health.answered().unwrap_or_else(|| panic!("{health:?}"));
-    answered.answer.assert_error(503, "shutting_down");
+    answered.assert_error(503, "shutting_down");
 
     // Everything else is served as usual for the rest of the drain: claims,
     // reads, unknown coupons, metrics. One round every 100 ms, until a
@@ -503,7 +498,7 @@ fn a_second_signal_ends_the_drain_at_once() {
     assert_eq!(
         client::get(addr, "/api/coupons/NOPE", LIMIT)
             .answered()
-            .map(|a| (a.status(), a.code().to_owned())),
+            .map(|a| (a.status, a.code().to_owned())),
         Some((404, "coupon_not_found".to_owned()))
     );
     server.signal(libc::SIGINT);
@@ -518,16 +513,13 @@ fn a_second_signal_ends_the_drain_at_once() {
     assert_eq!(lines_with(&server, "drain ended").len(), 1, "{log:#?}");
 }
 
-/// Sends `request` on a new connection and reads the answer to its end;
-/// the connection's own address and the answer's status line.
-fn send(addr: SocketAddr, request: &str) -> (SocketAddr, String) {
+/// Sends `request` on a new connection and reads its answer; the
+/// connection's own address and the answer.
+fn send(addr: SocketAddr, request: &str) -> (SocketAddr, Result<Answer, Failure>) {
     let mut stream = TcpStream::connect(addr).expect("connecting");
-    stream.set_read_timeout(Some(LIMIT)).unwrap();
     let local = stream.local_addr().unwrap();
     stream.write_all(request.as_bytes()).unwrap();
-    let mut answer = String::new();
-    let _ = stream.read_to_string(&mut answer);
-    (local, answer.lines().next().unwrap_or_default().to_owned())
+    (local, client::read_answer(&mut stream, LIMIT))
 }
 
 #[test]
@@ -555,8 +547,12 @@ fn the_request_log_line_names_the_peer_and_the_address_our_proxy_forwarded() {
     };
 
     // No header: the peer.
-    let (peer, status) = get("/api/coupons/PLAIN", "");
-    assert!(status.contains(" 404 "), "{status}");
+    let (peer, answer) = get("/api/coupons/PLAIN", "");
+    assert_eq!(
+        answer.as_ref().map(|a| a.status).ok(),
+        Some(404),
+        "{answer:?}"
+    );
     let line = line_of("/api/coupons/PLAIN");
     assert!(line.ends_with(&format!(" client={peer}")), "{line}");
 

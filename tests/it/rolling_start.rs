@@ -84,12 +84,6 @@ impl Claimer {
     }
 }
 
-fn create(addr: SocketAddr, name: &str) {
-    let body = serde_json::json!({ "name": name, "amount": 1_000_000 }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 fn healthy(addr: SocketAddr) -> bool {
     client::get(addr, "/healthz", Duration::from_secs(5)).status() == Some(200)
 }
@@ -101,7 +95,7 @@ fn claims_beside_a_reader_of_an_older_schema(
     db: &TestDb,
     addr: SocketAddr,
 ) -> (Claimer, LongReader) {
-    create(addr, "ROLLING");
+    client::create(addr, "ROLLING", 1_000_000);
     db.client()
         .batch_execute("UPDATE flash_coupons_schema SET version = 1")
         .unwrap();
@@ -117,7 +111,7 @@ fn a_server_starting_beside_a_long_reader_serves_at_once_when_the_schema_is_curr
     let _turn = serial::turn!();
     let db = TestDb::new();
     let running = ServerProcess::spawn(&db.url, &[]);
-    create(running.addr, "ROLLING");
+    client::create(running.addr, "ROLLING", 1_000_000);
     let claimer = Claimer::start(running.addr, "ROLLING");
     let reader = LongReader::start(&db);
 

@@ -55,12 +55,6 @@ fn server_sessions(db: &TestDb, waiting_for_a_lock: bool) -> i64 {
     ))
 }
 
-fn create(addr: SocketAddr, name: &str, amount: i64) {
-    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
-    let created = client::exchange(addr, "POST", "/api/coupons", Some(&body), LIMIT);
-    assert_eq!(created.status(), Some(201), "{created:?}");
-}
-
 /// Fills the server's connection pool with idle connections: a connection
 /// opened while the test holds the claims table would wait for the lock in
 /// preparing its statements, and its request would get a 503 instead of
@@ -157,7 +151,7 @@ fn signal_while_requests_are_in_flight(signal: i32, name: &str) {
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;
-    create(addr, "SHUT", STOCK);
+    client::create(addr, "SHUT", STOCK);
     warm_the_pool(&db, addr);
 
     let mut blocker = db.client();
@@ -303,10 +297,10 @@ fn every_claim_in_flight_was_answered_once_the_locks_were_released<'a>(
                  {e:?}; log tail: {tail:#?}"
             )
         });
-        match answered.status() {
+        match answered.status {
             200 => assert!(granted.insert(user.as_str()), "{user} got two units"),
-            400 => answered.answer.assert_error(400, "out_of_stock"),
-            409 => answered.answer.assert_error(409, "already_claimed"),
+            400 => answered.assert_error(400, "out_of_stock"),
+            409 => answered.assert_error(409, "already_claimed"),
             _ => panic!("{name}: {user}'s claim in flight: {answered:?}; log tail: {tail:#?}"),
         }
         assert!(
@@ -355,8 +349,8 @@ fn the_held_reads_were_answered_with_the_whole_coupon_once_the_locks_were_releas
                  log tail: {tail:#?}"
             )
         });
-        assert_eq!(answered.status(), 200, "{name}: a held read: {answered:?}");
-        let body = &answered.answer.body;
+        assert_eq!(answered.status, 200, "{name}: a held read: {answered:?}");
+        let body = &answered.body;
         assert_eq!(body["name"], "SHUT", "{name}: {body}");
         let claimed = body["claimed_by"].as_array().expect("claimed_by").len() as i64;
         assert_eq!(
@@ -396,7 +390,7 @@ fn new_connections_after_the_signal_were_refused_or_told_503(
                 std::io::ErrorKind::ConnectionRefused,
                 "{name}: {e:?}"
             ),
-            Ok(a) => a.answer.assert_error(503, "shutting_down"),
+            Ok(a) => a.assert_error(503, "shutting_down"),
             Err(failure) => panic!(
                 "{name}: a new connection after the signal was neither refused nor answered \
                  503 shutting_down: {failure:?} after {:?}; log tail: {tail:#?}",
@@ -451,7 +445,7 @@ fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500(
     let db = TestDb::new();
     let mut server = ServerProcess::spawn(&db.url, &[]);
     let addr = server.addr;
-    create(addr, "RACE", 1);
+    client::create(addr, "RACE", 1);
 
     // One claim held in flight keeps the process alive for a while after
     // the signal, as a busy server would be.
@@ -517,16 +511,16 @@ fn requests_arriving_as_sigterm_comes_are_answered_or_refused_never_given_a_500(
         assert!(e.elapsed() < LIMIT, "a read hung: {e:?}");
         let when = relative(e.sent, signalled);
         match &e.result {
-            Ok(a) => match a.status() {
+            Ok(a) => match a.status {
                 200 => {}
-                503 => a.answer.assert_error(503, "shutting_down"),
+                503 => a.assert_error(503, "shutting_down"),
                 _ => panic!(
                     "a read sent {when} SIGTERM was answered {} {:?} (content type {:?}) \
                      instead of 200 or 503 shutting_down; the server log has no line for it: \
                      {tail:#?}",
-                    a.status(),
-                    a.answer.body,
-                    a.answer.content_type
+                    a.status,
+                    a.body,
+                    a.header("Content-Type")
                 ),
             },
             Err(Failure::Connect { kind, .. }) => {

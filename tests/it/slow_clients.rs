@@ -1,13 +1,14 @@
 //! Clients that hold connections, send slowly or exhaust descriptors must
 //! not stop the server answering everyone else.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use crate::support::client;
 use crate::support::crowd::{all_at_once, claims_at_once};
 use crate::support::process::ServerProcess;
 use crate::support::{TestApp, TestDb, http, serial};
@@ -20,40 +21,21 @@ fn request_and_hold(addr: SocketAddr, limit: Duration) -> (Option<u16>, Option<T
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, limit) else {
         return (None, None);
     };
-    stream.set_read_timeout(Some(limit)).unwrap();
     if stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")
         .is_err()
     {
         return (None, Some(stream));
     }
-    let deadline = Instant::now() + limit;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 1024];
-    while Instant::now() < deadline {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => {
-                got.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&got);
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .and_then(|v| v.trim().parse().ok())
-                        .unwrap_or(0);
-                    if body.len() >= len {
-                        let status = text.get(9..12).and_then(|s| s.parse().ok());
-                        let close = head
-                            .lines()
-                            .any(|l| l.eq_ignore_ascii_case("Connection: close"));
-                        return (status, (!close).then_some(stream));
-                    }
-                }
-            }
+    match client::read_answer(&mut stream, limit) {
+        Ok(answer) => {
+            let close = answer
+                .header("Connection")
+                .is_some_and(|v| v.eq_ignore_ascii_case("close"));
+            (Some(answer.status), (!close).then_some(stream))
         }
+        Err(_) => (None, Some(stream)),
     }
-    (None, Some(stream))
 }
 
 #[test]

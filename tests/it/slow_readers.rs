@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Socket, Type};
 
 use crate::support::TestDb;
+use crate::support::answer::Answer;
 use crate::support::client::{self, Exchange};
 use crate::support::process::ServerProcess;
 use crate::support::serial;
@@ -75,25 +76,13 @@ fn slow_get(addr: SocketAddr, path: &str, slow: Duration, drain: Duration) -> (E
     (Ending::StillOpen, received.len())
 }
 
-fn head_end(bytes: &[u8]) -> Option<(u16, usize, usize)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = String::from_utf8_lossy(&bytes[..end]).to_ascii_lowercase();
-    let status = head.split(' ').nth(1)?.parse().ok()?;
-    let length = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))?
-        .trim()
-        .parse()
-        .ok()?;
-    Some((status, end + 4, length))
-}
-
+/// How the GET ended, if `bytes` hold its whole answer.
 fn complete(bytes: &[u8]) -> Option<Ending> {
-    let (status, body_at, length) = head_end(bytes)?;
-    (bytes.len() >= body_at + length).then_some(if status == 200 {
+    let (answer, _) = Answer::parse(bytes, false)?;
+    Some(if answer.status == 200 {
         Ending::Served
     } else {
-        Ending::Refused(status)
+        Ending::Refused(answer.status)
     })
 }
 

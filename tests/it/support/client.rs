@@ -6,26 +6,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use super::http::Answer;
-
-/// A complete answer: the status line, the headers and the whole body.
-#[derive(Debug, Clone)]
-pub struct Answered {
-    pub answer: Answer,
-    pub retry_after: Option<String>,
-}
-
-impl Answered {
-    pub fn status(&self) -> u16 {
-        self.answer.status
-    }
-
-    pub fn code(&self) -> &str {
-        self.answer.code()
-    }
-}
+use super::answer::Answer;
 
 /// Why no complete answer came.
 #[derive(Debug, Clone)]
@@ -63,7 +44,7 @@ impl std::fmt::Display for Failure {
 /// One request and what became of it.
 #[derive(Debug, Clone)]
 pub struct Exchange {
-    pub result: Result<Answered, Failure>,
+    pub result: Result<Answer, Failure>,
     pub started: Instant,
     /// When the whole request had been written, if it was.
     pub sent: Option<Instant>,
@@ -76,10 +57,10 @@ impl Exchange {
     }
 
     pub fn status(&self) -> Option<u16> {
-        self.result.as_ref().ok().map(Answered::status)
+        self.result.as_ref().ok().map(|a| a.status)
     }
 
-    pub fn answered(&self) -> Option<&Answered> {
+    pub fn answered(&self) -> Option<&Answer> {
         self.result.as_ref().ok()
     }
 }
@@ -134,6 +115,39 @@ pub fn get(addr: SocketAddr, path: &str, limit: Duration) -> Exchange {
     exchange(addr, "GET", path, None, limit)
 }
 
+/// What a coupon's creation may take on a server at rest (it takes
+/// milliseconds): the shortest any test gave it.
+const CREATE_LIMIT: Duration = Duration::from_secs(15);
+
+/// Creates coupon `name` with `amount` units (POST /api/coupons); fails the
+/// test unless it is answered 201.
+pub fn create(addr: SocketAddr, name: &str, amount: i64) {
+    create_with_headers(addr, name, amount, "");
+}
+
+/// The same on a server that has `token` as its ADMIN_TOKEN.
+pub fn create_with_token(addr: SocketAddr, token: &str, name: &str, amount: i64) {
+    create_with_headers(
+        addr,
+        name,
+        amount,
+        &format!("Authorization: Bearer {token}\r\n"),
+    );
+}
+
+fn create_with_headers(addr: SocketAddr, name: &str, amount: i64, extra_headers: &str) {
+    let body = serde_json::json!({ "name": name, "amount": amount }).to_string();
+    let created = exchange_with_headers(
+        addr,
+        "POST",
+        "/api/coupons",
+        Some(&body),
+        extra_headers,
+        CREATE_LIMIT,
+    );
+    assert_eq!(created.status(), Some(201), "creating {name}: {created:?}");
+}
+
 /// DELETE /api/coupons/{coupon}/claims/{user} (both percent-encoded here),
 /// with `Authorization: Bearer <token>` when a token is given.
 pub fn release(
@@ -173,7 +187,7 @@ fn attempt(
     extra_headers: &str,
     deadline: Instant,
     sent: &mut Option<Instant>,
-) -> Result<Answered, Failure> {
+) -> Result<Answer, Failure> {
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut stream = TcpStream::connect_timeout(&addr, left().max(Duration::from_millis(1)))
         .map_err(|e| Failure::Connect {
@@ -196,46 +210,7 @@ fn attempt(
         })?;
     *sent = Some(Instant::now());
 
-    let mut received = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        if let Some(answered) = parse_complete(&received, false) {
-            return Ok(answered);
-        }
-        let remaining = left();
-        if remaining.is_zero() {
-            return Err(Failure::TimedOut {
-                received: received.len(),
-            });
-        }
-        let _ = stream.set_read_timeout(Some(remaining));
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                return parse_complete(&received, true).ok_or_else(|| Failure::Cut {
-                    received: received.len(),
-                    error: "the connection closed".into(),
-                });
-            }
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(Failure::TimedOut {
-                    received: received.len(),
-                });
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                return Err(Failure::Cut {
-                    received: received.len(),
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
+    read_next(&mut stream, &mut Vec::new(), deadline)
 }
 
 /// One HTTP/1.1 request as text; `extra_headers` are whole header lines.
@@ -270,7 +245,7 @@ pub fn pipelined(
     addr: SocketAddr,
     requests: &[String],
     limit: Duration,
-) -> Result<Vec<Answered>, (Vec<Answered>, Failure)> {
+) -> Result<Vec<Answer>, (Vec<Answer>, Failure)> {
     let deadline = Instant::now() + limit;
     let left = || deadline.saturating_duration_since(Instant::now());
     let mut answers = Vec::new();
@@ -293,119 +268,68 @@ pub fn pipelined(
         return Err((answers, failure));
     }
     let mut received = Vec::new();
-    let mut buf = [0u8; 8192];
     while answers.len() < requests.len() {
-        if let Some((answered, used)) = parse_one(&received, false) {
-            answers.push(answered);
-            received.drain(..used);
-            continue;
-        }
-        let remaining = left();
-        if remaining.is_zero() {
-            let failure = Failure::TimedOut {
-                received: received.len(),
-            };
-            return Err((answers, failure));
-        }
-        let _ = stream.set_read_timeout(Some(remaining));
-        match stream.read(&mut buf) {
-            Ok(0) => {
-                let failure = Failure::Cut {
-                    received: received.len(),
-                    error: "the connection closed".into(),
-                };
-                return Err((answers, failure));
-            }
-            Ok(n) => received.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => {
-                let failure = if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) {
-                    Failure::TimedOut {
-                        received: received.len(),
-                    }
-                } else {
-                    Failure::Cut {
-                        received: received.len(),
-                        error: e.to_string(),
-                    }
-                };
-                return Err((answers, failure));
-            }
+        match read_next(&mut stream, &mut received, deadline) {
+            Ok(answer) => answers.push(answer),
+            Err(failure) => return Err((answers, failure)),
         }
     }
     Ok(answers)
 }
 
-/// The answer in `bytes` if all of it is there: every byte the
-/// Content-Length promised, or every chunk up to the last one. With neither,
-/// the body ends when the connection does (`closed`).
-fn parse_complete(bytes: &[u8], closed: bool) -> Option<Answered> {
-    parse_one(bytes, closed).map(|(answered, _)| answered)
+/// Reads one answer from `stream`, which the request has been written to,
+/// giving up after `limit`.
+pub fn read_answer(stream: &mut TcpStream, limit: Duration) -> Result<Answer, Failure> {
+    read_next(stream, &mut Vec::new(), Instant::now() + limit)
 }
 
-/// The first answer in `bytes` if all of it is there, and the bytes it took.
-fn parse_one(bytes: &[u8], closed: bool) -> Option<(Answered, usize)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let head = std::str::from_utf8(&bytes[..end]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-    };
-    let rest = &bytes[end + 4..];
-    let (body, used) = if let Some(length) = header("content-length") {
-        let length: usize = length.parse().ok()?;
-        (rest.get(..length)?.to_vec(), length)
-    } else if header("transfer-encoding").is_some_and(|t| t.eq_ignore_ascii_case("chunked")) {
-        dechunk(rest)?
-    } else if closed {
-        (rest.to_vec(), rest.len())
-    } else {
-        return None;
-    };
-    let text = String::from_utf8_lossy(&body).into_owned();
-    let answered = Answered {
-        answer: Answer {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
-            content_type: header("content-type"),
-            allow: header("allow"),
-            location: header("location"),
-        },
-        retry_after: header("retry-after"),
-    };
-    Some((answered, end + 4 + used))
-}
-
-/// The body of a chunked message, once its last (empty) chunk is in, and
-/// the bytes it took.
-fn dechunk(all: &[u8]) -> Option<(Vec<u8>, usize)> {
-    let mut bytes = all;
-    let mut body = Vec::new();
+/// Reads from `stream` onto `received` until it begins with a whole answer,
+/// until `deadline`; the answer, its bytes taken off `received`.
+fn read_next(
+    stream: &mut TcpStream,
+    received: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<Answer, Failure> {
+    let mut buf = [0u8; 8192];
+    let mut closed = false;
     loop {
-        let line_end = bytes.windows(2).position(|w| w == b"\r\n")?;
-        let size_text = std::str::from_utf8(&bytes[..line_end]).ok()?;
-        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
-        bytes = &bytes[line_end + 2..];
-        if size == 0 {
-            // No trailers from this server: the message ends with CRLF.
-            let used = all.len() - bytes.len() + 2;
-            return bytes.starts_with(b"\r\n").then_some((body, used));
+        if let Some((answer, used)) = Answer::parse(received, closed) {
+            received.drain(..used);
+            return Ok(answer);
         }
-        body.extend_from_slice(bytes.get(..size)?);
-        if bytes.get(size..size + 2)? != b"\r\n" {
-            return None;
+        if closed {
+            return Err(Failure::Cut {
+                received: received.len(),
+                error: "the connection closed".into(),
+            });
         }
-        bytes = &bytes[size + 2..];
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(Failure::TimedOut {
+                received: received.len(),
+            });
+        }
+        let _ = stream.set_read_timeout(Some(remaining));
+        match stream.read(&mut buf) {
+            Ok(0) => closed = true,
+            Ok(n) => received.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(Failure::TimedOut {
+                    received: received.len(),
+                });
+            }
+            Err(e) => {
+                return Err(Failure::Cut {
+                    received: received.len(),
+                    error: e.to_string(),
+                });
+            }
+        }
     }
 }

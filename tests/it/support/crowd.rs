@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Barrier};
 use std::thread::{self, JoinHandle};
 
-use super::client::{Answered, Exchange};
-use super::http::Answer;
+use super::answer::Answer;
+use super::client::Exchange;
 
 /// Starts each of `jobs` on a thread of its own, held until all have
 /// started, then released at once; the threads, in the order of `jobs`.
@@ -74,12 +74,6 @@ pub trait Tallied {
 impl Tallied for Answer {
     fn outcome(&self) -> (u16, String) {
         (self.status, self.code().to_owned())
-    }
-}
-
-impl Tallied for Answered {
-    fn outcome(&self) -> (u16, String) {
-        self.answer.outcome()
     }
 }
 

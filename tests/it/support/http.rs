@@ -4,41 +4,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use serde_json::Value;
-
-/// One response: status, headers we care about, and the body as JSON.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Value,
-    pub content_type: Option<String>,
-    pub allow: Option<String>,
-    pub location: Option<String>,
-}
-
-impl Answer {
-    /// The `error.code` of an error answer.
-    pub fn code(&self) -> &str {
-        self.body["error"]["code"].as_str().unwrap_or("")
-    }
-
-    /// Asserts the documented error shape and returns the code.
-    pub fn assert_error(&self, status: u16, code: &str) {
-        assert_eq!(self.status, status, "unexpected answer {self:?}");
-        assert_eq!(self.code(), code, "unexpected answer {self:?}");
-        assert!(
-            self.body["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "no message in {self:?}"
-        );
-        assert_eq!(
-            self.content_type.as_deref(),
-            Some("application/json"),
-            "{self:?}"
-        );
-    }
-}
+use super::answer::Answer;
 
 fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new()
@@ -68,19 +34,30 @@ pub fn request_with(
         Ok(r) | Err(ureq::Error::Status(_, r)) => r,
         Err(e) => panic!("{method} {url} failed at the transport: {e}"),
     };
+    let status_line = format!(
+        "{} {} {}",
+        response.http_version(),
+        response.status(),
+        response.status_text()
+    );
     let status = response.status();
-    let content_type = response.header("Content-Type").map(str::to_owned);
-    let allow = response.header("Allow").map(str::to_owned);
-    let location = response.header("Location").map(str::to_owned);
-    let text = response.into_string().unwrap_or_default();
-    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    Answer {
-        status,
-        body,
-        content_type,
-        allow,
-        location,
+    let mut names: Vec<String> = Vec::new();
+    for name in response.headers_names() {
+        if !names.contains(&name) {
+            names.push(name);
+        }
     }
+    let headers = names
+        .iter()
+        .flat_map(|name| {
+            response
+                .all(name)
+                .into_iter()
+                .map(|v| (name.clone(), v.to_owned()))
+        })
+        .collect();
+    let text = response.into_string().unwrap_or_default();
+    Answer::new(status_line, status, headers, text)
 }
 
 /// POST /api/coupons/claim at `base` (e.g. `http://127.0.0.1:8080`).
@@ -106,13 +83,6 @@ pub fn raw(addr: SocketAddr, bytes: &[u8], timeout: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The status codes of every response in a raw exchange, in order.
-pub fn statuses(raw: &str) -> Vec<u16> {
-    raw.match_indices("HTTP/1.")
-        .filter_map(|(i, _)| raw.get(i + 9..i + 12)?.parse().ok())
-        .collect()
-}
-
 /// The status of a GET, or None on any transport failure within `limit`.
 pub fn try_status(url: &str, limit: Duration) -> Option<u16> {
     let agent = ureq::AgentBuilder::new().timeout(limit).build();
@@ -129,8 +99,7 @@ pub fn scrape(base: &str) -> String {
     assert_eq!(answer.status, 200, "{answer:?}");
     assert!(
         answer
-            .content_type
-            .as_deref()
+            .header("Content-Type")
             .is_some_and(|t| t.starts_with("text/plain")),
         "{answer:?}"
     );

@@ -1,5 +1,6 @@
 //! Test support: a fresh database per test and the real server on port 0.
 
+pub mod answer;
 pub mod client;
 pub mod cluster;
 pub mod crowd;
@@ -15,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use flash_coupons::Server;
 use flash_coupons::config::{Config, parse_database_url};
 
-pub use http::Answer;
+pub use answer::Answer;
 
 /// A database of its own for one test, dropped when the test ends.
 pub struct TestDb {
@@ -98,6 +99,13 @@ impl TestApp {
         let mut config = test_config(&db.url);
         adjust(&mut config);
         let server = Server::start(&config).expect("starting the server");
+        // Until its freshness listener has confirmed its connection, a new
+        // server decides every claim by a transaction and remembers no
+        // sold-out coupon: tests that look at that memory start after it.
+        let listening = wait_for(std::time::Duration::from_secs(10), || {
+            server.context().claims.freshness().fresh
+        });
+        assert!(listening, "the freshness listener did not connect");
         let base = format!("http://{}", server.addr());
         TestApp { server, db, base }
     }

@@ -1,14 +1,11 @@
-//! Turns: which tests run beside which, now that every test shares one
-//! process.
+//! Turns: which tests run beside which, in the one process they share.
 //!
-//! Each module of this binary was a test binary of its own, and `cargo test`
-//! ran those one after another, each with its tests side by side on the
-//! harness's threads. Many of them start clusters, server processes or
-//! HAProxy, put real load on the machine and check liveness bounds, and were
-//! only ever run beside tests of their own kind. So each test takes its
-//! module's turn first ([`turn!`]): tests of one module run beside one
-//! another as before, never beside another module's. A test that ran alone
-//! within its binary takes [`alone`] instead.
+//! Many tests start clusters, server processes or HAProxy, put real load on
+//! the machine and check liveness bounds, which hold only beside tests of
+//! their own kind. So each test takes its module's turn first ([`turn!`]):
+//! tests of one module run side by side on the harness's threads, never
+//! beside another module's. A test that must run beside no other test
+//! takes [`alone`] instead.
 
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
