@@ -1,7 +1,6 @@
 //! Malformed requests, sent as raw bytes over TCP to the real server: each
-//! gets the 4xx that the README (and src/http, for what the README does not
-//! cover yet) documents, in the documented error shape, changes nothing in
-//! the database, and leaves the server answering.
+//! gets the 4xx that docs/api.md documents, in the documented error shape,
+//! changes nothing in the database, and leaves the server answering.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -396,10 +395,8 @@ fn cases() -> Vec<Case> {
             Error(400, "duplicate_field"),
         ),
         // --- numbers: huge, negative, fractional ---
-        // README mismatch, arguably fine: 1e400 is valid JSON by RFC 8259's
-        // grammar, so the README's table suggests amount_too_large; serde_json
-        // refuses numbers beyond f64 while parsing ("number out of range"),
-        // so the answer is invalid_json. Still a 400 naming a body problem.
+        // 1e400 is valid JSON by RFC 8259's grammar, beyond any f64: refused
+        // as not whole (docs/api.md, input rules).
         case(
             "create with amount 1e400 (beyond f64)",
             create(r#"{"name":"X","amount":1e400}"#),
@@ -440,10 +437,9 @@ fn cases() -> Vec<Case> {
             create(r#"{"name":"X","amount":1e2}"#),
             Error(400, "amount_not_a_whole_number"),
         ),
-        // README mismatch, arguably fine: -0 is a JSON integer equal to 0
-        // (RFC 8259: int = [minus] digits), which the README's "JSON integer
-        // from 0" admits; serde_json reads it as the float -0.0, so it is
-        // refused as not whole.
+        // -0 is a JSON integer equal to 0 (RFC 8259: int = [minus] digits),
+        // but the JSON reader takes it for the float -0.0: refused as not
+        // whole (docs/api.md, input rules).
         case(
             "create with amount -0",
             create(r#"{"name":"X","amount":-0}"#),
@@ -1468,7 +1464,7 @@ fn sql_injection_strings_in_names_and_user_ids_are_stored_and_returned_literally
 /// socket descriptors stay taken after the client leaves (CLOSE-WAIT), for
 /// the life of the process.
 #[test]
-#[ignore = "tiny_http 0.12 bug, not fixable from outside it: an HTTP/2.0 request line hangs its connection thread (README, tiny_http)"]
+#[ignore = "tiny_http 0.12 bug, not fixable from outside it: an HTTP/2.0 request line hangs its connection thread (docs/tiny_http.md, defect 18)"]
 fn a_request_line_of_http_2_gets_an_answer_and_the_server_lets_go_of_it() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
