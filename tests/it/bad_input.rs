@@ -395,8 +395,8 @@ fn cases() -> Vec<Case> {
             Error(400, "duplicate_field"),
         ),
         // --- numbers: huge, negative, fractional ---
-        // 1e400 is valid JSON by RFC 8259's grammar, beyond any f64: refused
-        // as not whole (docs/api.md, input rules).
+        // 1e400 is valid JSON by RFC 8259's grammar, beyond any f64: the
+        // JSON reader refuses it while parsing (docs/api.md, input rules).
         case(
             "create with amount 1e400 (beyond f64)",
             create(r#"{"name":"X","amount":1e400}"#),
