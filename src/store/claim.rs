@@ -4,7 +4,7 @@ use time::OffsetDateTime;
 
 use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
 
-use super::connection::Statements;
+use super::statements::Statements;
 use super::{Store, StoreError};
 
 /// A decided batch: each claim's outcome, and the stock left after it
@@ -321,11 +321,7 @@ impl Store {
     pub(super) fn serializable_under_lock<T>(
         &self,
         key: i64,
-        mut body: impl FnMut(
-            &mut postgres::Client,
-            &super::connection::Statements,
-            bool,
-        ) -> Result<T, postgres::Error>,
+        mut body: impl FnMut(&mut postgres::Client, &Statements, bool) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let commit = format!("COMMIT; SELECT pg_advisory_unlock({key})");
         let roll_back = format!("ROLLBACK; SELECT pg_advisory_unlock({key})");

@@ -4,8 +4,9 @@ use time::OffsetDateTime;
 
 use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
 
-use super::connection::{Conn, Manager};
-use super::{Client, Store, StoreError, failure};
+use super::deadline_client::DeadlineClient;
+use super::manager::{Conn, Manager};
+use super::{Store, StoreError, failure};
 
 /// Rows fetched per round trip while streaming a coupon's claimers.
 const STREAM_PAGE: i64 = 1000;
@@ -37,7 +38,7 @@ fn coupon_from(name: String, row: &Row) -> Coupon {
 }
 
 /// The error of a statement of the claimers' stream on `client`.
-fn fatal(client: &Client, err: postgres::Error) -> StoreError {
+fn fatal(client: &DeadlineClient, err: postgres::Error) -> StoreError {
     failure(client, err).unretried("a read-only query")
 }
 

@@ -43,7 +43,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use log::info;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::connection::{Client, ConnError, Connector};
+use super::conn_error::ConnError;
+use super::connector::Connector;
+use super::deadline_client::DeadlineClient;
 use crate::failure_log::{Ended, FailureLog};
 
 /// The channel schema.sql's triggers notify on.
@@ -164,7 +166,7 @@ fn run(connector: &Connector, events: &dyn StockEvents, stop: &AtomicBool, woken
 /// One connection's life: LISTEN, then round trips and notifications until
 /// it fails (`Err`) or the listener stops (`Ok`).
 fn session(
-    client: &mut Client,
+    client: &mut DeadlineClient,
     events: &dyn StockEvents,
     stop: &AtomicBool,
     trouble: &mut Trouble,
@@ -221,7 +223,7 @@ fn payload(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
-fn describe(client: &Client, err: postgres::Error) -> String {
+fn describe(client: &DeadlineClient, err: postgres::Error) -> String {
     if client.timed_out() {
         format!("no answer within {PING_LIMIT:?}")
     } else {

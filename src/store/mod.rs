@@ -1,15 +1,22 @@
 //! Everything that speaks SQL: the pool, the schema, the transactions and
 //! their retry.
 
+mod checkout;
 mod claim;
-mod connection;
+mod conn_error;
+mod connector;
 mod coupons;
+mod deadline_client;
 mod error;
 mod freshness;
+mod locate;
+mod manager;
+mod pool_errors;
 mod release;
 mod retry;
 mod schema;
 mod startup;
+mod statements;
 mod watchdog;
 
 use std::sync::{Arc, Mutex};
@@ -20,7 +27,6 @@ use log::debug;
 use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
-pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
 pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
@@ -30,8 +36,13 @@ pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
 pub use startup::OpenError;
 
 use crate::failure_log::FailureLog;
-use connection::{CheckoutScope, Connector, Manager, PoolErrors};
+use checkout::CheckoutScope;
+use connector::Connector;
+use deadline_client::DeadlineClient;
 use error::{Failure, classify};
+use manager::{Conn, Manager};
+use pool_errors::PoolErrors;
+use statements::Statements;
 
 /// How the store reaches the database and how hard it tries.
 #[derive(Debug, Clone)]
@@ -66,7 +77,7 @@ pub struct Store {
     pool: r2d2::Pool<Manager>,
     /// The health probe's own connection: a pool that is all busy with
     /// work must not read as a database that does not answer.
-    health: Arc<Mutex<Option<Client>>>,
+    health: Arc<Mutex<Option<DeadlineClient>>>,
     connector: Connector,
     /// Opens the freshness listener's connections (see `freshness`): the
     /// same settings, and an application_name of their own.
@@ -140,7 +151,7 @@ impl Store {
     pub fn ping(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if health.as_ref().is_none_or(Client::is_broken) {
+        if health.as_ref().is_none_or(DeadlineClient::is_broken) {
             *health = self.connector.open(timeout).ok();
         }
         let Some(client) = health.as_mut() else {
@@ -182,10 +193,7 @@ impl Store {
     /// count.
     fn serializable<T>(
         &self,
-        mut body: impl FnMut(
-            &mut postgres::Transaction<'_>,
-            &connection::Statements,
-        ) -> Result<T, postgres::Error>,
+        mut body: impl FnMut(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.retrying(|client, stmts| {
             client.run("a read-write transaction", |inner| {
@@ -207,7 +215,7 @@ impl Store {
     /// race, up to the retry bound; counts the retries.
     fn retrying<T>(
         &self,
-        mut attempt: impl FnMut(&mut Client, &connection::Statements) -> Result<T, postgres::Error>,
+        mut attempt: impl FnMut(&mut DeadlineClient, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let mut retry = 0;
@@ -242,7 +250,7 @@ impl Store {
     /// Runs one autocommitted read.
     fn read<T>(
         &self,
-        body: impl FnOnce(&mut postgres::Client, &connection::Statements) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
@@ -254,10 +262,7 @@ impl Store {
     /// so counts and claim lists agree, and it can never fail to serialize.
     fn snapshot<T>(
         &self,
-        body: impl FnOnce(
-            &mut postgres::Transaction<'_>,
-            &connection::Statements,
-        ) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
@@ -279,7 +284,7 @@ impl Store {
 
 /// Sorts the error of an operation on `client`; one that ran out of time
 /// says so. (`Failure::unretried` for an operation that is not retried.)
-fn failure(client: &Client, err: postgres::Error) -> Failure {
+fn failure(client: &DeadlineClient, err: postgres::Error) -> Failure {
     if client.timed_out() {
         return Failure::Fatal(StoreError::Unavailable(Cause::with_source(
             format!(
