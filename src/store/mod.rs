@@ -9,6 +9,7 @@ mod coupons;
 mod deadline_client;
 mod error;
 mod freshness;
+mod health;
 mod locate;
 mod manager;
 mod pool_errors;
@@ -19,7 +20,7 @@ mod startup;
 mod statements;
 mod watchdog;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,7 @@ use checkout::CheckoutScope;
 use connector::Connector;
 use deadline_client::DeadlineClient;
 use error::{Failure, classify};
+use health::HealthProbe;
 use manager::{Conn, Manager};
 use pool_errors::PoolErrors;
 use statements::Statements;
@@ -75,9 +77,8 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<Manager>,
-    /// The health probe's own connection: a pool that is all busy with
-    /// work must not read as a database that does not answer.
-    health: Arc<Mutex<Option<DeadlineClient>>>,
+    /// /healthz's probe of the database, on a connection of its own.
+    health: Arc<HealthProbe>,
     connector: Connector,
     /// Opens the freshness listener's connections (see `freshness`): the
     /// same settings, and an application_name of their own.
@@ -99,7 +100,6 @@ impl Store {
         startup::start_up(&connector, settings.startup_timeout)?;
 
         let failures = Arc::new(FailureLog::default());
-        let health = Arc::new(Mutex::new(None));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(0))
@@ -116,7 +116,7 @@ impl Store {
         }
         Ok(Store {
             pool,
-            health,
+            health: Arc::default(),
             connector,
             listener_connector,
             retry: RetryPolicy::new(settings.max_retries),
@@ -143,28 +143,6 @@ impl Store {
             state.idle_connections,
             self.pool.max_size(),
         )
-    }
-
-    /// True when the database answers a round trip on the probe's own
-    /// connection (opened again when needed), all within `timeout`,
-    /// whatever the database does.
-    pub fn ping(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if health.as_ref().is_none_or(DeadlineClient::is_broken) {
-            *health = self.connector.open(timeout).ok();
-        }
-        let Some(client) = health.as_mut() else {
-            return false;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answered = client
-            .run_within("the health probe", left, |c| c.simple_query(""))
-            .is_ok();
-        if !answered {
-            *health = None;
-        }
-        answered
     }
 
     fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
