@@ -318,14 +318,19 @@ impl Store {
     /// pool: when releasing it fails, the connection is discarded, and the
     /// database releases the lock when the session ends (also when the
     /// deadline cuts the connection, or `body` panics).
+    ///
+    /// The lock is released with `pg_advisory_unlock_all()`: a pooled
+    /// session holds no other session-level advisory lock (the one-message
+    /// claim's is its transaction's, gone with it), so the texts that end
+    /// an attempt are constants whatever the key.
     pub(super) fn serializable_under_lock<T>(
         &self,
         key: i64,
         mut body: impl FnMut(&mut postgres::Client, &Statements, bool) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let commit = format!("COMMIT; SELECT pg_advisory_unlock({key})");
-        let roll_back = format!("ROLLBACK; SELECT pg_advisory_unlock({key})");
-        let unlock = format!("SELECT pg_advisory_unlock({key})");
+        const COMMIT: &str = "COMMIT; SELECT pg_advisory_unlock_all()";
+        const ROLL_BACK: &str = "ROLLBACK; SELECT pg_advisory_unlock_all()";
+        const UNLOCK: &str = "SELECT pg_advisory_unlock_all()";
         self.retrying(|client, stmts| {
             let mut unreleased = false;
             let result = client.run("a read-write transaction", |inner| {
@@ -337,13 +342,13 @@ impl Store {
                     .and_then(|()| body(inner, stmts, waited))
                     .and_then(|value| {
                         committing = true;
-                        inner.batch_execute(&commit).map(|()| value)
+                        inner.batch_execute(COMMIT).map(|()| value)
                     });
                 if result.is_err() {
                     // End the transaction, unless the COMMIT did (a failed
                     // COMMIT rolls back, and skips the unlock after it), and
                     // release the lock.
-                    let release = if committing { &unlock } else { &roll_back };
+                    let release = if committing { UNLOCK } else { ROLL_BACK };
                     unreleased = inner.is_closed() || inner.batch_execute(release).is_err();
                 }
                 result

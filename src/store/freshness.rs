@@ -48,8 +48,8 @@ use super::connector::Connector;
 use super::deadline_client::DeadlineClient;
 use crate::failure_log::{Ended, FailureLog};
 
-/// The channel schema.sql's triggers notify on.
-pub const CHANNEL: &str = "flash_coupons_stock";
+/// Listening on the channel schema.sql's triggers notify on.
+const LISTEN: &str = "LISTEN flash_coupons_stock";
 /// How often the listener confirms its connection with a round trip.
 pub const PING_EVERY: Duration = Duration::from_millis(200);
 /// How long a round trip (or LISTEN) may take before the connection counts
@@ -171,9 +171,8 @@ fn session(
     stop: &AtomicBool,
     trouble: &mut Trouble,
 ) -> Result<(), String> {
-    let listen = format!("LISTEN {CHANNEL}");
     client
-        .run_within("LISTEN", PING_LIMIT, |c| c.batch_execute(&listen))
+        .run_within("LISTEN", PING_LIMIT, |c| c.batch_execute(LISTEN))
         .map_err(|e| describe(client, e))?;
     events.listening();
     trouble.recovered();
