@@ -7,7 +7,7 @@
 use postgres::Statement;
 
 /// One connection's prepared statements, which belong to it. Plans are made
-/// per execution (see plan_cache_mode in `connection_config`). Their columns
+/// per execution (see plan_cache_mode in `session`). Their columns
 /// are read by name: an expression has an alias.
 pub(crate) struct Statements {
     pub insert_coupon: Statement,
