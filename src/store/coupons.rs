@@ -17,6 +17,11 @@ const STREAM_PAGE: i64 = 1000;
 /// more than reading them in index order.
 const ORDERED_PAGES: &str = "SET LOCAL enable_sort = off";
 
+/// Opens the claimers' stream: BEGIN_SNAPSHOT, then ORDERED_PAGES, in one
+/// round trip (a test holds it to the two).
+const BEGIN_STREAM: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                            SET LOCAL statement_timeout TO DEFAULT; SET LOCAL enable_sort = off";
+
 /// One claim as the paginated listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimRow {
@@ -78,9 +83,7 @@ impl Store {
     ) -> Result<Option<(Coupon, Claimers)>, StoreError> {
         let mut conn = self.conn()?;
         conn.client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ORDERED_PAGES}"
-            ))
+            .batch_execute(BEGIN_STREAM)
             .map_err(|err| fatal(&conn.client, err))?;
         let mut claimers = Claimers {
             conn,
@@ -173,5 +176,16 @@ impl Drop for Claimers {
             // The connection goes back to the pool: never inside a transaction.
             let _ = self.conn.client.batch_execute("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::session::BEGIN_SNAPSHOT;
+
+    #[test]
+    fn the_stream_begins_as_a_snapshot_with_ordered_pages() {
+        assert_eq!(BEGIN_STREAM, format!("{BEGIN_SNAPSHOT}; {ORDERED_PAGES}"));
     }
 }

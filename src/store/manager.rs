@@ -1,7 +1,8 @@
 //! r2d2's manager for the store's pool: how a pooled connection is opened
-//! (by the `connector`, with its statements prepared, all within the query
-//! timeout), checked when it is handed out (within what is left of the
-//! check-out's time, see `checkout`), and found broken when it comes back.
+//! (by the `connector`, with its session's defaults set, see `session`, and
+//! its statements prepared, all within the query timeout), checked when it
+//! is handed out (within what is left of the check-out's time, see
+//! `checkout`), and found broken when it comes back.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use super::checkout;
 use super::conn_error::ConnError;
 use super::connector::Connector;
 use super::deadline_client::DeadlineClient;
+use super::session;
 use super::statements::Statements;
 use crate::failure_log::FailureLog;
 
@@ -30,8 +32,9 @@ const FRESH_FOR: Duration = Duration::from_millis(500);
 const MIN_CHECK: Duration = Duration::from_millis(50);
 
 /// r2d2's manager: connections from the connector, opened on a helper
-/// thread within the query timeout as a whole (statements included), and
-/// checked on check-out within what is left of the check-out's time.
+/// thread within the query timeout as a whole (session defaults and
+/// statements included), and checked on check-out within what is left of
+/// the check-out's time.
 pub(crate) struct Manager {
     connector: Connector,
     /// Shared with the pool's error handler (see `pool_errors`), which logs
@@ -61,7 +64,10 @@ impl ManageConnection for Manager {
             .saturating_sub(began.elapsed())
             .max(Duration::from_millis(100));
         let stmts = client
-            .run_within("preparing statements", left, Statements::prepare)
+            .run_within("preparing statements", left, |c| {
+                session::prepare_pooled(c, limit)?;
+                Statements::prepare(c)
+            })
             .map_err(|err| {
                 if client.timed_out() {
                     ConnError::TimedOut {

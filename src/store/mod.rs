@@ -26,7 +26,6 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
 pub use coupons::{ClaimRow, Claimers};
@@ -45,6 +44,7 @@ use error::{Failure, classify};
 use health::HealthProbe;
 use manager::{Conn, Manager};
 use pool_errors::PoolErrors;
+use session::{BEGIN_READ, BEGIN_SERIALIZABLE, BEGIN_SNAPSHOT};
 use statements::Statements;
 
 /// How the store reaches the database and how hard it tries.
@@ -162,20 +162,15 @@ impl Store {
     /// count.
     fn serializable<T>(
         &self,
-        mut body: impl FnMut(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
+        mut body: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.retrying(|client, stmts| {
-            client.run("a read-write transaction", |inner| {
-                inner
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::Serializable)
-                    .start()
-                    .and_then(|mut tx| {
-                        let value = body(&mut tx, stmts)?;
-                        tx.commit()?;
-                        Ok(value)
-                    })
-            })
+            in_transaction(
+                client,
+                "a read-write transaction",
+                BEGIN_SERIALIZABLE,
+                |inner| body(inner, stmts),
+            )
         })
     }
 
@@ -216,14 +211,18 @@ impl Store {
         }
     }
 
-    /// Runs one autocommitted read.
+    /// Runs one read in a READ COMMITTED transaction of its own (see
+    /// `session::BEGIN_READ`). Two round trips more than the statement
+    /// alone, for reads that are rare next to claims: a page of coupons, a
+    /// sold-out coupon's holders once, and whether a user holds a sold-out
+    /// coupon too large to remember.
     fn read<T>(
         &self,
         body: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let result = client.run("a read", |inner| body(inner, stmts));
+        let result = in_transaction(client, "a read", BEGIN_READ, |inner| body(inner, stmts));
         result.map_err(|err| failure(client, err).unretried("a plain read"))
     }
 
@@ -231,24 +230,47 @@ impl Store {
     /// so counts and claim lists agree, and it can never fail to serialize.
     fn snapshot<T>(
         &self,
-        body: impl FnOnce(&mut postgres::Transaction<'_>, &Statements) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let result = client.run("a read-only transaction", |inner| {
-            inner
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .and_then(|mut tx| {
-                    let value = body(&mut tx, stmts)?;
-                    tx.commit()?;
-                    Ok(value)
-                })
+        let result = in_transaction(client, "a read-only transaction", BEGIN_SNAPSHOT, |inner| {
+            body(inner, stmts)
         });
         result.map_err(|err| failure(client, err).unretried("read-only transaction"))
     }
+}
+
+/// Runs `body` in a transaction that `begin` opens, and commits it, all
+/// under one deadline (`what` names it in the watchdog's log). After an
+/// error the transaction is rolled back (a failed COMMIT has ended it
+/// already); a connection on which that fails too is discarded, never to
+/// go back to the pool inside a transaction.
+fn in_transaction<T>(
+    client: &mut DeadlineClient,
+    what: &'static str,
+    begin: &str,
+    body: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    let mut left_open = false;
+    let result = client.run(what, |inner| {
+        let mut committing = false;
+        let result = inner
+            .batch_execute(begin)
+            .and_then(|()| body(inner))
+            .and_then(|value| {
+                committing = true;
+                inner.batch_execute("COMMIT").map(|()| value)
+            });
+        if result.is_err() && !committing {
+            left_open = inner.is_closed() || inner.batch_execute("ROLLBACK").is_err();
+        }
+        result
+    });
+    if left_open {
+        client.discard();
+    }
+    result
 }
 
 /// Sorts the error of an operation on `client`; one that ran out of time

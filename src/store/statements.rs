@@ -21,6 +21,7 @@ pub(crate) struct Statements {
     pub claims_page: Statement,
     pub coupons_page: Statement,
     pub claim_lock: Statement,
+    pub claim_one: Statement,
     pub remove_claim: Statement,
     pub give_back_stock: Statement,
     pub record_release: Statement,
@@ -85,6 +86,12 @@ impl Statements {
             claim_lock: client.prepare(
                 "SELECT CASE WHEN pg_try_advisory_lock($1) THEN false \
                  ELSE pg_advisory_lock($1)::text IS NOT NULL END AS waited",
+            )?,
+            // A claim alone on its coupon, decided and recorded by one call
+            // (see `Store::claim_one`): run alone, it is a transaction of
+            // its own, at the pooled session's defaults (see `session`).
+            claim_one: client.prepare(
+                "SELECT outcome, remaining, windowed FROM flash_coupons_claim_one($1, $2, $3)",
             )?,
             // A release (see `Store::release_claim`): the claim row goes,
             // its unit comes back (never above the amount, whatever was
