@@ -1,3 +1,8 @@
+//! Claims: a batch decided in one SERIALIZABLE transaction under the
+//! coupon's claim lock, a claim alone on its coupon in one round trip, the
+//! reads the sold-out memory needs (see `claims::sold_out`), and the claim
+//! lock itself, which every server on the database must agree on.
+
 use std::collections::HashSet;
 
 use postgres::Row;

@@ -1,3 +1,7 @@
+//! Coupons: creating one, and reading them back (a coupon with its
+//! claimers streamed from one snapshot, a page of its claims, a page of
+//! coupons).
+
 use postgres::Row;
 use r2d2::PooledConnection;
 use time::OffsetDateTime;
