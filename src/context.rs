@@ -1,13 +1,11 @@
 //! What every request handler can reach, shared by all workers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::claims::Claims;
 use crate::config::Config;
 use crate::failure_log::FailureLog;
-use crate::lock::lock;
 use crate::metrics::Metrics;
 use crate::store::Store;
 use crate::transport::ResponseMemory;
@@ -21,7 +19,6 @@ pub struct Context {
     pub admin_token: Option<String>,
     /// Memory that answers made whole before writing may hold at once.
     pub response_memory: Arc<ResponseMemory>,
-    health: HealthProbe,
     /// Failing /healthz probes, for their request lines (see
     /// `http::probe_level`).
     pub failing_probes: FailureLog,
@@ -33,25 +30,6 @@ pub struct Context {
     /// the transport, which then keeps no connection alive.
     draining: Arc<AtomicBool>,
 }
-
-/// One health probe at a time: /healthz requests that arrive while one runs
-/// take its result, so a burst of them costs the database one round trip.
-#[derive(Default)]
-struct HealthProbe {
-    state: Mutex<ProbeState>,
-    ended: Condvar,
-}
-
-#[derive(Default)]
-struct ProbeState {
-    running: bool,
-    /// Probes ended so far, and the last one's result.
-    ended: u64,
-    answered: bool,
-}
-
-/// How long /healthz waits for the database before saying 503.
-const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Context {
     pub fn new(store: Store, config: &Config) -> Context {
@@ -65,7 +43,6 @@ impl Context {
                 config.response_buffer_bytes,
                 config.transport.large_writers,
             ),
-            health: HealthProbe::default(),
             failing_probes: FailureLog::default(),
             failing_requests: FailureLog::default(),
             draining: Arc::new(AtomicBool::new(false)),
@@ -87,33 +64,8 @@ impl Context {
         Arc::clone(&self.draining)
     }
 
+    /// Whether the database answers (see `Store::database_answers`).
     pub fn database_answers(&self) -> bool {
-        let probe = &self.health;
-        let mut state = lock(&probe.state);
-        if state.running {
-            let this_one = state.ended;
-            let deadline = Instant::now() + HEALTH_TIMEOUT * 2;
-            while state.ended == this_one {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return false;
-                }
-                state = probe
-                    .ended
-                    .wait_timeout(state, left)
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
-            }
-            return state.answered;
-        }
-        state.running = true;
-        drop(state);
-        let answered = self.store.ping(HEALTH_TIMEOUT);
-        let mut state = lock(&probe.state);
-        state.running = false;
-        state.ended += 1;
-        state.answered = answered;
-        probe.ended.notify_all();
-        answered
+        self.store.database_answers()
     }
 }

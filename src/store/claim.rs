@@ -1,10 +1,19 @@
+//! Claims: a batch decided in one SERIALIZABLE transaction under the
+//! coupon's claim lock, a claim alone on its coupon in one round trip, the
+//! reads the sold-out memory needs (see `claims::sold_out`), and the claim
+//! lock itself, which every server on the database must agree on.
+
 use std::collections::HashSet;
 
+use postgres::Row;
+use postgres::types::ToSql;
 use time::OffsetDateTime;
 
 use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
 
-use super::connection::Statements;
+use super::manager::Conn;
+use super::session::BEGIN_SERIALIZABLE;
+use super::statements::Statements;
 use super::{Store, StoreError};
 
 /// A decided batch: each claim's outcome, and the stock left after it
@@ -153,44 +162,36 @@ impl Store {
     /// server is running a batch on its coupon; `None` when one is (the
     /// caller then takes the batch path, which waits its turn), and the
     /// same when the attempt fails to serialize: it is not retried here,
-    /// and not counted as a retry. One
-    /// simple-protocol message: a SERIALIZABLE transaction of one call of
-    /// `flash_coupons_claim_one` (schema.sql), which tries the coupon's
-    /// claim lock for the transaction. The same rules and lock as a batch
-    /// (see [`Store::claim_batch`]); a batch's statements go one round
-    /// trip each, which on claims spread over many coupons (one claim per
-    /// batch) cost more than the claim itself.
+    /// and not counted as a retry. One call of `flash_coupons_claim_one`
+    /// (schema.sql), which tries the coupon's claim lock for its
+    /// transaction: the same rules and lock as a batch (see
+    /// [`Store::claim_batch`]), whose statements go one round trip each,
+    /// which on claims spread over many coupons (one claim per batch) cost
+    /// more than the claim itself.
     ///
-    /// The simple protocol carries no parameters: the name and the user id
-    /// go in as escape-string literals (see [`literal`]). The lock goes
-    /// with the transaction.
+    /// The call is a prepared statement with the name, the user id and the
+    /// lock key bound to it, sent as Bind, Execute and Sync at once. Run
+    /// alone, it is a transaction of its own, committed at the Sync and
+    /// rolled back on any error (an error at the commit included): nothing
+    /// is left to end on the connection, whatever failed. It runs at the
+    /// pooled session's defaults (see `session`): SERIALIZABLE, and a
+    /// statement timeout shorter than the deadline, since the database has
+    /// all of it at once and a cut connection (past the deadline, see
+    /// `watchdog`) does not stop it: the database gives up first, so that a
+    /// claim answered 503 is not committed afterwards.
     fn claim_one(
         &self,
         coupon: &CouponName,
         user: &UserId,
     ) -> Result<Option<BatchResult>, StoreError> {
         let mut conn = self.conn()?;
-        let client = &mut conn.client;
-        // The statements of one message run as one implicit transaction,
-        // committed at its end and rolled back on any error: nothing is
-        // left to end on the connection, whatever failed. The database is
-        // sent all of it at once, so a cut connection (past the deadline,
-        // see `watchdog`) does not stop it: its own statement timeout,
-        // shorter than the deadline, makes it give up first, so that a
-        // claim answered 503 is not committed afterwards.
-        let statement_timeout = (client.timeout() * 9 / 10).as_millis().max(1);
-        let round = format!(
-            "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE; \
-             SET LOCAL statement_timeout = {statement_timeout}; \
-             SELECT outcome, remaining, windowed FROM flash_coupons_claim_one({}, {}, {})",
-            literal(coupon.as_str()),
-            literal(user.as_str()),
-            claim_lock_key(coupon),
-        );
-        let messages = match client.run("a one-claim read-write transaction", |inner| {
-            inner.simple_query(&round)
+        let Conn { client, stmts } = &mut *conn;
+        let key = claim_lock_key(coupon);
+        let params: [&(dyn ToSql + Sync); 3] = [&coupon.as_str(), &user.as_str(), &key];
+        let rows = match client.run("a one-claim read-write transaction", |inner| {
+            inner.query(&stmts.claim_one, &params)
         }) {
-            Ok(messages) => messages,
+            Ok(rows) => rows,
             // Contended after all (the lock was free when tried, but a batch
             // had committed since this transaction's snapshot): the batch
             // path waits for the lock before its snapshot.
@@ -201,11 +202,16 @@ impl Store {
                 };
             }
         };
-        match one_claim_result(&messages) {
-            Some(OneClaim::Decided(result)) => Ok(Some(result)),
-            Some(OneClaim::Busy) => Ok(None),
-            None => Err(StoreError::Internal(
-                "flash_coupons_claim_one gave no usable row".into(),
+        match rows.as_slice() {
+            [row] => match one_claim_result(row) {
+                Some(OneClaim::Decided(result)) => Ok(Some(result)),
+                Some(OneClaim::Busy) => Ok(None),
+                None => Err(StoreError::Internal(
+                    "flash_coupons_claim_one gave no usable row".into(),
+                )),
+            },
+            rows => Err(StoreError::Internal(
+                format!("flash_coupons_claim_one gave {} rows, not one", rows.len()).into(),
             )),
         }
     }
@@ -217,19 +223,11 @@ enum OneClaim {
     Busy,
 }
 
-/// The outcome row of [`Store::claim_one`]'s message, as a batch of one.
-fn one_claim_result(messages: &[postgres::SimpleQueryMessage]) -> Option<OneClaim> {
-    let row = messages.iter().find_map(|m| match m {
-        postgres::SimpleQueryMessage::Row(row) if row.columns().len() == 3 => Some(row),
-        _ => None,
-    })?;
-    let remaining = row
-        .get("remaining")
-        .map(str::parse::<i32>)
-        .transpose()
-        .ok()?;
-    let windowed = row.get("windowed")? == "t";
-    let outcome = match (row.get("outcome")?, remaining) {
+/// The outcome row of [`Store::claim_one`]'s call, as a batch of one.
+fn one_claim_result(row: &Row) -> Option<OneClaim> {
+    let remaining: Option<i32> = row.try_get("remaining").ok()?;
+    let windowed: bool = row.try_get("windowed").ok()?;
+    let outcome = match (row.try_get::<_, &str>("outcome").ok()?, remaining) {
         ("busy", None) => return Some(OneClaim::Busy),
         ("claimed", Some(remaining_amount)) => ClaimOutcome::Claimed { remaining_amount },
         ("coupon_not_found", None) => ClaimOutcome::CouponNotFound,
@@ -244,24 +242,6 @@ fn one_claim_result(messages: &[postgres::SimpleQueryMessage]) -> Option<OneClai
         remaining,
         windowed,
     }))
-}
-
-/// `text` as an SQL escape-string literal, whatever the server's
-/// standard_conforming_strings: quotes and backslashes doubled. Coupon
-/// names and user ids hold no NUL (they hold no control character at all),
-/// the one character a literal cannot carry; the connection's encoding is
-/// UTF-8, the driver's.
-fn literal(text: &str) -> String {
-    let mut quoted = String::with_capacity(text.len() + 3);
-    quoted.push_str("E'");
-    for c in text.chars() {
-        if c == '\'' || c == '\\' {
-            quoted.push(c);
-        }
-        quoted.push(c);
-    }
-    quoted.push('\'');
-    quoted
 }
 
 impl Store {
@@ -305,9 +285,11 @@ impl Store {
     /// COMMIT: outside a transaction, where idle_in_transaction_session_timeout
     /// does not reach, a session holds it only for the round trip from the
     /// lock to BEGIN. The wait for it is part of the attempt, under the
-    /// attempt's deadline (DB_QUERY_TIMEOUT_MS): a wait behind another
-    /// server's batch takes milliseconds. The lock is tried first, and only
-    /// waited for when another session holds it: `body` learns which.
+    /// attempt's deadline (DB_QUERY_TIMEOUT_MS), and, being a statement run
+    /// alone, under the pooled session's statement timeout, which ends it a
+    /// little before (see `session`): a wait behind another server's batch
+    /// takes milliseconds. The lock is tried first, and only waited for
+    /// when another session holds it: `body` learns which.
     ///
     /// Releases take the same lock (see `Store::release_claim`), so a
     /// coupon's claim batches and releases take turns over every server.
@@ -318,18 +300,19 @@ impl Store {
     /// pool: when releasing it fails, the connection is discarded, and the
     /// database releases the lock when the session ends (also when the
     /// deadline cuts the connection, or `body` panics).
+    ///
+    /// The lock is released with `pg_advisory_unlock_all()`: a pooled
+    /// session holds no other session-level advisory lock (the one-message
+    /// claim's is its transaction's, gone with it), so the texts that end
+    /// an attempt are constants whatever the key.
     pub(super) fn serializable_under_lock<T>(
         &self,
         key: i64,
-        mut body: impl FnMut(
-            &mut postgres::Client,
-            &super::connection::Statements,
-            bool,
-        ) -> Result<T, postgres::Error>,
+        mut body: impl FnMut(&mut postgres::Client, &Statements, bool) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        let commit = format!("COMMIT; SELECT pg_advisory_unlock({key})");
-        let roll_back = format!("ROLLBACK; SELECT pg_advisory_unlock({key})");
-        let unlock = format!("SELECT pg_advisory_unlock({key})");
+        const COMMIT: &str = "COMMIT; SELECT pg_advisory_unlock_all()";
+        const ROLL_BACK: &str = "ROLLBACK; SELECT pg_advisory_unlock_all()";
+        const UNLOCK: &str = "SELECT pg_advisory_unlock_all()";
         self.retrying(|client, stmts| {
             let mut unreleased = false;
             let result = client.run("a read-write transaction", |inner| {
@@ -337,17 +320,17 @@ impl Store {
                 let waited: bool = inner.query_one(&stmts.claim_lock, &[&key])?.get("waited");
                 let mut committing = false;
                 let result = inner
-                    .batch_execute("BEGIN ISOLATION LEVEL SERIALIZABLE")
+                    .batch_execute(BEGIN_SERIALIZABLE)
                     .and_then(|()| body(inner, stmts, waited))
                     .and_then(|value| {
                         committing = true;
-                        inner.batch_execute(&commit).map(|()| value)
+                        inner.batch_execute(COMMIT).map(|()| value)
                     });
                 if result.is_err() {
                     // End the transaction, unless the COMMIT did (a failed
                     // COMMIT rolls back, and skips the unlock after it), and
                     // release the lock.
-                    let release = if committing { &unlock } else { &roll_back };
+                    let release = if committing { UNLOCK } else { ROLL_BACK };
                     unreleased = inner.is_closed() || inner.batch_execute(release).is_err();
                 }
                 result
@@ -384,14 +367,6 @@ pub(crate) fn claim_lock_key(coupon: &CouponName) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn literals_double_quotes_and_backslashes_only() {
-        assert_eq!(literal("PROMO"), "E'PROMO'");
-        assert_eq!(literal("o'brien"), "E'o''brien'");
-        assert_eq!(literal(r"a\'b"), r"E'a\\''b'");
-        assert_eq!(literal("ü ' 東"), "E'ü '' 東'");
-    }
 
     fn key(name: &str) -> i64 {
         claim_lock_key(&CouponName::parse(name).unwrap())

@@ -1,11 +1,16 @@
+//! Coupons: creating one, and reading them back (a coupon with its
+//! claimers streamed from one snapshot, a page of its claims, a page of
+//! coupons).
+
 use postgres::Row;
 use r2d2::PooledConnection;
 use time::OffsetDateTime;
 
 use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
 
-use super::connection::{Conn, Manager};
-use super::{Client, Store, StoreError, failure};
+use super::deadline_client::DeadlineClient;
+use super::manager::{Conn, Manager};
+use super::{Store, StoreError, failure};
 
 /// Rows fetched per round trip while streaming a coupon's claimers.
 const STREAM_PAGE: i64 = 1000;
@@ -15,6 +20,11 @@ const STREAM_PAGE: i64 = 1000;
 /// the planner then sorts all of its claims for every page, which costs far
 /// more than reading them in index order.
 const ORDERED_PAGES: &str = "SET LOCAL enable_sort = off";
+
+/// Opens the claimers' stream: BEGIN_SNAPSHOT, then ORDERED_PAGES, in one
+/// round trip (a test holds it to the two).
+const BEGIN_STREAM: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                            SET LOCAL statement_timeout TO DEFAULT; SET LOCAL enable_sort = off";
 
 /// One claim as the paginated listing shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +47,7 @@ fn coupon_from(name: String, row: &Row) -> Coupon {
 }
 
 /// The error of a statement of the claimers' stream on `client`.
-fn fatal(client: &Client, err: postgres::Error) -> StoreError {
+fn fatal(client: &DeadlineClient, err: postgres::Error) -> StoreError {
     failure(client, err).unretried("a read-only query")
 }
 
@@ -77,9 +87,7 @@ impl Store {
     ) -> Result<Option<(Coupon, Claimers)>, StoreError> {
         let mut conn = self.conn()?;
         conn.client
-            .batch_execute(&format!(
-                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {ORDERED_PAGES}"
-            ))
+            .batch_execute(BEGIN_STREAM)
             .map_err(|err| fatal(&conn.client, err))?;
         let mut claimers = Claimers {
             conn,
@@ -172,5 +180,16 @@ impl Drop for Claimers {
             // The connection goes back to the pool: never inside a transaction.
             let _ = self.conn.client.batch_execute("ROLLBACK");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::session::BEGIN_SNAPSHOT;
+
+    #[test]
+    fn the_stream_begins_as_a_snapshot_with_ordered_pages() {
+        assert_eq!(BEGIN_STREAM, format!("{BEGIN_SNAPSHOT}; {ORDERED_PAGES}"));
     }
 }

@@ -1,3 +1,7 @@
+//! The store's errors, and the sorting of the driver's errors into those
+//! worth running the transaction again for, those that mean the database is
+//! unavailable (503), and the rest (500).
+
 use std::error::Error;
 use std::fmt;
 use std::sync::Arc;

@@ -43,11 +43,13 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded};
 use log::info;
 use postgres::fallible_iterator::FallibleIterator;
 
-use super::connection::{Client, ConnError, Connector};
+use super::conn_error::ConnError;
+use super::connector::Connector;
+use super::deadline_client::DeadlineClient;
 use crate::failure_log::{Ended, FailureLog};
 
-/// The channel schema.sql's triggers notify on.
-pub const CHANNEL: &str = "flash_coupons_stock";
+/// Listening on the channel schema.sql's triggers notify on.
+const LISTEN: &str = "LISTEN flash_coupons_stock";
 /// How often the listener confirms its connection with a round trip.
 pub const PING_EVERY: Duration = Duration::from_millis(200);
 /// How long a round trip (or LISTEN) may take before the connection counts
@@ -164,14 +166,13 @@ fn run(connector: &Connector, events: &dyn StockEvents, stop: &AtomicBool, woken
 /// One connection's life: LISTEN, then round trips and notifications until
 /// it fails (`Err`) or the listener stops (`Ok`).
 fn session(
-    client: &mut Client,
+    client: &mut DeadlineClient,
     events: &dyn StockEvents,
     stop: &AtomicBool,
     trouble: &mut Trouble,
 ) -> Result<(), String> {
-    let listen = format!("LISTEN {CHANNEL}");
     client
-        .run_within("LISTEN", PING_LIMIT, |c| c.batch_execute(&listen))
+        .run_within("LISTEN", PING_LIMIT, |c| c.batch_execute(LISTEN))
         .map_err(|e| describe(client, e))?;
     events.listening();
     trouble.recovered();
@@ -221,7 +222,7 @@ fn payload(text: &str) -> Option<&str> {
     (!text.is_empty()).then_some(text)
 }
 
-fn describe(client: &Client, err: postgres::Error) -> String {
+fn describe(client: &DeadlineClient, err: postgres::Error) -> String {
     if client.timed_out() {
         format!("no answer within {PING_LIMIT:?}")
     } else {

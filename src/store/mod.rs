@@ -1,26 +1,33 @@
 //! Everything that speaks SQL: the pool, the schema, the transactions and
 //! their retry.
 
+mod checkout;
 mod claim;
-mod connection;
+mod conn_error;
+mod connector;
 mod coupons;
+mod deadline_client;
 mod error;
 mod freshness;
+mod health;
+mod locate;
+mod manager;
+mod pool_errors;
 mod release;
 mod retry;
 mod schema;
+mod session;
 mod startup;
+mod statements;
 mod watchdog;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::debug;
-use postgres::IsolationLevel;
 
 pub use claim::BatchResult;
-pub use connection::{Client, Conn, ConnError};
 pub use coupons::{ClaimRow, Claimers};
 pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
@@ -30,8 +37,15 @@ pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
 pub use startup::OpenError;
 
 use crate::failure_log::FailureLog;
-use connection::{CheckoutScope, Connector, Manager, PoolErrors};
+use checkout::CheckoutScope;
+use connector::Connector;
+use deadline_client::DeadlineClient;
 use error::{Failure, classify};
+use health::HealthProbe;
+use manager::{Conn, Manager};
+use pool_errors::PoolErrors;
+use session::{BEGIN_READ, BEGIN_SERIALIZABLE, BEGIN_SNAPSHOT};
+use statements::Statements;
 
 /// How the store reaches the database and how hard it tries.
 #[derive(Debug, Clone)]
@@ -50,23 +64,12 @@ pub struct StoreSettings {
     pub query_timeout: Duration,
 }
 
-/// TCP keepalives and TCP_USER_TIMEOUT, for a real network partition: an
-/// idle pooled connection to a host that vanished is found dead within
-/// about KEEPALIVE_IDLE + TCP_USER_TIMEOUT, and a connection whose sent data
-/// goes unacknowledged that long fails (the watchdog covers a database that
-/// acknowledges and does not answer; these cover one that is gone).
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(3);
-const KEEPALIVE_RETRIES: u32 = 3;
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
-
 /// The database, as the rest of the service sees it. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     pool: r2d2::Pool<Manager>,
-    /// The health probe's own connection: a pool that is all busy with
-    /// work must not read as a database that does not answer.
-    health: Arc<Mutex<Option<Client>>>,
+    /// /healthz's probe of the database, on a connection of its own.
+    health: Arc<HealthProbe>,
     connector: Connector,
     /// Opens the freshness listener's connections (see `freshness`): the
     /// same settings, and an application_name of their own.
@@ -80,7 +83,7 @@ impl Store {
     /// Connects (waiting for the database up to `startup_timeout`), applies
     /// the schema and fills the pool.
     pub fn open(settings: &StoreSettings) -> Result<Store, OpenError> {
-        let config = connection_config(settings);
+        let config = session::connection_config(settings);
         let mut listener_config = config.clone();
         listener_config.application_name(&format!("flash-coupons-listener-{}", std::process::id()));
         let connector = Connector::new(config, settings.query_timeout);
@@ -88,7 +91,6 @@ impl Store {
         startup::start_up(&connector, settings.startup_timeout)?;
 
         let failures = Arc::new(FailureLog::default());
-        let health = Arc::new(Mutex::new(None));
         let pool = r2d2::Pool::builder()
             .max_size(settings.pool_size)
             .min_idle(Some(0))
@@ -105,7 +107,7 @@ impl Store {
         }
         Ok(Store {
             pool,
-            health,
+            health: Arc::default(),
             connector,
             listener_connector,
             retry: RetryPolicy::new(settings.max_retries),
@@ -134,28 +136,6 @@ impl Store {
         )
     }
 
-    /// True when the database answers a round trip on the probe's own
-    /// connection (opened again when needed), all within `timeout`,
-    /// whatever the database does.
-    pub fn ping(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
-        if health.as_ref().is_none_or(Client::is_broken) {
-            *health = self.connector.open(timeout).ok();
-        }
-        let Some(client) = health.as_mut() else {
-            return false;
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let answered = client
-            .run_within("the health probe", left, |c| c.simple_query(""))
-            .is_ok();
-        if !answered {
-            *health = None;
-        }
-        answered
-    }
-
     fn conn(&self) -> Result<r2d2::PooledConnection<Manager>, StoreError> {
         self.checkout(self.checkout_timeout)
     }
@@ -182,23 +162,15 @@ impl Store {
     /// count.
     fn serializable<T>(
         &self,
-        mut body: impl FnMut(
-            &mut postgres::Transaction<'_>,
-            &connection::Statements,
-        ) -> Result<T, postgres::Error>,
+        mut body: impl FnMut(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         self.retrying(|client, stmts| {
-            client.run("a read-write transaction", |inner| {
-                inner
-                    .build_transaction()
-                    .isolation_level(IsolationLevel::Serializable)
-                    .start()
-                    .and_then(|mut tx| {
-                        let value = body(&mut tx, stmts)?;
-                        tx.commit()?;
-                        Ok(value)
-                    })
-            })
+            in_transaction(
+                client,
+                "a read-write transaction",
+                BEGIN_SERIALIZABLE,
+                |inner| body(inner, stmts),
+            )
         })
     }
 
@@ -207,7 +179,7 @@ impl Store {
     /// race, up to the retry bound; counts the retries.
     fn retrying<T>(
         &self,
-        mut attempt: impl FnMut(&mut Client, &connection::Statements) -> Result<T, postgres::Error>,
+        mut attempt: impl FnMut(&mut DeadlineClient, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let mut retry = 0;
@@ -239,14 +211,18 @@ impl Store {
         }
     }
 
-    /// Runs one autocommitted read.
+    /// Runs one read in a READ COMMITTED transaction of its own (see
+    /// `session::BEGIN_READ`). Two round trips more than the statement
+    /// alone, for reads that are rare next to claims: a page of coupons, a
+    /// sold-out coupon's holders once, and whether a user holds a sold-out
+    /// coupon too large to remember.
     fn read<T>(
         &self,
-        body: impl FnOnce(&mut postgres::Client, &connection::Statements) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let result = client.run("a read", |inner| body(inner, stmts));
+        let result = in_transaction(client, "a read", BEGIN_READ, |inner| body(inner, stmts));
         result.map_err(|err| failure(client, err).unretried("a plain read"))
     }
 
@@ -254,32 +230,52 @@ impl Store {
     /// so counts and claim lists agree, and it can never fail to serialize.
     fn snapshot<T>(
         &self,
-        body: impl FnOnce(
-            &mut postgres::Transaction<'_>,
-            &connection::Statements,
-        ) -> Result<T, postgres::Error>,
+        body: impl FnOnce(&mut postgres::Client, &Statements) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let result = client.run("a read-only transaction", |inner| {
-            inner
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .and_then(|mut tx| {
-                    let value = body(&mut tx, stmts)?;
-                    tx.commit()?;
-                    Ok(value)
-                })
+        let result = in_transaction(client, "a read-only transaction", BEGIN_SNAPSHOT, |inner| {
+            body(inner, stmts)
         });
         result.map_err(|err| failure(client, err).unretried("read-only transaction"))
     }
 }
 
+/// Runs `body` in a transaction that `begin` opens, and commits it, all
+/// under one deadline (`what` names it in the watchdog's log). After an
+/// error the transaction is rolled back (a failed COMMIT has ended it
+/// already); a connection on which that fails too is discarded, never to
+/// go back to the pool inside a transaction.
+fn in_transaction<T>(
+    client: &mut DeadlineClient,
+    what: &'static str,
+    begin: &str,
+    body: impl FnOnce(&mut postgres::Client) -> Result<T, postgres::Error>,
+) -> Result<T, postgres::Error> {
+    let mut left_open = false;
+    let result = client.run(what, |inner| {
+        let mut committing = false;
+        let result = inner
+            .batch_execute(begin)
+            .and_then(|()| body(inner))
+            .and_then(|value| {
+                committing = true;
+                inner.batch_execute("COMMIT").map(|()| value)
+            });
+        if result.is_err() && !committing {
+            left_open = inner.is_closed() || inner.batch_execute("ROLLBACK").is_err();
+        }
+        result
+    });
+    if left_open {
+        client.discard();
+    }
+    result
+}
+
 /// Sorts the error of an operation on `client`; one that ran out of time
 /// says so. (`Failure::unretried` for an operation that is not retried.)
-fn failure(client: &Client, err: postgres::Error) -> Failure {
+fn failure(client: &DeadlineClient, err: postgres::Error) -> Failure {
     if client.timed_out() {
         return Failure::Fatal(StoreError::Unavailable(Cause::with_source(
             format!(
@@ -290,45 +286,4 @@ fn failure(client: &Client, err: postgres::Error) -> Failure {
         )));
     }
     classify(err)
-}
-
-/// DATABASE_URL's connection settings with ours added. Settings given in
-/// DATABASE_URL win wherever the driver lets us tell that they were given.
-fn connection_config(settings: &StoreSettings) -> postgres::Config {
-    let mut database = settings.database.clone();
-    if database.get_connect_timeout().is_none() {
-        // The TCP connect only; the whole of opening a connection is bounded
-        // by the query timeout on the caller's side (`Connector::open`).
-        database.connect_timeout(settings.query_timeout);
-    }
-    database.keepalives(true);
-    // The driver's default idle time is two hours: any other value was set.
-    if database.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
-        database.keepalives_idle(KEEPALIVE_IDLE);
-    }
-    if database.get_keepalives_interval().is_none() {
-        database.keepalives_interval(KEEPALIVE_INTERVAL);
-    }
-    if database.get_keepalives_retries().is_none() {
-        database.keepalives_retries(KEEPALIVE_RETRIES);
-    }
-    if database.get_tcp_user_timeout().is_none() {
-        database.tcp_user_timeout(TCP_USER_TIMEOUT);
-    }
-    // A claim never needs seconds; a statement stuck that long means a
-    // sick database, and the client is better off with a 503.
-    //
-    // Connections live long, and a generic plan cached while the claims
-    // table was still empty goes on scanning it whole once it has grown;
-    // custom plans cost a little planning per statement instead.
-    //
-    // Options given in DATABASE_URL come last, so they win.
-    let ours = "-c statement_timeout=10000 -c idle_in_transaction_session_timeout=30000 \
-                -c plan_cache_mode=force_custom_plan";
-    let options = match database.get_options() {
-        Some(theirs) => format!("{ours} {theirs}"),
-        None => ours.to_owned(),
-    };
-    database.options(&options);
-    database
 }

@@ -1,3 +1,6 @@
+//! How often a transaction that failed to serialize is run again, the
+//! pause before each attempt, and the counts of retries that /metrics shows.
+
 use std::time::Duration;
 
 use prometheus::core::Collector;

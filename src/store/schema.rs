@@ -29,6 +29,11 @@ pub const SCHEMA_VERSION: i32 = 2;
 /// while it waits, claims on the same table queue behind it.
 pub const LOCK_WAIT: Duration = Duration::from_millis(100);
 
+/// Start-up's session while it brings the schema up to date: LOCK_WAIT as
+/// lock_timeout (in milliseconds; a test holds the two together), and the
+/// notices of `IF NOT EXISTS` kept out of the log.
+const SCHEMA_SESSION: &str = "SET lock_timeout = 100; SET client_min_messages = warning";
+
 /// Serializes servers that change the schema at the same moment:
 /// `CREATE ... IF NOT EXISTS` is not safe against a concurrent twin.
 const APPLY_LOCK: i64 = 7_243_020_151;
@@ -55,10 +60,7 @@ pub fn server_encoding(client: &mut postgres::Client) -> Result<String, postgres
 /// one. Every lock is waited for at most [`LOCK_WAIT`] (55P03 past it), the
 /// version's read included; the session is start-up's own.
 pub fn bring_up_to_date(client: &mut postgres::Client) -> Result<Applied, postgres::Error> {
-    client.batch_execute(&format!(
-        "SET lock_timeout = {}; SET client_min_messages = warning",
-        LOCK_WAIT.as_millis()
-    ))?;
+    client.batch_execute(SCHEMA_SESSION)?;
     let recorded = recorded_version(client)?;
     if let Some(version) = recorded.filter(|&v| v >= SCHEMA_VERSION) {
         return Ok(Applied::Current { version });
@@ -108,6 +110,12 @@ mod tests {
             SCHEMA_SQL.contains(&recorded),
             "schema.sql must end with {recorded}"
         );
+    }
+
+    #[test]
+    fn the_schema_session_waits_for_a_lock_at_most_lock_wait() {
+        let setting = format!("SET lock_timeout = {};", LOCK_WAIT.as_millis());
+        assert!(SCHEMA_SESSION.starts_with(&setting), "{SCHEMA_SESSION}");
     }
 
     /// A change to schema.sql that keeps the version would never reach a

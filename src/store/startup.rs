@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use log::info;
 use postgres::error::SqlState;
 
-use super::connection::{ConnError, Connector};
+use super::conn_error::ConnError;
+use super::connector::Connector;
 use super::error::Failure;
 use super::schema::{self, Applied};
 use super::{StoreError, failure};

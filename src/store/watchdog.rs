@@ -58,7 +58,9 @@ struct SlotState {
     closed: bool,
 }
 
-struct Shared {
+/// The watchdog's table of connections, each with its deadline when one is
+/// armed.
+struct Deadlines {
     slots: Mutex<Vec<Weak<Slot>>>,
     /// Operations armed right now; the watchdog sleeps while there are none.
     armed: AtomicUsize,
@@ -67,19 +69,19 @@ struct Shared {
 
 /// The process-wide watchdog, started on first use; `None` if its thread
 /// could not be started (then no deadline is enforced, and that was logged).
-fn shared() -> Option<&'static Shared> {
-    static SHARED: OnceLock<Option<&'static Shared>> = OnceLock::new();
-    *SHARED.get_or_init(|| {
-        let shared: &'static Shared = Box::leak(Box::new(Shared {
+fn deadlines() -> Option<&'static Deadlines> {
+    static DEADLINES: OnceLock<Option<&'static Deadlines>> = OnceLock::new();
+    *DEADLINES.get_or_init(|| {
+        let deadlines: &'static Deadlines = Box::leak(Box::new(Deadlines {
             slots: Mutex::new(Vec::new()),
             armed: AtomicUsize::new(0),
             wake: Condvar::new(),
         }));
         match thread::Builder::new()
             .name("db-watchdog".into())
-            .spawn(move || watch(shared))
+            .spawn(move || watch(deadlines))
         {
-            Ok(_) => Some(shared),
+            Ok(_) => Some(deadlines),
             Err(err) => {
                 error!(
                     "cannot start the database watchdog ({err}); database operations have no \
@@ -95,12 +97,12 @@ impl Slot {
     /// Registers the socket `fd` of a connection that is open and owned by
     /// the caller, who must call [`Slot::close`] before the socket closes.
     pub(crate) fn register(fd: RawFd) -> Option<Arc<Slot>> {
-        let shared = shared()?;
+        let deadlines = deadlines()?;
         let slot = Arc::new(Slot {
             fd,
             state: Mutex::new(SlotState::default()),
         });
-        let mut slots = lock(&shared.slots);
+        let mut slots = lock(&deadlines.slots);
         slots.retain(|s| s.strong_count() > 0);
         slots.push(Arc::downgrade(&slot));
         Some(slot)
@@ -114,13 +116,13 @@ impl Slot {
             state.op = op;
             state.limit = limit;
         }
-        if let Some(shared) = shared()
-            && shared.armed.fetch_add(1, Ordering::SeqCst) == 0
+        if let Some(deadlines) = deadlines()
+            && deadlines.armed.fetch_add(1, Ordering::SeqCst) == 0
         {
             // Taken so the notification cannot fall between the watchdog's
             // check of `armed` and its wait.
-            let _slots = lock(&shared.slots);
-            shared.wake.notify_one();
+            let _slots = lock(&deadlines.slots);
+            deadlines.wake.notify_one();
         }
     }
 
@@ -132,8 +134,8 @@ impl Slot {
             state.deadline = None;
             state.tripped
         };
-        if let Some(shared) = shared() {
-            shared.armed.fetch_sub(1, Ordering::SeqCst);
+        if let Some(deadlines) = deadlines() {
+            deadlines.armed.fetch_sub(1, Ordering::SeqCst);
         }
         tripped
     }
@@ -168,17 +170,20 @@ fn shut_down(fd: RawFd) {
 /// The watchdog thread: while any operation is armed, every TICK it cuts
 /// the connections whose operation is past its deadline, and logs one line
 /// for all of those it cut in that round.
-fn watch(shared: &'static Shared) {
+fn watch(deadlines: &'static Deadlines) {
     loop {
         {
-            let mut slots = lock(&shared.slots);
-            while shared.armed.load(Ordering::SeqCst) == 0 {
-                slots = shared.wake.wait(slots).unwrap_or_else(|p| p.into_inner());
+            let mut slots = lock(&deadlines.slots);
+            while deadlines.armed.load(Ordering::SeqCst) == 0 {
+                slots = deadlines
+                    .wake
+                    .wait(slots)
+                    .unwrap_or_else(|p| p.into_inner());
             }
         }
         thread::sleep(TICK);
         let live: Vec<Arc<Slot>> = {
-            let mut slots = lock(&shared.slots);
+            let mut slots = lock(&deadlines.slots);
             slots.retain(|s| s.strong_count() > 0);
             slots.iter().filter_map(Weak::upgrade).collect()
         };
