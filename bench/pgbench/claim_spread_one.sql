@@ -1,6 +1,9 @@
--- The S4 shape as the server sends a claim alone on its coupon: one message
--- (statements joined with \;), one implicit SERIALIZABLE transaction around
--- flash_coupons_claim_one (schema.sql), on a coupon drawn at random from
+-- The S4 shape as the server decides a claim alone on its coupon: one round
+-- trip, one implicit SERIALIZABLE transaction around flash_coupons_claim_one
+-- (schema.sql) with a statement timeout. The server sends the call as a
+-- prepared statement at its pooled session's defaults (serializable, the
+-- timeout); this script sends one message that sets them (statements joined
+-- with \;). On a coupon drawn at random from
 -- pg4-0 .. pg4-999. The lock key is a constant per coupon here (any bigint
 -- works: it only has to be the same for the same coupon).
 \set c random(0, 999)

@@ -285,7 +285,7 @@ fn every_server_waits_for_the_coupons_claim_lock_and_claims_queued_meanwhile_joi
 }
 
 #[test]
-fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_behind() {
+fn a_wait_for_the_claim_lock_past_the_query_deadline_is_given_up_and_leaves_no_lock_behind() {
     let _turn = serial::turn!();
     let db = TestDb::new();
     let server = ServerProcess::spawn(&db.url, &[("DB_QUERY_TIMEOUT_MS", "1500")]);
@@ -310,8 +310,9 @@ fn a_wait_for_the_claim_lock_past_the_query_deadline_is_cut_and_leaves_no_lock_b
     holder
         .execute("SELECT pg_advisory_unlock($1)", &[&key])
         .unwrap();
-    // The cut connection was discarded: nothing holds or waits for a lock,
-    // and the next claim gets its unit.
+    // The wait was given up (by the session's statement timeout, just below
+    // the deadline): nothing holds or waits for a lock, and the next claim
+    // gets its unit.
     assert!(
         support::wait_for(Duration::from_secs(10), || advisory_locks(&db) == 0),
         "advisory locks left: {}",
