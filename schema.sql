@@ -56,16 +56,11 @@ CREATE TABLE IF NOT EXISTS claim_releases (
 );
 CREATE INDEX IF NOT EXISTS claim_releases_coupon_order ON claim_releases (coupon_name, id);
 
--- Freshness of what servers remember about sold-out coupons. Each server
--- LISTENs on flash_coupons_stock and forgets a coupon when a commit may
--- have given it stock or taken a holder away; the payload is the coupon's
--- name, or '' (never a valid name) for "everything". These triggers see
--- every such write, the service's own (releases) and anyone else's (an
--- operator's restock, a restore, a test harness's TRUNCATE), and nothing
--- the claim path does per claim: the claim's UPDATE only lowers
--- remaining_amount, which the WHEN below skips, and inserting claims has
--- no trigger. Notifications go out when the writing transaction commits;
--- PostgreSQL folds repeats within one transaction into one.
+-- Freshness of what servers remember about sold-out coupons (the design:
+-- docs/architecture.md, "Keeping the memory fresh"). The payload is the
+-- coupon's name, or '' (never a valid name) for "everything". Nothing the
+-- claim path does notifies: its UPDATE only lowers remaining_amount, which
+-- the WHEN below skips, and inserting claims has no trigger.
 CREATE OR REPLACE FUNCTION flash_coupons_notify_stock(names TEXT[]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE

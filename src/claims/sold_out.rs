@@ -3,35 +3,13 @@
 //! Every claim row is inserted in the same transaction that takes a unit, so
 //! while a coupon stays at 0 its holders are final: a holder gets 409 and
 //! anyone else 400, from memory when the holders are few enough, from one
-//! index probe otherwise.
-//!
-//! Stock can rise again, though: a release gives a unit back (and takes a
-//! holder away), and so can anyone's SQL (a restock, a restore, a TRUNCATE
-//! and a new coupon of the same name). So what is remembered is dropped
-//! whenever such a commit may have happened:
-//!
-//! - a release by this process drops its coupon before it is answered
-//!   ([`SoldOut::forget`]);
-//! - the freshness listener (`store::freshness`) passes on what the
-//!   database's triggers notify, for any process's commits and anyone
-//!   else's ([`StockEvents::changed`]);
-//! - memory answers only while the listener has confirmed its connection
-//!   within the last second ([`StockEvents::confirmed_until`]): before it
-//!   first listens, while it has lost its connection or while that
-//!   connection does not answer, every claim is decided by a transaction;
-//!   and on every new connection everything is forgotten, since
-//!   notifications may have been missed in between.
-//!
-//! Learning that a coupon is sold out races with all of these: the holders
-//! are read after the transaction that saw 0, and a unit may have come back
-//! in between, its notification arriving before or after the read. So the
-//! read checks the stock itself, in the same snapshot as the holders, and a
-//! learning is registered before the read starts: forgetting the coupon (or
-//! everything) meanwhile spoils it, and a spoiled learning stores nothing.
-//! A release that commits before the read's snapshot is seen by it; one that
-//! commits after has its notification (or, in this process, its `forget`)
-//! come after the registration: either before the entry is stored, which
-//! then is not, or after, which removes it.
+//! index probe otherwise. Stock can rise again (a release, anyone's SQL), so
+//! what is remembered is dropped whenever a commit may have changed it, and
+//! used only while the freshness listener is known to hear of such commits:
+//! docs/architecture.md, "Keeping the memory fresh", says how, and why a
+//! learning is registered before its read (the race with a release). Here:
+//! [`SoldOut::forget`] for this process's releases, and [`StockEvents`] for
+//! what the listener reports.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;

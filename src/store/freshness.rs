@@ -1,14 +1,9 @@
 //! The freshness listener: one thread per process, on a connection of its
-//! own, that hears from PostgreSQL whenever a commit may have given a coupon
-//! stock back or taken a holder away, so that what the process remembers
-//! about sold-out coupons (`claims::sold_out`) is dropped in time.
-//!
-//! schema.sql's triggers notify on the channel `flash_coupons_stock` when a
-//! coupon row is inserted or deleted, when its remaining_amount rises or its
-//! name, amount or sale window changes, when claim rows are deleted or
-//! updated, and when either table is truncated: the payload is the coupon's
-//! name, or empty for "everything". They see the service's own releases and
-//! anyone else's SQL alike, and nothing the claim path does per claim.
+//! own, that hears from PostgreSQL (LISTEN on [`CHANNEL`], which schema.sql's
+//! triggers notify) whenever a commit may have given a coupon stock back or
+//! taken a holder away, so that what the process remembers about sold-out
+//! coupons (`claims::sold_out`) is dropped in time. The design as a whole is
+//! in docs/architecture.md, "Keeping the memory fresh".
 //!
 //! The listener tells its [`StockEvents`] what it hears, and whether it can
 //! be relied on:
