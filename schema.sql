@@ -251,6 +251,89 @@ BEGIN
 END
 $$;
 
+-- Idempotency keys (the Idempotency-Key header of claims, creates and
+-- releases): a key is recorded, with what its request asked for and what it
+-- was answered, in the same transaction as the answer's effect, so a key is
+-- here exactly when its effect committed. `request` is the request's
+-- fingerprint (its parsed fields), `remaining_amount` the stock in a claim's
+-- or a release's answer. A row older than IDEMPOTENCY_TTL_HOURS no longer
+-- counts, and the service deletes it in small batches (created_at's index).
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    operation        TEXT        NOT NULL,
+    key              TEXT        NOT NULL,
+    request          TEXT        NOT NULL,
+    status           SMALLINT    NOT NULL,
+    remaining_amount INTEGER,
+    created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (operation, key)
+);
+CREATE INDEX IF NOT EXISTS idempotency_keys_created ON idempotency_keys (created_at);
+
+-- Records keys with their requests and answers (one answer status for all;
+-- a stock per key, or NULL). A row older than ttl_hours is taken over. A
+-- live row this transaction could not see (another transaction recorded the
+-- key since this one's snapshot) fails the statement to serialize: the
+-- caller runs its transaction again, and then finds the key.
+CREATE OR REPLACE FUNCTION flash_coupons_record_keys(
+    op TEXT, keys TEXT[], requests TEXT[], answer_status SMALLINT, remainings INTEGER[],
+    ttl_hours INTEGER)
+RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    recorded INTEGER;
+BEGIN
+    INSERT INTO idempotency_keys AS k (operation, key, request, status, remaining_amount)
+        SELECT op, t.key, t.request, answer_status, t.remaining
+        FROM unnest(keys, requests, remainings) AS t(key, request, remaining)
+        ON CONFLICT (operation, key) DO UPDATE
+        SET request = EXCLUDED.request, status = EXCLUDED.status,
+            remaining_amount = EXCLUDED.remaining_amount, created_at = now()
+        WHERE k.created_at < now() - make_interval(hours => ttl_hours);
+    GET DIAGNOSTICS recorded = ROW_COUNT;
+    IF recorded < cardinality(keys) THEN
+        RAISE EXCEPTION 'an idempotency key was recorded by another transaction meanwhile'
+            USING ERRCODE = 'serialization_failure';
+    END IF;
+END
+$$;
+
+-- flash_coupons_claim_one with an idempotency key: when `idem_key` is set,
+-- a live recorded key answers first ('replayed' with its stock, or
+-- 'key_mismatch' when it was recorded for another request), and a claim
+-- that is granted records it. Without a key it is the function above.
+-- (The three-argument one stays for servers of the previous version during
+-- a rolling upgrade.)
+CREATE OR REPLACE FUNCTION flash_coupons_claim_one(
+    coupon TEXT, claimant TEXT, lock_key BIGINT, idem_key TEXT, fingerprint TEXT,
+    ttl_hours INTEGER)
+RETURNS TABLE (outcome TEXT, remaining INTEGER, windowed BOOLEAN)
+LANGUAGE plpgsql AS $$
+DECLARE
+    recorded RECORD;
+BEGIN
+    IF idem_key IS NOT NULL THEN
+        SELECT k.request, k.remaining_amount INTO recorded FROM idempotency_keys k
+            WHERE k.operation = 'claim' AND k.key = idem_key
+            AND k.created_at >= now() - make_interval(hours => ttl_hours);
+        IF FOUND THEN
+            IF recorded.request = fingerprint THEN
+                RETURN QUERY SELECT 'replayed', recorded.remaining_amount, false;
+            ELSE
+                RETURN QUERY SELECT 'key_mismatch', NULL::INTEGER, false;
+            END IF;
+            RETURN;
+        END IF;
+    END IF;
+    SELECT c.outcome, c.remaining, c.windowed INTO outcome, remaining, windowed
+        FROM flash_coupons_claim_one(coupon, claimant, lock_key) c;
+    IF idem_key IS NOT NULL AND outcome = 'claimed' THEN
+        PERFORM flash_coupons_record_keys('claim', ARRAY[idem_key], ARRAY[fingerprint],
+                                          200::SMALLINT, ARRAY[remaining], ttl_hours);
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
 -- The version of this file, recorded by the server that applied it. A
 -- server starting against a database whose recorded version is its own (or
 -- newer) applies nothing: it takes no lock stronger than the claim path's,
@@ -263,6 +346,6 @@ CREATE TABLE IF NOT EXISTS flash_coupons_schema (
     version    INTEGER     NOT NULL,
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO flash_coupons_schema (version) VALUES (2)
+INSERT INTO flash_coupons_schema (version) VALUES (3)
     ON CONFLICT (only_row) DO UPDATE
     SET version = GREATEST(flash_coupons_schema.version, EXCLUDED.version), applied_at = now();

@@ -60,6 +60,9 @@ pub const DEFAULT_HTTP_WRITE_TIMEOUT_SECS: u64 = 30;
 pub const DEFAULT_HTTP_WRITERS: usize = 64;
 pub const DEFAULT_HTTP_LARGE_ANSWERS: usize = 8;
 pub const DEFAULT_RESPONSE_BUFFER_MB: usize = 256;
+/// A day: a client retrying after a lost answer does so within minutes; a
+/// day also covers a phone that comes back online the next morning.
+pub const DEFAULT_IDEMPOTENCY_TTL_HOURS: i32 = 24;
 /// No drain: the binary alone stops accepting as soon as it is signalled.
 /// Deployments behind a load balancer set it to a few health-check
 /// intervals.
@@ -104,6 +107,13 @@ impl Config {
             10,
             600_000,
         )?);
+        config.store.idempotency_ttl_hours = number(
+            &get,
+            "IDEMPOTENCY_TTL_HOURS",
+            DEFAULT_IDEMPOTENCY_TTL_HOURS,
+            1,
+            24 * 365,
+        )?;
         config.store.query_timeout = Duration::from_millis(number(
             &get,
             "DB_QUERY_TIMEOUT_MS",
@@ -180,6 +190,7 @@ impl Config {
                 startup_timeout: Duration::from_secs(DEFAULT_DB_STARTUP_TIMEOUT_SECS),
                 checkout_timeout: Duration::from_millis(DEFAULT_DB_CHECKOUT_TIMEOUT_MS),
                 query_timeout: Duration::from_millis(DEFAULT_DB_QUERY_TIMEOUT_MS),
+                idempotency_ttl_hours: DEFAULT_IDEMPOTENCY_TTL_HOURS,
             },
             transport: transport::Settings {
                 listen_addr: DEFAULT_LISTEN_ADDR.to_owned(),
@@ -284,6 +295,11 @@ pub fn settings() -> Vec<Setting> {
             "SHUTDOWN_DRAIN_SECS",
             &DEFAULT_SHUTDOWN_DRAIN_SECS,
             "after SIGTERM, how long /healthz fails while everything else is served (0-3600)",
+        ),
+        setting(
+            "IDEMPOTENCY_TTL_HOURS",
+            &DEFAULT_IDEMPOTENCY_TTL_HOURS,
+            "how long an Idempotency-Key is remembered (1-8760)",
         ),
         setting(
             "ADMIN_TOKEN",

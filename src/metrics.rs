@@ -16,6 +16,7 @@ use prometheus::{
 };
 
 use crate::claims::Claims;
+use crate::domain::Operation;
 use crate::store::Store;
 
 pub struct Metrics {
@@ -25,6 +26,7 @@ pub struct Metrics {
     claims_waiting: IntGauge,
     claims: IntCounterVec,
     releases: IntCounterVec,
+    idempotency: IntCounterVec,
     pool: IntGaugeVec,
     sold_out: IntGaugeVec,
     listener_connected: IntGauge,
@@ -69,6 +71,21 @@ impl Metrics {
             ),
             &["outcome"],
         ));
+        let idempotency = must(IntCounterVec::new(
+            Opts::new(
+                "flash_coupons_idempotency_keys_total",
+                "Requests with an Idempotency-Key whose key was recorded already, by operation \
+                 and result: answered again (replayed), or refused because the key was \
+                 recorded for another request (mismatch).",
+            ),
+            &["operation", "result"],
+        ));
+        // Every series is in the exposition from the start, at 0.
+        for operation in ["claim", "create", "release"] {
+            for result in ["replayed", "mismatch"] {
+                idempotency.with_label_values(&[operation, result]);
+            }
+        }
         let pool = must(IntGaugeVec::new(
             Opts::new(
                 "flash_coupons_db_pool_connections",
@@ -94,6 +111,7 @@ impl Metrics {
             Box::new(claims_waiting.clone()),
             Box::new(claims_by_outcome.clone()),
             Box::new(releases.clone()),
+            Box::new(idempotency.clone()),
             Box::new(pool.clone()),
             Box::new(sold_out.clone()),
             Box::new(listener_connected.clone()),
@@ -113,6 +131,7 @@ impl Metrics {
             claims_waiting,
             claims: claims_by_outcome,
             releases,
+            idempotency,
             pool,
             sold_out,
             listener_connected,
@@ -142,6 +161,14 @@ impl Metrics {
 
     pub fn release_answered(&self, outcome: &str) {
         self.releases.with_label_values(&[outcome]).inc();
+    }
+
+    /// A request whose idempotency key was recorded: `result` is
+    /// "replayed" or "mismatch".
+    pub fn idempotency_key(&self, operation: Operation, result: &str) {
+        self.idempotency
+            .with_label_values(&[operation.as_str(), result])
+            .inc();
     }
 
     /// The text exposition, with the gauges of the current state set now.

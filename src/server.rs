@@ -19,7 +19,7 @@ use log::{debug, info, warn};
 use crate::config::{Config, describe_database};
 use crate::context::Context;
 use crate::http::{self, Job, Pools};
-use crate::store::{OpenError, StockListener, Store};
+use crate::store::{KeySweeper, OpenError, StockListener, Store};
 use crate::transport::{self, Transport, TransportError};
 use crate::workers::WorkerPool;
 
@@ -76,6 +76,8 @@ pub struct Server {
     workers: Option<Workers>,
     /// The freshness listener (see `store::freshness`): stopped last.
     freshness: Option<StockListener>,
+    /// Removes expired idempotency keys (see `store::idempotency`).
+    sweeper: Option<KeySweeper>,
 }
 
 /// The two worker pools (see `http::Pool`).
@@ -101,6 +103,11 @@ impl Server {
             .listen_for_stock(context.claims.stock_events())
             .map_err(|source| StartError::Thread {
                 what: "the db-listener thread",
+                source,
+            })?;
+        let sweeper =
+            KeySweeper::start(context.store.clone()).map_err(|source| StartError::Thread {
+                what: "the key-sweeper thread",
                 source,
             })?;
 
@@ -139,6 +146,7 @@ impl Server {
             transport: Some(transport),
             workers: Some(workers),
             freshness: Some(freshness),
+            sweeper: Some(sweeper),
         })
     }
 
@@ -176,6 +184,7 @@ impl Drop for Server {
             drop(quick);
         }
         drop(self.transport.take());
+        drop(self.sweeper.take());
         drop(self.freshness.take());
         info!("stopped");
     }

@@ -20,8 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use log::error;
 
-use crate::domain::{ClaimOutcome, CouponName, UserId};
-use crate::store::{Store, StoreError};
+use crate::domain::{ClaimOutcome, CouponName};
+use crate::store::{BatchClaim, Store, StoreError};
 
 use super::sold_out::SoldOut;
 
@@ -32,7 +32,7 @@ pub type Done = Box<dyn FnOnce(Result<ClaimOutcome, StoreError>) + Send>;
 pub const MAX_BATCH: usize = 1024;
 
 struct Waiting {
-    user: UserId,
+    claim: BatchClaim,
     done: Done,
 }
 
@@ -73,19 +73,19 @@ impl Combiner {
         store: &Store,
         sold_out: &SoldOut,
         coupon: CouponName,
-        user: UserId,
+        claim: BatchClaim,
         done: Done,
     ) {
         {
             let mut queues = self.queues();
             if let Some(queue) = queues.get_mut(&coupon) {
-                queue.push(Waiting { user, done });
+                queue.push(Waiting { claim, done });
                 self.waiting.fetch_add(1, Ordering::SeqCst);
                 return;
             }
             queues.insert(coupon.clone(), Vec::new());
         }
-        let mut batch = vec![Waiting { user, done }];
+        let mut batch = vec![Waiting { claim, done }];
         loop {
             self.run(store, sold_out, &coupon, batch);
             let mut queues = self.queues();
@@ -103,17 +103,17 @@ impl Combiner {
 
     fn run(&self, store: &Store, sold_out: &SoldOut, coupon: &CouponName, batch: Vec<Waiting>) {
         let mut batch = batch;
-        let users: Vec<UserId> = batch.iter().map(|w| w.user.clone()).collect();
+        let claims: Vec<BatchClaim> = batch.iter().map(|w| w.claim.clone()).collect();
         // Claims that arrived while the batch waited for another server's
         // batch on the same coupon: they join it rather than wait a turn.
         let mut late: Vec<Waiting> = Vec::new();
         let decided = catch_unwind(AssertUnwindSafe(|| {
-            store.claim_batch(coupon, users, || {
+            store.claim_batch(coupon, claims, || {
                 let room = MAX_BATCH.saturating_sub(batch.len() + late.len());
                 let joined = self.take_queued(coupon, room);
-                let users = joined.iter().map(|w| w.user.clone()).collect();
+                let claims = joined.iter().map(|w| w.claim.clone()).collect();
                 late.extend(joined);
-                users
+                claims
             })
         }))
         .unwrap_or_else(|_| {

@@ -7,8 +7,8 @@ mod sold_out;
 
 use std::sync::Arc;
 
-use crate::domain::{CouponName, UserId};
-use crate::store::{ReleaseOutcome, StockEvents, Store, StoreError};
+use crate::domain::{ClaimOutcome, CouponName, IdempotencyKey, Operation, UserId, claim_request};
+use crate::store::{BatchClaim, KeyVerdict, ReleaseOutcome, StockEvents, Store, StoreError};
 
 use combiner::Combiner;
 pub use combiner::{BatchStats, Done};
@@ -33,13 +33,40 @@ impl Claims {
 
     /// Decides a claim and calls `done` with the outcome, on this thread or
     /// on the thread of the claim that leads its batch.
-    pub fn submit(&self, coupon: CouponName, user: UserId, done: Done) {
-        match self.sold_out.verdict(&self.store, &coupon, &user) {
-            Verdict::Known(outcome) => done(outcome),
+    ///
+    /// A claim with an idempotency key is answered from the sold-out memory
+    /// only when the key was never recorded: a replay wins over "sold out"
+    /// (one read of the key, see [`Store::recorded_key`]).
+    pub fn submit(&self, coupon: CouponName, claim: BatchClaim, done: Done) {
+        match self.sold_out.verdict(&self.store, &coupon, &claim.user) {
+            Verdict::Known(outcome) => match &claim.key {
+                None => done(outcome),
+                Some(key) => done(self.unless_recorded(&coupon, &claim.user, key, outcome)),
+            },
             Verdict::Open => self
                 .combiner
-                .submit(&self.store, &self.sold_out, coupon, user, done),
+                .submit(&self.store, &self.sold_out, coupon, claim, done),
         }
+    }
+
+    /// `outcome`, unless `key` is recorded for a claim: then what the
+    /// record says.
+    fn unless_recorded(
+        &self,
+        coupon: &CouponName,
+        user: &UserId,
+        key: &IdempotencyKey,
+        outcome: Result<ClaimOutcome, StoreError>,
+    ) -> Result<ClaimOutcome, StoreError> {
+        let Some(record) = self.store.recorded_key(Operation::Claim, key)? else {
+            return outcome;
+        };
+        Ok(match record.verdict(&claim_request(coupon, user)) {
+            KeyVerdict::Replay {
+                remaining_amount: Some(remaining_amount),
+            } => ClaimOutcome::Replayed { remaining_amount },
+            _ => ClaimOutcome::KeyMismatch,
+        })
     }
 
     /// Gives `user`'s unit of `coupon` back (see `Store::release_claim`).
@@ -55,11 +82,15 @@ impl Claims {
         &self,
         coupon: &CouponName,
         user: &UserId,
+        key: Option<&IdempotencyKey>,
     ) -> Result<ReleaseOutcome, StoreError> {
-        let outcome = self.store.release_claim(coupon, user);
+        let outcome = self.store.release_claim(coupon, user, key);
         if !matches!(
             outcome,
-            Ok(ReleaseOutcome::CouponNotFound | ReleaseOutcome::ClaimNotFound)
+            Ok(ReleaseOutcome::CouponNotFound
+                | ReleaseOutcome::ClaimNotFound
+                | ReleaseOutcome::Replayed { .. }
+                | ReleaseOutcome::KeyMismatch)
         ) {
             self.sold_out.forget(Some(coupon));
         }

@@ -11,15 +11,26 @@ pub struct Coupon {
 
 /// What one claim came to. The order of the variants is the order of the
 /// checks: an unknown coupon first, then its sale window, then the user's
-/// earlier claim, then stock.
+/// earlier claim, then stock. A claim with an idempotency key whose key is
+/// recorded is answered before all of them: [`ClaimOutcome::Replayed`] or
+/// [`ClaimOutcome::KeyMismatch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClaimOutcome {
-    Claimed { remaining_amount: i32 },
+    Claimed {
+        remaining_amount: i32,
+    },
     CouponNotFound,
     NotStarted,
     Expired,
     AlreadyClaimed,
     OutOfStock,
+    /// The key was recorded by this same claim, which was granted then:
+    /// its answer again.
+    Replayed {
+        remaining_amount: i32,
+    },
+    /// The key was recorded for another request.
+    KeyMismatch,
 }
 
 /// Decides a batch of claims on one coupon exactly as handing them out one

@@ -4,6 +4,8 @@
 
 use std::fmt;
 
+use super::{Amount, CouponName, SaleWindow, UserId, format_instant};
+
 /// Longest key accepted, in characters (all ASCII).
 pub const MAX_KEY_CHARS: usize = 255;
 
@@ -73,9 +75,56 @@ impl Operation {
     }
 }
 
+/// What a request asked for, as it is recorded with its key and compared
+/// with a retry's: a claim's or a release's coupon and user, a create's
+/// fields, parsed (so two spellings of one request are one request). Every
+/// server on a database compares what the others recorded, so these texts
+/// never change for an operation.
+pub fn claim_request(coupon: &CouponName, user: &UserId) -> String {
+    json_array(&[coupon.as_str().into(), user.as_str().into()])
+}
+
+/// See [`claim_request`].
+pub fn release_request(coupon: &CouponName, user: &UserId) -> String {
+    json_array(&[coupon.as_str().into(), user.as_str().into()])
+}
+
+/// See [`claim_request`].
+pub fn create_request(name: &CouponName, amount: Amount, window: &SaleWindow) -> String {
+    let instant = |at: Option<time::OffsetDateTime>| {
+        at.map_or(serde_json::Value::Null, |at| format_instant(at).into())
+    };
+    json_array(&[
+        name.as_str().into(),
+        amount.get().into(),
+        instant(window.starts_at()),
+        instant(window.expires_at()),
+    ])
+}
+
+fn json_array(items: &[serde_json::Value]) -> String {
+    serde_json::Value::Array(items.to_vec()).to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_are_recorded_as_what_they_ask_for() {
+        let coupon = CouponName::parse("PROMO \"A\"").unwrap();
+        let user = UserId::parse("u1").unwrap();
+        assert_eq!(claim_request(&coupon, &user), r#"["PROMO \"A\"","u1"]"#);
+        let window = SaleWindow::new(
+            crate::domain::parse_instant("2026-11-25T19:00:00+07:00"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            create_request(&coupon, Amount::parse(5).unwrap(), &window),
+            r#"["PROMO \"A\"",5,"2026-11-25T12:00:00Z",null]"#
+        );
+    }
 
     #[test]
     fn a_key_is_1_to_255_visible_ascii_characters() {

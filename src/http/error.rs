@@ -68,6 +68,11 @@ pub enum ApiError {
     /// same body may disagree on which one counts, so none is chosen.
     DuplicateField(String),
     UnknownField(String),
+    /// The Idempotency-Key header is not 1 to 255 visible ASCII characters,
+    /// or comes more than once.
+    InvalidIdempotencyKey(String),
+    /// The Idempotency-Key was recorded for another request.
+    IdempotencyKeyMismatch,
     Field {
         field: &'static str,
         problem: FieldProblem,
@@ -180,6 +185,16 @@ impl ApiError {
                 400,
                 "duplicate_field",
                 format!("The field {name:?} appears more than once in the body; send it once."),
+            ),
+            ApiError::InvalidIdempotencyKey(why) => answer(
+                400,
+                "invalid_idempotency_key",
+                format!("The Idempotency-Key header {why}."),
+            ),
+            ApiError::IdempotencyKeyMismatch => answer(
+                422,
+                "idempotency_key_mismatch",
+                "This Idempotency-Key was used for another request; use a new key for a new request.",
             ),
             ApiError::UnknownField(name) => answer(
                 400,

@@ -6,9 +6,10 @@ use serde_json::json;
 
 use crate::context::Context;
 use crate::domain::{
-    Amount, ClaimOutcome, Coupon, CouponName, SaleWindow, UserId, format_instant, parse_instant,
+    Amount, ClaimOutcome, Coupon, CouponName, IdempotencyKey, Operation, SaleWindow, UserId,
+    format_instant, parse_instant,
 };
-use crate::store::{Claimers, ReleaseOutcome, StoreError};
+use crate::store::{BatchClaim, Claimers, CreateOutcome, ReleaseOutcome, StoreError};
 
 use crate::transport::{Request, Response, ResponseBuffer};
 
@@ -131,20 +132,65 @@ pub fn parse_new_coupon(request: &Request) -> Result<NewCoupon, ApiError> {
 }
 
 pub fn create_coupon(ctx: &Context, request: &Request) -> Result<Response, ApiError> {
+    let key = idempotency_key(request)?;
     let NewCoupon {
         name,
         amount,
         window,
     } = parse_new_coupon(request)?;
-    let coupon = ctx
-        .store
-        .create_coupon(&name, amount, window)?
-        .ok_or(ApiError::CouponExists)?;
-    let body = CouponBody {
-        fields: CouponFields::from(&coupon),
-        claimed_by: &[],
+    let created = |coupon: &Coupon| {
+        let body = CouponBody {
+            fields: CouponFields::from(coupon),
+            claimed_by: &[],
+        };
+        Response::json(201, &body).with_header("Location", location(&name))
     };
-    Ok(Response::json(201, &body).with_header("Location", location(&name)))
+    match ctx
+        .store
+        .create_coupon(&name, amount, window, key.as_ref())?
+    {
+        CreateOutcome::Created(coupon) => Ok(created(&coupon)),
+        CreateOutcome::Exists => Err(ApiError::CouponExists),
+        // The answer depends only on what was asked, which is what the key
+        // was recorded with: the coupon as it was created.
+        CreateOutcome::Replayed => {
+            ctx.metrics.idempotency_key(Operation::Create, "replayed");
+            let coupon = Coupon {
+                name: name.to_string(),
+                amount: amount.get(),
+                remaining_amount: amount.get(),
+                window,
+            };
+            Ok(replayed(created(&coupon)))
+        }
+        CreateOutcome::KeyMismatch => {
+            ctx.metrics.idempotency_key(Operation::Create, "mismatch");
+            Err(ApiError::IdempotencyKeyMismatch)
+        }
+    }
+}
+
+/// The Idempotency-Key the request came with, if any: one header of 1 to
+/// 255 visible ASCII characters.
+pub fn idempotency_key(request: &Request) -> Result<Option<IdempotencyKey>, ApiError> {
+    let mut given = request.headers("Idempotency-Key");
+    let Some(first) = given.next() else {
+        return Ok(None);
+    };
+    if given.next().is_some() {
+        return Err(ApiError::InvalidIdempotencyKey(
+            "must be sent once".to_owned(),
+        ));
+    }
+    IdempotencyKey::parse(first)
+        .map(Some)
+        .map_err(|e| ApiError::InvalidIdempotencyKey(e.to_string()))
+}
+
+/// An answer given again for a request whose idempotency key was recorded
+/// with it.
+fn replayed(response: Response) -> Response {
+    response.with_header("Idempotent-Replayed", "true")
 }
 
 /// Where a coupon is read. A segment that is only "." or ".." would be
@@ -159,8 +205,15 @@ fn location(name: &CouponName) -> String {
     format!("/api/coupons/{segment}")
 }
 
-/// The claim a request asks for, or why it cannot be one.
-pub fn parse_claim(request: &Request) -> Result<(CouponName, UserId), ApiError> {
+/// The claim a request asks for, or why it cannot be one: the coupon, and
+/// who claims with which idempotency key.
+pub fn parse_claim(request: &Request) -> Result<(CouponName, BatchClaim), ApiError> {
+    let key = idempotency_key(request)?;
+    let (coupon, user) = parse_claim_body(request)?;
+    Ok((coupon, BatchClaim { user, key }))
+}
+
+fn parse_claim_body(request: &Request) -> Result<(CouponName, UserId), ApiError> {
     let object = json_object(request)?;
     let fields = Fields::new(object, &["user_id", "coupon_name"])?;
     let user = UserId::parse(fields.text("user_id")?)
@@ -184,6 +237,15 @@ pub fn claim_response(
                 remaining_amount,
             },
         )),
+        ClaimOutcome::Replayed { remaining_amount } => Ok(replayed(Response::json(
+            200,
+            &ClaimBody {
+                user_id: user.as_str(),
+                coupon_name: coupon.as_str(),
+                remaining_amount,
+            },
+        ))),
+        ClaimOutcome::KeyMismatch => Err(ApiError::IdempotencyKeyMismatch),
         ClaimOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
         ClaimOutcome::NotStarted => Err(ApiError::NotStarted),
         ClaimOutcome::Expired => Err(ApiError::Expired),
@@ -196,20 +258,37 @@ pub fn claim_response(
 /// (the admin token was checked before). The answer is sent only after the
 /// release committed, and after this process stopped answering the coupon's
 /// claims from memory.
-pub fn release_claim(ctx: &Context, raw_name: &str, raw_user: &str) -> Result<Response, ApiError> {
+pub fn release_claim(
+    ctx: &Context,
+    request: &Request,
+    raw_name: &str,
+    raw_user: &str,
+) -> Result<Response, ApiError> {
+    let key = idempotency_key(request)?;
     let coupon = path_name(raw_name)?;
     let user = path_user(raw_user)?;
-    match ctx.claims.release(&coupon, &user)? {
-        ReleaseOutcome::Released { remaining_amount } => Ok(Response::json(
+    let released = |remaining_amount| {
+        Response::json(
             200,
             &ClaimBody {
                 user_id: user.as_str(),
                 coupon_name: coupon.as_str(),
                 remaining_amount,
             },
-        )),
+        )
+    };
+    match ctx.claims.release(&coupon, &user, key.as_ref())? {
+        ReleaseOutcome::Released { remaining_amount } => Ok(released(remaining_amount)),
         ReleaseOutcome::CouponNotFound => Err(ApiError::CouponNotFound),
         ReleaseOutcome::ClaimNotFound => Err(ApiError::ClaimNotFound),
+        ReleaseOutcome::Replayed { remaining_amount } => {
+            ctx.metrics.idempotency_key(Operation::Release, "replayed");
+            Ok(replayed(released(remaining_amount)))
+        }
+        ReleaseOutcome::KeyMismatch => {
+            ctx.metrics.idempotency_key(Operation::Release, "mismatch");
+            Err(ApiError::IdempotencyKeyMismatch)
+        }
     }
 }
 
@@ -387,8 +466,67 @@ mod tests {
             "/api/coupons/claim",
             r#"{"user_id":"user_1","coupon_name":"PROMO"}"#,
         );
-        let (coupon, user) = parse_claim(&request).unwrap();
-        assert_eq!((coupon.as_str(), user.as_str()), ("PROMO", "user_1"));
+        let (coupon, claim) = parse_claim(&request).unwrap();
+        assert_eq!((coupon.as_str(), claim.user.as_str()), ("PROMO", "user_1"));
+        assert_eq!(claim.key, None);
+        let keyed = request.clone().with_header("Idempotency-Key", "k-1");
+        let (_, claim) = parse_claim(&keyed).unwrap();
+        assert_eq!(claim.key.as_ref().map(IdempotencyKey::as_str), Some("k-1"));
+    }
+
+    #[test]
+    fn an_idempotency_key_is_refused_unless_it_is_one_visible_ascii_word() {
+        let body = r#"{"user_id":"u","coupon_name":"P"}"#;
+        for (headers, expected) in [
+            (&[""][..], "invalid_idempotency_key"),
+            (&["a b"], "invalid_idempotency_key"),
+            (&["é"], "invalid_idempotency_key"),
+            (&["a", "b"], "invalid_idempotency_key"),
+        ] {
+            let mut request = post("/api/coupons/claim", body);
+            for value in headers {
+                request = request.with_header("Idempotency-Key", value);
+            }
+            let err = parse_claim(&request).unwrap_err();
+            assert_eq!(
+                (err.status(), err.code()),
+                (400, expected.to_owned()),
+                "{headers:?}"
+            );
+        }
+        let long = "k".repeat(256);
+        let request = post("/api/coupons/claim", body).with_header("Idempotency-Key", &long);
+        assert_eq!(parse_claim(&request).unwrap_err().status(), 400);
+    }
+
+    #[test]
+    fn a_replayed_claim_is_answered_as_it_was_with_the_replay_header() {
+        let coupon = CouponName::parse("P").unwrap();
+        let user = UserId::parse("u").unwrap();
+        let first = claim_response(
+            &coupon,
+            &user,
+            Ok(ClaimOutcome::Claimed {
+                remaining_amount: 3,
+            }),
+        )
+        .unwrap();
+        let again = claim_response(
+            &coupon,
+            &user,
+            Ok(ClaimOutcome::Replayed {
+                remaining_amount: 3,
+            }),
+        )
+        .unwrap();
+        assert_eq!((again.status, &again.body), (first.status, &first.body));
+        assert_eq!(again.header("Idempotent-Replayed"), Some("true"));
+        assert_eq!(first.header("Idempotent-Replayed"), None);
+        let other = claim_response(&coupon, &user, Ok(ClaimOutcome::KeyMismatch)).unwrap_err();
+        assert_eq!(
+            (other.status(), other.code()),
+            (422, "idempotency_key_mismatch".into())
+        );
     }
 
     #[test]

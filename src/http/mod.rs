@@ -23,7 +23,7 @@ use std::time::Instant;
 use log::{error, info};
 
 use crate::context::Context;
-use crate::domain::ClaimOutcome;
+use crate::domain::{ClaimOutcome, Operation};
 use crate::failure_log::Say;
 use crate::store::StoreError;
 use crate::transport::{Body, MAX_BODY_BYTES, Method, Request, Response};
@@ -124,14 +124,23 @@ fn claim(
     respond: Respond,
 ) {
     match handlers::parse_claim(request) {
-        Ok((coupon, user)) => {
-            let (c, u) = (coupon.clone(), user.clone());
+        Ok((coupon, claim)) => {
+            let (c, u) = (coupon.clone(), claim.user.clone());
             let shared = Arc::clone(ctx);
             ctx.claims.submit(
                 coupon,
-                user,
+                claim,
                 Box::new(move |outcome| {
                     shared.metrics.claim_answered(outcome_label(&outcome));
+                    match outcome {
+                        Ok(ClaimOutcome::Replayed { .. }) => {
+                            shared.metrics.idempotency_key(Operation::Claim, "replayed")
+                        }
+                        Ok(ClaimOutcome::KeyMismatch) => {
+                            shared.metrics.idempotency_key(Operation::Claim, "mismatch")
+                        }
+                        _ => {}
+                    }
                     let response = handlers::claim_response(&c, &u, outcome);
                     finish(&shared, &line, started, label, response, respond)
                 }),
@@ -152,6 +161,8 @@ fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
         Ok(ClaimOutcome::CouponNotFound) => "coupon_not_found",
         Ok(ClaimOutcome::NotStarted) => "not_started",
         Ok(ClaimOutcome::Expired) => "expired",
+        Ok(ClaimOutcome::Replayed { .. }) => "replayed",
+        Ok(ClaimOutcome::KeyMismatch) => "key_mismatch",
         Err(StoreError::Busy { .. }) => "busy",
         Err(StoreError::Unavailable(_)) => "unavailable",
         Err(StoreError::Internal(_)) => "error",
@@ -161,13 +172,17 @@ fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
 /// A release: the admin token first (always needed), then the path.
 fn release(ctx: &Context, request: &Request, name: &str, user: &str) -> Result<Response, ApiError> {
     let result = auth::require_admin_always(ctx.admin_token.as_deref(), request)
-        .and_then(|()| handlers::release_claim(ctx, name, user));
+        .and_then(|()| handlers::release_claim(ctx, request, name, user));
     let outcome = match &result {
+        Ok(response) if response.header("Idempotent-Replayed").is_some() => "replayed",
         Ok(_) => "released",
+        Err(ApiError::IdempotencyKeyMismatch) => "key_mismatch",
         Err(ApiError::ClaimNotFound) => "claim_not_found",
         Err(ApiError::CouponNotFound) => "coupon_not_found",
         Err(ApiError::Unauthorized | ApiError::Forbidden | ApiError::NoAdminToken) => "refused",
-        Err(ApiError::Field { .. } | ApiError::InvalidPath) => "invalid",
+        Err(
+            ApiError::Field { .. } | ApiError::InvalidPath | ApiError::InvalidIdempotencyKey(_),
+        ) => "invalid",
         Err(ApiError::Store(StoreError::Busy { .. })) => "busy",
         Err(ApiError::Store(StoreError::Unavailable(_))) => "unavailable",
         Err(_) => "error",

@@ -3,18 +3,30 @@
 //! reads the sold-out memory needs (see `claims::sold_out`), and the claim
 //! lock itself, which every server on the database must agree on.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use postgres::Row;
 use postgres::types::ToSql;
 use time::OffsetDateTime;
 
-use crate::domain::{ClaimOutcome, CouponName, SaleWindow, UserId, WindowState, decide_in_order};
+use crate::domain::{
+    ClaimOutcome, CouponName, IdempotencyKey, Operation, SaleWindow, UserId, WindowState,
+    claim_request, decide_in_order,
+};
 
+use super::idempotency::{KeyVerdict, RecordedKey, record_keys, recorded_keys};
 use super::manager::Conn;
 use super::session::BEGIN_SERIALIZABLE;
 use super::statements::Statements;
 use super::{Store, StoreError};
+
+/// One claim of a batch: who claims, and the idempotency key the request
+/// came with, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchClaim {
+    pub user: UserId,
+    pub key: Option<IdempotencyKey>,
+}
 
 /// A decided batch: each claim's outcome, and the stock left after it
 /// (`None` when the coupon does not exist).
@@ -40,30 +52,47 @@ impl Store {
     /// join the batch after the others: one transaction per turn of this
     /// server, however long the turn took to come. The outcomes are in the
     /// order of `users` and then of what `late` gave.
+    ///
+    /// A claim whose idempotency key is recorded is answered from the
+    /// record (see [`KeyPlan`]); a granted claim with a key records it in
+    /// the same transaction.
     pub fn claim_batch(
         &self,
         coupon: &CouponName,
-        users: Vec<UserId>,
-        mut late: impl FnMut() -> Vec<UserId>,
+        claims: Vec<BatchClaim>,
+        mut late: impl FnMut() -> Vec<BatchClaim>,
     ) -> Result<BatchResult, StoreError> {
-        if let [user] = users.as_slice()
-            && let Some(decided) = self.claim_one(coupon, user)?
+        if let [claim] = claims.as_slice()
+            && let Some(decided) = self.claim_one(coupon, claim)?
         {
             return Ok(decided);
         }
         let name = coupon.as_str();
-        let mut users = users;
+        let ttl = self.idempotency_ttl_hours;
+        let mut claims = claims;
         let key = claim_lock_key(coupon);
         self.serializable_under_lock(key, |tx, stmts, waited| {
             if waited {
-                users.extend(late());
+                claims.extend(late());
             }
-            let users = users.as_slice();
+            let claims = claims.as_slice();
             // Locking the coupon row first makes claims on one coupon queue
             // here instead of each doing its reads and then aborting.
-            let Some(row) = tx.query_opt(&stmts.lock_coupon, &[&name])? else {
+            let row = tx.query_opt(&stmts.lock_coupon, &[&name])?;
+            let requests: Vec<Option<String>> = claims
+                .iter()
+                .map(|c| c.key.as_ref().map(|_| claim_request(coupon, &c.user)))
+                .collect();
+            let keys: Vec<&str> = claims
+                .iter()
+                .filter_map(|c| c.key.as_ref().map(IdempotencyKey::as_str))
+                .collect();
+            let recorded = recorded_keys(tx, stmts, Operation::Claim, &keys, ttl)?;
+            let plan = KeyPlan::of(claims, &requests, &recorded);
+            let deciding: Vec<UserId> = plan.deciding(claims);
+            let Some(row) = row else {
                 return Ok(BatchResult {
-                    outcomes: vec![ClaimOutcome::CouponNotFound; users.len()],
+                    outcomes: plan.resolve(vec![ClaimOutcome::CouponNotFound; deciding.len()]),
                     remaining: None,
                     windowed: false,
                 });
@@ -79,23 +108,141 @@ impl Store {
             };
             if let Some(outcome) = closed {
                 return Ok(BatchResult {
-                    outcomes: vec![outcome; users.len()],
+                    outcomes: plan.resolve(vec![outcome; deciding.len()]),
                     remaining: Some(remaining),
                     windowed: true,
                 });
             }
-            let (outcomes, granted) = insert_and_decide(tx, stmts, name, users, remaining)?;
+            let (decided, granted) = insert_and_decide(tx, stmts, name, &deciding, remaining)?;
             // Never more than `remaining`, an i32 itself.
             let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
             if taken > 0 {
                 tx.execute(&stmts.take_stock, &[&name, &taken])?;
             }
+            let outcomes = plan.resolve(decided);
+            let to_record: Vec<(&str, &str, Option<i32>)> = claims
+                .iter()
+                .zip(&requests)
+                .zip(&outcomes)
+                .zip(&plan.steps)
+                .filter_map(|(((claim, request), outcome), step)| {
+                    match (step, &claim.key, request, outcome) {
+                        (
+                            Step::Decide,
+                            Some(key),
+                            Some(request),
+                            ClaimOutcome::Claimed { remaining_amount },
+                        ) => Some((key.as_str(), request.as_str(), Some(*remaining_amount))),
+                        _ => None,
+                    }
+                })
+                .collect();
+            record_keys(tx, stmts, Operation::Claim, &to_record, 200, ttl)?;
             Ok(BatchResult {
                 outcomes,
                 remaining: Some(remaining - taken),
                 windowed: !window.is_always_open(),
             })
         })
+    }
+}
+
+/// How each claim of a batch is decided, as far as idempotency keys go:
+/// in order, as if one at a time. A claim whose key is recorded (and live)
+/// is answered from the record. The first claim of the batch with a key is
+/// decided as any claim; a later one with the same key follows it: the same
+/// request gets its answer again (a grant as a replay), another request a
+/// mismatch. Everything else is decided as any claim.
+struct KeyPlan {
+    steps: Vec<Step>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    Answered(ClaimOutcome),
+    Decide,
+    Follow { leader: usize, same_request: bool },
+}
+
+impl KeyPlan {
+    fn of(
+        claims: &[BatchClaim],
+        requests: &[Option<String>],
+        recorded: &HashMap<String, RecordedKey>,
+    ) -> KeyPlan {
+        let mut leaders: HashMap<&str, usize> = HashMap::new();
+        let steps = claims
+            .iter()
+            .enumerate()
+            .map(|(i, claim)| {
+                let Some(key) = claim.key.as_ref().map(IdempotencyKey::as_str) else {
+                    return Step::Decide;
+                };
+                let request = requests[i].as_deref().unwrap_or_default();
+                if let Some(record) = recorded.get(key) {
+                    return Step::Answered(match record.verdict(request) {
+                        // A claim's record always has its stock: one without
+                        // is not this claim's.
+                        KeyVerdict::Replay {
+                            remaining_amount: Some(remaining_amount),
+                        } => ClaimOutcome::Replayed { remaining_amount },
+                        _ => ClaimOutcome::KeyMismatch,
+                    });
+                }
+                match leaders.get(key) {
+                    Some(&leader) => Step::Follow {
+                        leader,
+                        same_request: requests[leader] == requests[i],
+                    },
+                    None => {
+                        leaders.insert(key, i);
+                        Step::Decide
+                    }
+                }
+            })
+            .collect();
+        KeyPlan { steps }
+    }
+
+    /// The users of the claims to decide, in order.
+    fn deciding(&self, claims: &[BatchClaim]) -> Vec<UserId> {
+        claims
+            .iter()
+            .zip(&self.steps)
+            .filter(|(_, step)| **step == Step::Decide)
+            .map(|(claim, _)| claim.user.clone())
+            .collect()
+    }
+
+    /// Every claim's outcome, given those decided (in order).
+    fn resolve(&self, decided: Vec<ClaimOutcome>) -> Vec<ClaimOutcome> {
+        let mut decided = decided.into_iter();
+        let mut outcomes: Vec<ClaimOutcome> = self
+            .steps
+            .iter()
+            .map(|step| match step {
+                Step::Answered(outcome) => *outcome,
+                // Decided below, and followers after their leaders.
+                Step::Decide => decided.next().unwrap_or(ClaimOutcome::KeyMismatch),
+                Step::Follow { .. } => ClaimOutcome::KeyMismatch,
+            })
+            .collect();
+        for (i, step) in self.steps.iter().enumerate() {
+            if let Step::Follow {
+                leader,
+                same_request,
+            } = *step
+            {
+                outcomes[i] = match (outcomes[leader], same_request) {
+                    (_, false) => ClaimOutcome::KeyMismatch,
+                    (ClaimOutcome::Claimed { remaining_amount }, true) => {
+                        ClaimOutcome::Replayed { remaining_amount }
+                    }
+                    (leader, true) => leader,
+                };
+            }
+        }
+        outcomes
     }
 }
 
@@ -179,15 +326,30 @@ impl Store {
     /// all of it at once and a cut connection (past the deadline, see
     /// `watchdog`) does not stop it: the database gives up first, so that a
     /// claim answered 503 is not committed afterwards.
+    ///
+    /// With an idempotency key, the function answers a recorded key first
+    /// and records the key of a granted claim, in the same transaction.
     fn claim_one(
         &self,
         coupon: &CouponName,
-        user: &UserId,
+        claim: &BatchClaim,
     ) -> Result<Option<BatchResult>, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
-        let key = claim_lock_key(coupon);
-        let params: [&(dyn ToSql + Sync); 3] = [&coupon.as_str(), &user.as_str(), &key];
+        let lock_key = claim_lock_key(coupon);
+        let idempotency_key = claim.key.as_ref().map(IdempotencyKey::as_str);
+        let request = claim
+            .key
+            .as_ref()
+            .map(|_| claim_request(coupon, &claim.user));
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &coupon.as_str(),
+            &claim.user.as_str(),
+            &lock_key,
+            &idempotency_key,
+            &request,
+            &self.idempotency_ttl_hours,
+        ];
         let rows = match client.run("a one-claim read-write transaction", |inner| {
             inner.query(&stmts.claim_one, &params)
         }) {
@@ -235,6 +397,8 @@ fn one_claim_result(row: &Row) -> Option<OneClaim> {
         ("expired", Some(_)) => ClaimOutcome::Expired,
         ("already_claimed", Some(_)) => ClaimOutcome::AlreadyClaimed,
         ("out_of_stock", Some(_)) => ClaimOutcome::OutOfStock,
+        ("replayed", Some(remaining_amount)) => ClaimOutcome::Replayed { remaining_amount },
+        ("key_mismatch", None) => ClaimOutcome::KeyMismatch,
         _ => return None,
     };
     Some(OneClaim::Decided(BatchResult {

@@ -6,7 +6,11 @@ use postgres::Row;
 use r2d2::PooledConnection;
 use time::OffsetDateTime;
 
-use crate::domain::{Amount, Coupon, CouponName, SaleWindow};
+use crate::domain::{
+    Amount, Coupon, CouponName, IdempotencyKey, Operation, SaleWindow, create_request,
+};
+
+use super::idempotency::{KeyVerdict, record_keys, recorded_keys};
 
 use super::deadline_client::DeadlineClient;
 use super::manager::{Conn, Manager};
@@ -51,16 +55,43 @@ fn fatal(client: &DeadlineClient, err: postgres::Error) -> StoreError {
     failure(client, err).unretried("a read-only query")
 }
 
+/// What a create came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    Created(Coupon),
+    /// A coupon of that name exists already.
+    Exists,
+    /// The key was recorded by this same create, which took effect then:
+    /// its answer (the coupon as it was created) again.
+    Replayed,
+    /// The key was recorded for another request.
+    KeyMismatch,
+}
+
 impl Store {
-    /// Inserts a new coupon with all its stock; `None` when the name is taken.
+    /// Inserts a new coupon with all its stock. With an idempotency key, a
+    /// recorded key answers first, and a coupon created records the key in
+    /// the same transaction.
     pub fn create_coupon(
         &self,
         name: &CouponName,
         amount: Amount,
         window: SaleWindow,
-    ) -> Result<Option<Coupon>, StoreError> {
-        let inserted = self.serializable(|tx, stmts| {
-            tx.execute(
+        key: Option<&IdempotencyKey>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let request = key.map(|_| create_request(name, amount, &window));
+        let ttl = self.idempotency_ttl_hours;
+        self.serializable(|tx, stmts| {
+            if let (Some(key), Some(request)) = (key, &request) {
+                let recorded = recorded_keys(tx, stmts, Operation::Create, &[key.as_str()], ttl)?;
+                if let Some(record) = recorded.get(key.as_str()) {
+                    return Ok(match record.verdict(request) {
+                        KeyVerdict::Replay { .. } => CreateOutcome::Replayed,
+                        KeyVerdict::Mismatch => CreateOutcome::KeyMismatch,
+                    });
+                }
+            }
+            let inserted = tx.execute(
                 &stmts.insert_coupon,
                 &[
                     &name.as_str(),
@@ -68,14 +99,21 @@ impl Store {
                     &window.starts_at(),
                     &window.expires_at(),
                 ],
-            )
-        })?;
-        Ok((inserted == 1).then(|| Coupon {
-            name: name.to_string(),
-            amount: amount.get(),
-            remaining_amount: amount.get(),
-            window,
-        }))
+            )?;
+            if inserted == 0 {
+                return Ok(CreateOutcome::Exists);
+            }
+            if let (Some(key), Some(request)) = (key, &request) {
+                let record = [(key.as_str(), request.as_str(), None)];
+                record_keys(tx, stmts, Operation::Create, &record, 201, ttl)?;
+            }
+            Ok(CreateOutcome::Created(Coupon {
+                name: name.to_string(),
+                amount: amount.get(),
+                remaining_amount: amount.get(),
+                window,
+            }))
+        })
     }
 
     /// A coupon with its counts, and a stream of its claimers in claim order

@@ -10,6 +10,7 @@ mod deadline_client;
 mod error;
 mod freshness;
 mod health;
+mod idempotency;
 mod locate;
 mod manager;
 mod pool_errors;
@@ -27,10 +28,11 @@ use std::time::{Duration, Instant};
 
 use log::debug;
 
-pub use claim::BatchResult;
-pub use coupons::{ClaimRow, Claimers};
+pub use claim::{BatchClaim, BatchResult};
+pub use coupons::{ClaimRow, Claimers, CreateOutcome};
 pub use error::{Cause, RetryCause, StoreError};
 pub use freshness::{StockEvents, StockListener};
+pub use idempotency::{KeySweeper, KeyVerdict, RecordedKey};
 pub use release::ReleaseOutcome;
 pub use retry::{RetryCounts, RetryPolicy};
 pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
@@ -62,6 +64,8 @@ pub struct StoreSettings {
     /// opening a connection as a whole. Past it the connection is cut and
     /// the request gets 503.
     pub query_timeout: Duration,
+    /// How long an idempotency key counts (IDEMPOTENCY_TTL_HOURS).
+    pub idempotency_ttl_hours: i32,
 }
 
 /// The database, as the rest of the service sees it. Cheap to clone.
@@ -77,6 +81,8 @@ pub struct Store {
     retry: RetryPolicy,
     retries: Arc<RetryCounts>,
     checkout_timeout: Duration,
+    /// How long an idempotency key counts, in hours (see `idempotency`).
+    idempotency_ttl_hours: i32,
 }
 
 impl Store {
@@ -113,6 +119,7 @@ impl Store {
             retry: RetryPolicy::new(settings.max_retries),
             retries: Arc::new(RetryCounts::default()),
             checkout_timeout: settings.checkout_timeout,
+            idempotency_ttl_hours: settings.idempotency_ttl_hours,
         })
     }
 

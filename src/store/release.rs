@@ -2,7 +2,9 @@
 
 use time::OffsetDateTime;
 
-use crate::domain::{CouponName, UserId};
+use crate::domain::{CouponName, IdempotencyKey, Operation, UserId, release_request};
+
+use super::idempotency::{KeyVerdict, record_keys, recorded_keys};
 
 use super::claim::claim_lock_key;
 use super::{Store, StoreError};
@@ -17,6 +19,13 @@ pub enum ReleaseOutcome {
     CouponNotFound,
     /// The coupon exists and the user holds none of it.
     ClaimNotFound,
+    /// The key was recorded by this same release, which took effect then:
+    /// its answer, with the stock after it, again.
+    Replayed {
+        remaining_amount: i32,
+    },
+    /// The key was recorded for another request.
+    KeyMismatch,
 }
 
 impl Store {
@@ -30,13 +39,30 @@ impl Store {
     /// takes it (`serializable_under_lock`), so over every server a coupon's
     /// releases and claim batches take turns, one transaction at a time. The
     /// sale window does not matter: an operator may release at any time.
+    ///
+    /// With an idempotency key, a recorded key answers first, and a release
+    /// that takes effect records the key in the same transaction.
     pub fn release_claim(
         &self,
         coupon: &CouponName,
         user: &UserId,
+        key: Option<&IdempotencyKey>,
     ) -> Result<ReleaseOutcome, StoreError> {
+        let request = key.map(|_| release_request(coupon, user));
+        let ttl = self.idempotency_ttl_hours;
         let (name, user) = (coupon.as_str(), user.as_str());
         self.serializable_under_lock(claim_lock_key(coupon), |tx, stmts, _waited| {
+            if let (Some(key), Some(request)) = (key, &request) {
+                let recorded = recorded_keys(tx, stmts, Operation::Release, &[key.as_str()], ttl)?;
+                if let Some(record) = recorded.get(key.as_str()) {
+                    return Ok(match record.verdict(request) {
+                        KeyVerdict::Replay {
+                            remaining_amount: Some(remaining_amount),
+                        } => ReleaseOutcome::Replayed { remaining_amount },
+                        _ => ReleaseOutcome::KeyMismatch,
+                    });
+                }
+            }
             // The same row lock as a claim, first, so that a release queues
             // behind a claim transaction that does not hold the advisory
             // lock (a server of an older build) instead of aborting late.
@@ -51,6 +77,10 @@ impl Store {
                 .query_one(&stmts.give_back_stock, &[&name])?
                 .get("remaining_amount");
             tx.execute(&stmts.record_release, &[&name, &user, &claimed_at])?;
+            if let (Some(key), Some(request)) = (key, &request) {
+                let record = [(key.as_str(), request.as_str(), Some(remaining))];
+                record_keys(tx, stmts, Operation::Release, &record, 200, ttl)?;
+            }
             Ok(ReleaseOutcome::Released {
                 remaining_amount: remaining,
             })

@@ -55,6 +55,12 @@ pub(super) const BEGIN_SNAPSHOT: &str =
 pub(super) const BEGIN_READ: &str =
     "BEGIN ISOLATION LEVEL READ COMMITTED READ ONLY; SET LOCAL statement_timeout TO DEFAULT";
 
+/// Housekeeping that writes only rows no request uses (expired idempotency
+/// keys): READ COMMITTED, so that it never fails to serialize and its
+/// `SKIP LOCKED` reads skip what others hold.
+pub(super) const BEGIN_WRITE: &str =
+    "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL statement_timeout TO DEFAULT";
+
 /// Sets a new pooled connection's session defaults (see the module's
 /// documentation), in one round trip.
 pub(super) fn prepare_pooled(

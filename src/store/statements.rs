@@ -25,6 +25,9 @@ pub(crate) struct Statements {
     pub remove_claim: Statement,
     pub give_back_stock: Statement,
     pub record_release: Statement,
+    pub recorded_keys: Statement,
+    pub record_keys: Statement,
+    pub sweep_keys: Statement,
 }
 
 impl Statements {
@@ -90,8 +93,11 @@ impl Statements {
             // A claim alone on its coupon, decided and recorded by one call
             // (see `Store::claim_one`): run alone, it is a transaction of
             // its own, at the pooled session's defaults (see `session`).
+            // With an idempotency key and its request ($4, $5; NULL without
+            // one), and the keys' time to live in hours ($6).
             claim_one: client.prepare(
-                "SELECT outcome, remaining, windowed FROM flash_coupons_claim_one($1, $2, $3)",
+                "SELECT outcome, remaining, windowed \
+                 FROM flash_coupons_claim_one($1, $2, $3, $4, $5, $6)",
             )?,
             // A release (see `Store::release_claim`): the claim row goes,
             // its unit comes back (never above the amount, whatever was
@@ -106,6 +112,23 @@ impl Statements {
             )?,
             record_release: client.prepare(
                 "INSERT INTO claim_releases (coupon_name, user_id, claimed_at) VALUES ($1, $2, $3)",
+            )?,
+            // Idempotency keys (see `idempotency`): the live ones among $2
+            // for operation $1, keys living $3 hours.
+            recorded_keys: client.prepare(
+                "SELECT key, request, remaining_amount FROM idempotency_keys \
+                 WHERE operation = $1 AND key = ANY($2) \
+                 AND created_at >= now() - make_interval(hours => $3)",
+            )?,
+            record_keys: client
+                .prepare("SELECT flash_coupons_record_keys($1, $2, $3, $4, $5, $6)")?,
+            // Up to $2 keys expired after $1 hours, skipping rows another
+            // transaction holds, oldest first.
+            sweep_keys: client.prepare(
+                "DELETE FROM idempotency_keys WHERE ctid = ANY(ARRAY( \
+                 SELECT ctid FROM idempotency_keys \
+                 WHERE created_at < now() - make_interval(hours => $1) \
+                 ORDER BY created_at LIMIT $2 FOR UPDATE SKIP LOCKED))",
             )?,
         })
     }

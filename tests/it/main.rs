@@ -22,6 +22,7 @@ mod edge;
 mod edge_failover;
 mod faults;
 mod handlers;
+mod idempotency;
 mod listings;
 mod metrics;
 mod pipelining;
