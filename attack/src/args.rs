@@ -8,6 +8,7 @@ use lexopt::prelude::*;
 pub const USAGE: &str = "\
 usage: flash-coupons attack --url http://HOST:PORT [--users N --stock K]
                             [--concurrency C] [--timeout-secs S] [--deadline-secs S]
+                            [--idempotency-keys]
 
 Runs the spec's Flash Sale Attack (50 users, 5 units, all at once) and
 Double Dip Attack (one user 10 times at once, 10 units) against a running
@@ -19,6 +20,9 @@ service, each on a fresh coupon, and checks every answer.
   --concurrency C      burst workers in flight at once (default 64, 1-1024)
   --timeout-secs S     timeout of each request (default 30)
   --deadline-secs S    deadline of the whole run (default 600)
+  --idempotency-keys   send every claim with an Idempotency-Key of its own, and
+                       send again, with the same key, each claim that got no
+                       answer or a 503 (up to 5 times); the checks stay exact
   -h, --help           this text
 
 Where the service guards coupon creation with ADMIN_TOKEN, set the same
@@ -45,6 +49,8 @@ pub struct Args {
     pub concurrency: usize,
     pub timeout: Duration,
     pub deadline: Duration,
+    /// Every claim with an Idempotency-Key, retried with it.
+    pub idempotency_keys: bool,
 }
 
 /// The optional burst: `users` distinct users on a coupon of `stock` units.
@@ -73,6 +79,7 @@ where
     let mut concurrency = 64;
     let mut timeout_secs = 30;
     let mut deadline_secs = 600;
+    let mut idempotency_keys = false;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -90,6 +97,7 @@ where
             Long("deadline-secs") => {
                 deadline_secs = number(&mut parser, "--deadline-secs", 1, MAX_DEADLINE_SECS)?;
             }
+            Long("idempotency-keys") => idempotency_keys = true,
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -109,6 +117,7 @@ where
         concurrency: usize::try_from(concurrency).map_err(|_| "--concurrency is too large")?,
         timeout: Duration::from_secs(timeout_secs),
         deadline: Duration::from_secs(deadline_secs),
+        idempotency_keys,
     }))
 }
 
@@ -173,13 +182,15 @@ mod tests {
         assert_eq!(a.concurrency, 64);
         assert_eq!(a.timeout, Duration::from_secs(30));
         assert_eq!(a.deadline, Duration::from_secs(600));
+        assert!(!a.idempotency_keys);
     }
 
     #[test]
     fn every_option_is_read_in_either_spelling() {
         let a = args(
-            "--url=http://h:1 --users 300 --stock=40 --concurrency 8 --timeout-secs 5 --deadline-secs 60",
+            "--url=http://h:1 --users 300 --stock=40 --concurrency 8 --timeout-secs 5 --deadline-secs 60 --idempotency-keys",
         );
+        assert!(a.idempotency_keys);
         assert_eq!(
             a.burst,
             Some(Burst {

@@ -4,6 +4,8 @@
 //! redirects are not followed.
 
 use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -57,6 +59,8 @@ pub struct Outcome {
     pub status: Option<u16>,
     pub code: String,
     pub latency: Duration,
+    /// Times it was sent again with its idempotency key.
+    pub retries: u32,
 }
 
 impl From<Reply> for Outcome {
@@ -65,9 +69,15 @@ impl From<Reply> for Outcome {
             code: reply.code(),
             status: reply.status,
             latency: reply.latency,
+            retries: 0,
         }
     }
 }
+
+/// Times a claim with an idempotency key is sent again after no answer or
+/// a 503, at most, and the pause before the first retry (doubling).
+const KEYED_RETRIES: u32 = 5;
+const FIRST_PAUSE: Duration = Duration::from_millis(100);
 
 #[derive(Clone)]
 pub struct Client {
@@ -77,6 +87,9 @@ pub struct Client {
     deadline: Instant,
     /// Sent as `Authorization: Bearer` when creating coupons.
     admin_token: Option<String>,
+    /// With `--idempotency-keys`: what every key starts with (the run's
+    /// id), and the number of keys made so far.
+    keys: Option<(String, Arc<AtomicU64>)>,
 }
 
 impl Client {
@@ -86,6 +99,7 @@ impl Client {
         deadline: Instant,
         concurrency: usize,
         admin_token: Option<String>,
+        key_prefix: Option<String>,
     ) -> Client {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout.min(Duration::from_secs(10)))
@@ -101,12 +115,13 @@ impl Client {
             timeout,
             deadline,
             admin_token,
+            keys: key_prefix.map(|prefix| (prefix, Arc::new(AtomicU64::new(0)))),
         }
     }
 
     /// `GET /healthz`: the status of any answer, or why none came.
     pub fn probe(&self) -> Result<u16, String> {
-        let reply = self.send("GET", "/healthz", None, None);
+        let reply = self.send("GET", "/healthz", None, &[]);
         match reply.status {
             Some(status) => Ok(status),
             None => Err(reply.detail.clone().unwrap_or_else(|| reply.code())),
@@ -115,27 +130,53 @@ impl Client {
 
     pub fn create(&self, name: &str, amount: u32) -> Reply {
         let auth = self.admin_token.as_ref().map(|t| format!("Bearer {t}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|auth| ("Authorization", auth))
+            .into_iter()
+            .collect();
         self.send(
             "POST",
             "/api/coupons",
             Some(&json!({ "name": name, "amount": amount })),
-            auth.as_deref(),
+            &headers,
         )
     }
 
+    /// A claim; with idempotency keys, sent with a key of its own and sent
+    /// again with that key while it gets no answer or a 503, so that a
+    /// claim that took effect is answered 200 (a replay) in the end.
     pub fn claim(&self, user_id: &str, coupon_name: &str) -> Outcome {
-        self.send(
-            "POST",
-            "/api/coupons/claim",
-            Some(&json!({ "user_id": user_id, "coupon_name": coupon_name })),
-            None,
-        )
-        .into()
+        let body = json!({ "user_id": user_id, "coupon_name": coupon_name });
+        let Some((prefix, made)) = &self.keys else {
+            return self
+                .send("POST", "/api/coupons/claim", Some(&body), &[])
+                .into();
+        };
+        let key = format!("{prefix}-{}", made.fetch_add(1, Ordering::Relaxed));
+        let headers = [("Idempotency-Key", key.as_str())];
+        let mut pause = FIRST_PAUSE;
+        let mut retries = 0;
+        loop {
+            let reply = self.send("POST", "/api/coupons/claim", Some(&body), &headers);
+            let again = reply.status.is_none_or(|status| status == 503)
+                && retries < KEYED_RETRIES
+                && Instant::now() + pause < self.deadline;
+            if !again {
+                return Outcome {
+                    retries,
+                    ..reply.into()
+                };
+            }
+            std::thread::sleep(pause);
+            pause *= 2;
+            retries += 1;
+        }
     }
 
     /// Coupon names made by this command need no percent-encoding.
     pub fn get_coupon(&self, name: &str) -> Reply {
-        self.send("GET", &format!("/api/coupons/{name}"), None, None)
+        self.send("GET", &format!("/api/coupons/{name}"), None, &[])
     }
 
     fn send(
@@ -143,7 +184,7 @@ impl Client {
         method: &str,
         path: &str,
         body: Option<&Value>,
-        authorization: Option<&str>,
+        headers: &[(&str, &str)],
     ) -> Reply {
         let started = Instant::now();
         let left = self.deadline.saturating_duration_since(started);
@@ -154,8 +195,8 @@ impl Client {
             .agent
             .request(method, &format!("{}{path}", self.base))
             .timeout(self.timeout.min(left));
-        if let Some(authorization) = authorization {
-            request = request.set("Authorization", authorization);
+        for (name, value) in headers {
+            request = request.set(name, value);
         }
         let result = match body {
             Some(body) => request

@@ -50,12 +50,14 @@ where
     // The server's own variable: where creating coupons needs a token,
     // the operator has it in the environment, never on the command line.
     let admin_token = std::env::var("ADMIN_TOKEN").ok().filter(|t| !t.is_empty());
+    let run_id = scenarios::run_id();
     let client = Client::new(
         &args.url,
         args.timeout,
         deadline,
         args.concurrency,
         admin_token,
+        args.idempotency_keys.then(|| format!("attack-{run_id}")),
     );
 
     match client.probe() {
@@ -72,7 +74,6 @@ where
         }
     }
 
-    let run_id = scenarios::run_id();
     println!(
         "flash-coupons attack on {} (run {run_id}; request timeout {} s, run deadline {} s)\n",
         args.url,

@@ -98,6 +98,7 @@ fn lost() -> Outcome {
         status: None,
         code: "worker_lost".to_owned(),
         latency: Duration::ZERO,
+        retries: 0,
     }
 }
 
@@ -148,6 +149,7 @@ mod tests {
             status: Some(200),
             code: index.to_string(),
             latency: Duration::from_millis(1),
+            retries: 0,
         }
     }
 

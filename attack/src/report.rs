@@ -146,6 +146,15 @@ pub fn render(s: &Scenario) -> String {
     for note in &s.notes {
         let _ = writeln!(out, "   note: {note}");
     }
+    let retried = s.outcomes.iter().filter(|o| o.retries > 0).count();
+    if retried > 0 {
+        let retries: u32 = s.outcomes.iter().map(|o| o.retries).sum();
+        let _ = writeln!(
+            out,
+            "   {retried} claims got no answer or a 503 and were sent again with their \
+             idempotency key ({retries} retries in all)"
+        );
+    }
     if !s.outcomes.is_empty() {
         let _ = writeln!(out, "   {:<7} {:<28} {:>8}", "status", "code", "count");
         for ((status, code), n) in tally(&s.outcomes) {
@@ -240,6 +249,7 @@ mod tests {
             status,
             code: code.to_owned(),
             latency: Duration::from_millis(millis),
+            retries: 0,
         }
     }
 

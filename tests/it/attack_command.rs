@@ -341,3 +341,35 @@ fn answer_wrongly(stream: TcpStream) {
         answer.len()
     );
 }
+
+#[test]
+fn with_idempotency_keys_a_replica_killed_mid_burst_still_leaves_every_count_exact() {
+    let _turn = serial::alone();
+    let db = crate::support::TestDb::new();
+    let edge = crate::support::edge::Edge::start(&db.url, 2, &[]);
+    let url = edge.base.clone();
+    let burst = thread::spawn(move || {
+        attack(&[
+            "--url",
+            &url,
+            "--users",
+            "3000",
+            "--stock",
+            "1000",
+            "--concurrency",
+            "64",
+            "--idempotency-keys",
+        ])
+    });
+    // Mid-burst: its answers in flight are lost, and the edge sends the
+    // rest to the other replica.
+    assert!(crate::support::wait_for(Duration::from_secs(60), || {
+        db.count("SELECT count(*) FROM claims") >= 300
+    }));
+    edge.replicas[0].signal(libc::SIGKILL);
+    let (code, out, err) = burst.join().unwrap();
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    assert!(out.contains("RESULT: PASS"), "{out}");
+    assert_has_lines(&out, &["200 - 1000", "400 out_of_stock 2000"]);
+    db.assert_invariant();
+}
