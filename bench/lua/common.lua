@@ -48,9 +48,14 @@ end
 
 JSON_HEADERS = { ["Content-Type"] = "application/json" }
 
-function claim_request(user_id, coupon)
+-- With `key`, the claim carries it as its Idempotency-Key.
+function claim_request(user_id, coupon, key)
   local body = '{"user_id":"' .. user_id .. '","coupon_name":"' .. coupon .. '"}'
-  return wrk.format("POST", "/api/coupons/claim", JSON_HEADERS, body)
+  local headers = JSON_HEADERS
+  if key ~= nil then
+    headers = { ["Content-Type"] = "application/json", ["Idempotency-Key"] = key }
+  end
+  return wrk.format("POST", "/api/coupons/claim", headers, body)
 end
 
 -- Main Lua state: number the threads and keep them for done().
