@@ -105,6 +105,9 @@
 //! 20. **The server cannot close a connection itself** after `Connection:
 //!     close`: it relies on the client, or on the idle timeout (1); only a
 //!     cut connection's reading is shut down (12).
+//! 21. **A request line or header line with a byte over 0x7F closes the
+//!     connection unanswered.** Not fixable from outside: the edge refuses
+//!     such a header value with 400.
 //!
 //! With a server free of these, `accept`, `pump`, `threads`, `order` and
 //! most of `intake` and `writer` would come down to one loop handing each
