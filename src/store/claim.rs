@@ -14,7 +14,7 @@ use crate::domain::{
     claim_request, decide_in_order,
 };
 
-use super::idempotency::{KeyVerdict, RecordedKey, record_keys, recorded_keys};
+use super::idempotency::{KeyVerdict, RecordedKey, reserve_keys, settle_keys};
 use super::manager::Conn;
 use super::session::BEGIN_SERIALIZABLE;
 use super::statements::Statements;
@@ -83,68 +83,79 @@ impl Store {
                 .iter()
                 .map(|c| c.key.as_ref().map(|_| claim_request(coupon, &c.user)))
                 .collect();
-            let keys: Vec<&str> = claims
-                .iter()
-                .filter_map(|c| c.key.as_ref().map(IdempotencyKey::as_str))
-                .collect();
-            let recorded = recorded_keys(tx, stmts, Operation::Claim, &keys, ttl)?;
-            let plan = KeyPlan::of(claims, &requests, &recorded);
-            let deciding: Vec<UserId> = plan.deciding(claims);
-            let Some(row) = row else {
-                return Ok(BatchResult {
-                    outcomes: plan.resolve(vec![ClaimOutcome::CouponNotFound; deciding.len()]),
-                    remaining: None,
-                    windowed: false,
-                });
-            };
-            let remaining: i32 = row.get("remaining_amount");
-            let window =
-                SaleWindow::new(row.get("starts_at"), row.get("expires_at")).unwrap_or_default();
-            let now: OffsetDateTime = row.get("now");
-            let closed = match window.state_at(now) {
-                WindowState::Open => None,
-                WindowState::NotStarted => Some(ClaimOutcome::NotStarted),
-                WindowState::Expired => Some(ClaimOutcome::Expired),
-            };
-            if let Some(outcome) = closed {
-                return Ok(BatchResult {
-                    outcomes: plan.resolve(vec![outcome; deciding.len()]),
-                    remaining: Some(remaining),
-                    windowed: true,
-                });
-            }
-            let (decided, granted) = insert_and_decide(tx, stmts, name, &deciding, remaining)?;
-            // Never more than `remaining`, an i32 itself.
-            let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
-            if taken > 0 {
-                tx.execute(&stmts.take_stock, &[&name, &taken])?;
-            }
-            let outcomes = plan.resolve(decided);
-            let to_record: Vec<(&str, &str, Option<i32>)> = claims
+            let keyed: Vec<(&str, &str)> = claims
                 .iter()
                 .zip(&requests)
-                .zip(&outcomes)
+                .filter_map(|(c, request)| Some((c.key.as_ref()?.as_str(), request.as_deref()?)))
+                .collect();
+            let reserved = reserve_keys(tx, stmts, Operation::Claim, &keyed, ttl)?;
+            let plan = KeyPlan::of(claims, &requests, &reserved.recorded);
+            let result = decide_batch(tx, stmts, name, row, &plan, &plan.deciding(claims))?;
+            // Each key reserved was its first claim's, decided above.
+            let settled: Vec<(&str, Option<i32>)> = claims
+                .iter()
+                .zip(&result.outcomes)
                 .zip(&plan.steps)
-                .filter_map(|(((claim, request), outcome), step)| {
-                    match (step, &claim.key, request, outcome) {
-                        (
-                            Step::Decide,
-                            Some(key),
-                            Some(request),
-                            ClaimOutcome::Claimed { remaining_amount },
-                        ) => Some((key.as_str(), request.as_str(), Some(*remaining_amount))),
+                .filter(|(_, step)| **step == Step::Decide)
+                .filter_map(|((claim, outcome), _)| {
+                    let slot = reserved.slots.get(claim.key.as_ref()?.as_str())?;
+                    let stock = match outcome {
+                        ClaimOutcome::Claimed { remaining_amount } => Some(*remaining_amount),
                         _ => None,
-                    }
+                    };
+                    Some((slot.as_str(), stock))
                 })
                 .collect();
-            record_keys(tx, stmts, Operation::Claim, &to_record, 200, ttl)?;
-            Ok(BatchResult {
-                outcomes,
-                remaining: Some(remaining - taken),
-                windowed: !window.is_always_open(),
-            })
+            settle_keys(tx, stmts, &settled, 200)?;
+            Ok(result)
         })
     }
+}
+
+/// Decides a batch on the coupon `name`, whose row (`None`: no such
+/// coupon) is locked, in the transaction `tx`: the claims `plan` answers
+/// from records as it says, and `deciding` in order.
+fn decide_batch(
+    tx: &mut postgres::Client,
+    stmts: &Statements,
+    name: &str,
+    row: Option<Row>,
+    plan: &KeyPlan,
+    deciding: &[UserId],
+) -> Result<BatchResult, postgres::Error> {
+    let Some(row) = row else {
+        return Ok(BatchResult {
+            outcomes: plan.resolve(vec![ClaimOutcome::CouponNotFound; deciding.len()]),
+            remaining: None,
+            windowed: false,
+        });
+    };
+    let remaining: i32 = row.get("remaining_amount");
+    let window = SaleWindow::new(row.get("starts_at"), row.get("expires_at")).unwrap_or_default();
+    let now: OffsetDateTime = row.get("now");
+    let closed = match window.state_at(now) {
+        WindowState::Open => None,
+        WindowState::NotStarted => Some(ClaimOutcome::NotStarted),
+        WindowState::Expired => Some(ClaimOutcome::Expired),
+    };
+    if let Some(outcome) = closed {
+        return Ok(BatchResult {
+            outcomes: plan.resolve(vec![outcome; deciding.len()]),
+            remaining: Some(remaining),
+            windowed: true,
+        });
+    }
+    let (decided, granted) = insert_and_decide(tx, stmts, name, deciding, remaining)?;
+    // Never more than `remaining`, an i32 itself.
+    let taken = i32::try_from(granted.len()).unwrap_or(i32::MAX);
+    if taken > 0 {
+        tx.execute(&stmts.take_stock, &[&name, &taken])?;
+    }
+    Ok(BatchResult {
+        outcomes: plan.resolve(decided),
+        remaining: Some(remaining - taken),
+        windowed: !window.is_always_open(),
+    })
 }
 
 /// How each claim of a batch is decided, as far as idempotency keys go:

@@ -3,8 +3,11 @@
 //! transaction of their answer's effect, and removing expired ones.
 //!
 //! A key is recorded exactly when its effect committed: the claim, create or
-//! release transaction records it itself (`claim`, `coupons`, `release` call
-//! [`recorded_keys`] and [`record_keys`] inside their transaction). A key
+//! release transaction records it itself. Creates and releases look their
+//! key up and record it ([`recorded_keys`], [`record_keys`]); claims, which
+//! run many at once, reserve their keys first and settle them at the end
+//! ([`reserve_keys`], [`settle_keys`]), so that they never read a key's
+//! index page and fail one another to serialize (schema.sql says why). A key
 //! older than IDEMPOTENCY_TTL_HOURS does not count, and [`KeySweeper`]
 //! removes such rows a few hundred at a time, in short transactions that
 //! skip rows anyone holds, so that no claim ever waits on it.
@@ -81,6 +84,81 @@ pub(super) fn recorded_keys(
             )
         })
         .collect())
+}
+
+/// The keys of a claim batch once reserved (see schema.sql's
+/// `flash_coupons_reserve_keys`): where the row of each key reserved for
+/// this transaction is, and the records of the keys recorded before it.
+#[derive(Debug, Default)]
+pub(super) struct Reserved {
+    /// By key: its row's place, to settle it by (a `tid` as text).
+    pub slots: HashMap<String, String>,
+    pub recorded: HashMap<String, RecordedKey>,
+}
+
+/// Reserves `keyed` (each key with its request; a key's first request
+/// counts) for `operation` in this transaction, which must settle them
+/// ([`settle_keys`]) before it commits. Fails to serialize when another
+/// transaction recorded one of them since this one's snapshot.
+pub(super) fn reserve_keys(
+    tx: &mut postgres::Client,
+    stmts: &Statements,
+    operation: Operation,
+    keyed: &[(&str, &str)],
+    ttl_hours: i32,
+) -> Result<Reserved, postgres::Error> {
+    if keyed.is_empty() {
+        return Ok(Reserved::default());
+    }
+    let mut seen = std::collections::HashSet::new();
+    let (keys, requests): (Vec<&str>, Vec<&str>) = keyed
+        .iter()
+        .filter(|(key, _)| seen.insert(*key))
+        .copied()
+        .unzip();
+    let rows = tx.query(
+        &stmts.reserve_keys,
+        &[&operation.as_str(), &keys, &requests, &ttl_hours],
+    )?;
+    let mut reserved = Reserved::default();
+    for row in &rows {
+        let key: String = row.get("reserved_key");
+        match row.get::<_, Option<String>>("slot") {
+            Some(slot) => {
+                reserved.slots.insert(key, slot);
+            }
+            None => {
+                let record = RecordedKey {
+                    request: row.get("recorded_request"),
+                    remaining_amount: row.get("recorded_remaining"),
+                };
+                reserved.recorded.insert(key, record);
+            }
+        }
+    }
+    Ok(reserved)
+}
+
+/// Settles reserved keys, each by its slot: `Some(stock)` records it as
+/// answered `status` with that stock, `None` removes it (its request took
+/// no effect).
+pub(super) fn settle_keys(
+    tx: &mut postgres::Client,
+    stmts: &Statements,
+    settled: &[(&str, Option<i32>)],
+    status: i16,
+) -> Result<(), postgres::Error> {
+    if settled.is_empty() {
+        return Ok(());
+    }
+    let slots: Vec<&str> = settled.iter().map(|(slot, _)| *slot).collect();
+    let statuses: Vec<Option<i16>> = settled
+        .iter()
+        .map(|(_, stock)| stock.map(|_| status))
+        .collect();
+    let remainings: Vec<Option<i32>> = settled.iter().map(|(_, stock)| *stock).collect();
+    tx.execute(&stmts.settle_keys, &[&slots, &statuses, &remainings])?;
+    Ok(())
 }
 
 /// Records `keys` for `operation`, each with its request and the stock in

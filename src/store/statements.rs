@@ -27,6 +27,8 @@ pub(crate) struct Statements {
     pub record_release: Statement,
     pub recorded_keys: Statement,
     pub record_keys: Statement,
+    pub reserve_keys: Statement,
+    pub settle_keys: Statement,
     pub sweep_keys: Statement,
 }
 
@@ -122,6 +124,14 @@ impl Statements {
             )?,
             record_keys: client
                 .prepare("SELECT flash_coupons_record_keys($1, $2, $3, $4, $5, $6)")?,
+            // A row's place (tid) goes out and comes back as text, which
+            // the client library can carry.
+            reserve_keys: client.prepare(
+                "SELECT reserved_key, slot::text AS slot, recorded_request, recorded_remaining \
+                 FROM flash_coupons_reserve_keys($1, $2, $3, $4)",
+            )?,
+            settle_keys: client
+                .prepare("SELECT flash_coupons_settle_keys($1::text[]::tid[], $2, $3)")?,
             // Up to $2 keys expired after $1 hours, skipping rows another
             // transaction holds, oldest first.
             sweep_keys: client.prepare(
