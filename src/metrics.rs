@@ -5,8 +5,9 @@
 //! a Prometheus counter or histogram updated as the event happens, defined
 //! next to the code that counts it, and registered here; a scrape only
 //! gathers them. Gauges of the current state (the pool, claims waiting,
-//! sold-out coupons, the listener's freshness) are set from that state when
-//! scraped.
+//! sold-out coupons, the listener's freshness, the last health probe) are
+//! set from that state when scraped; none of them asks the database, so a
+//! scrape is answered at once whatever the database does.
 
 use std::time::Duration;
 
@@ -30,6 +31,7 @@ pub struct Metrics {
     pool: IntGaugeVec,
     sold_out: IntGaugeVec,
     listener_connected: IntGauge,
+    database_up: IntGauge,
 }
 
 // The metric definitions are constants: building them cannot fail, and a
@@ -105,6 +107,14 @@ impl Metrics {
             "1 while the freshness listener's LISTEN connection is up and answered a round trip \
              within the last second (sold-out coupons may be answered from memory), else 0.",
         ));
+        // Set from the last probe rather than by probing: a scrape must not
+        // wait on a database that does not answer. Behind the edge a probe
+        // runs every second (its health checks), so the value is that fresh.
+        let database_up = must(IntGauge::new(
+            "flash_coupons_database_up",
+            "1 when the database answered the last health probe (GET /healthz, which the \
+             edge sends every second) within 1 s, or no probe has run yet; 0 when it did not.",
+        ));
         let ours = [
             Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
@@ -115,6 +125,7 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(sold_out.clone()),
             Box::new(listener_connected.clone()),
+            Box::new(database_up.clone()),
         ];
         let kept_elsewhere = store
             .retries()
@@ -135,6 +146,7 @@ impl Metrics {
             pool,
             sold_out,
             listener_connected,
+            database_up,
         }
     }
 
@@ -193,6 +205,8 @@ impl Metrics {
             .set(i64::try_from(in_database).unwrap_or(i64::MAX));
         self.listener_connected
             .set(i64::from(claims.freshness().fresh));
+        self.database_up
+            .set(i64::from(store.database_answered_last_probe()));
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
