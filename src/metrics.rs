@@ -18,6 +18,7 @@ use prometheus::{
 
 use crate::claims::Claims;
 use crate::domain::Operation;
+use crate::http::CLAIM_OUTCOMES;
 use crate::store::Store;
 
 pub struct Metrics {
@@ -66,6 +67,17 @@ impl Metrics {
             Opts::new("flash_coupons_claims_total", "Claims answered, by outcome."),
             &["outcome"],
         ));
+        // The claim series are in the exposition from the start, at 0: a
+        // series that first appears already at N is not an increase to
+        // rate() (Prometheus has no earlier sample), so without them the
+        // first burst of a sale after a replica starts would not show in
+        // claims per second or claim latency.
+        for outcome in CLAIM_OUTCOMES {
+            claims_by_outcome.with_label_values(&[outcome]);
+        }
+        for class in ["2xx", "4xx", "5xx"] {
+            latency.with_label_values(&["claim", class]);
+        }
         let releases = must(IntCounterVec::new(
             Opts::new(
                 "flash_coupons_releases_total",
@@ -168,6 +180,7 @@ impl Metrics {
     }
 
     pub fn claim_answered(&self, outcome: &str) {
+        debug_assert!(CLAIM_OUTCOMES.contains(&outcome), "{outcome}");
         self.claims.with_label_values(&[outcome]).inc();
     }
 

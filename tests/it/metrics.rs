@@ -13,10 +13,17 @@ fn claim_outcomes_batches_and_request_latencies_are_counted() {
     let _turn = serial::turn!();
     let app = TestApp::spawn();
     let before = scrape(&app);
-    assert_eq!(
-        metric(&before, r#"flash_coupons_claims_total{outcome="claimed"}"#),
-        0.0
-    );
+    // The claim series are there from the start, at 0, so that rate()
+    // counts a sale's first burst.
+    for series in [
+        r#"flash_coupons_claims_total{outcome="claimed"} 0"#,
+        r#"flash_coupons_claims_total{outcome="out_of_stock"} 0"#,
+        r#"flash_coupons_claims_total{outcome="busy"} 0"#,
+        r#"flash_coupons_http_request_duration_seconds_count{route="claim",status="2xx"} 0"#,
+        r#"flash_coupons_http_request_duration_seconds_bucket{route="claim",status="5xx",le="0.01"} 0"#,
+    ] {
+        assert!(before.lines().any(|l| l == series), "{series}\n{before}");
+    }
 
     app.create("M", 2);
     assert_eq!(app.claim("a", "M").status, 200);
