@@ -5,8 +5,9 @@
 //! a Prometheus counter or histogram updated as the event happens, defined
 //! next to the code that counts it, and registered here; a scrape only
 //! gathers them. Gauges of the current state (the pool, claims waiting,
-//! sold-out coupons, the listener's freshness) are set from that state when
-//! scraped.
+//! sold-out coupons, the listener's freshness, the last health probe) are
+//! set from that state when scraped; none of them asks the database, so a
+//! scrape is answered at once whatever the database does.
 
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use prometheus::{
 
 use crate::claims::Claims;
 use crate::domain::Operation;
+use crate::http::CLAIM_OUTCOMES;
 use crate::store::Store;
 
 pub struct Metrics {
@@ -30,6 +32,7 @@ pub struct Metrics {
     pool: IntGaugeVec,
     sold_out: IntGaugeVec,
     listener_connected: IntGauge,
+    database_up: IntGauge,
 }
 
 // The metric definitions are constants: building them cannot fail, and a
@@ -64,6 +67,17 @@ impl Metrics {
             Opts::new("flash_coupons_claims_total", "Claims answered, by outcome."),
             &["outcome"],
         ));
+        // The claim series are in the exposition from the start, at 0: a
+        // series that first appears already at N is not an increase to
+        // rate() (Prometheus has no earlier sample), so without them the
+        // first burst of a sale after a replica starts would not show in
+        // claims per second or claim latency.
+        for outcome in CLAIM_OUTCOMES {
+            claims_by_outcome.with_label_values(&[outcome]);
+        }
+        for class in ["2xx", "4xx", "5xx"] {
+            latency.with_label_values(&["claim", class]);
+        }
         let releases = must(IntCounterVec::new(
             Opts::new(
                 "flash_coupons_releases_total",
@@ -105,6 +119,14 @@ impl Metrics {
             "1 while the freshness listener's LISTEN connection is up and answered a round trip \
              within the last second (sold-out coupons may be answered from memory), else 0.",
         ));
+        // Set from the last probe rather than by probing: a scrape must not
+        // wait on a database that does not answer. Behind the edge a probe
+        // runs every second (its health checks), so the value is that fresh.
+        let database_up = must(IntGauge::new(
+            "flash_coupons_database_up",
+            "1 when the database answered the last health probe (GET /healthz, which the \
+             edge sends every second) within 1 s, or no probe has run yet; 0 when it did not.",
+        ));
         let ours = [
             Box::new(latency.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(in_flight.clone()),
@@ -115,6 +137,7 @@ impl Metrics {
             Box::new(pool.clone()),
             Box::new(sold_out.clone()),
             Box::new(listener_connected.clone()),
+            Box::new(database_up.clone()),
         ];
         let kept_elsewhere = store
             .retries()
@@ -135,6 +158,7 @@ impl Metrics {
             pool,
             sold_out,
             listener_connected,
+            database_up,
         }
     }
 
@@ -156,6 +180,7 @@ impl Metrics {
     }
 
     pub fn claim_answered(&self, outcome: &str) {
+        debug_assert!(CLAIM_OUTCOMES.contains(&outcome), "{outcome}");
         self.claims.with_label_values(&[outcome]).inc();
     }
 
@@ -193,6 +218,8 @@ impl Metrics {
             .set(i64::try_from(in_database).unwrap_or(i64::MAX));
         self.listener_connected
             .set(i64::from(claims.freshness().fresh));
+        self.database_up
+            .set(i64::from(store.database_answered_last_probe()));
         let mut out = Vec::new();
         // Encoding gathered families into a Vec cannot fail.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);

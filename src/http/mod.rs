@@ -153,6 +153,23 @@ fn claim(
     }
 }
 
+/// Every claim outcome /metrics counts: the labels of [`outcome_label`],
+/// and `invalid` for a claim refused before it reached the claim path.
+pub const CLAIM_OUTCOMES: [&str; 12] = [
+    "claimed",
+    "already_claimed",
+    "out_of_stock",
+    "coupon_not_found",
+    "not_started",
+    "expired",
+    "replayed",
+    "key_mismatch",
+    "busy",
+    "unavailable",
+    "error",
+    "invalid",
+];
+
 fn outcome_label(outcome: &Result<ClaimOutcome, StoreError>) -> &'static str {
     match outcome {
         Ok(ClaimOutcome::Claimed { .. }) => "claimed",

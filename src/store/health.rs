@@ -67,6 +67,15 @@ impl Store {
         probe.ended.notify_all();
         answered
     }
+
+    /// Whether the database answered the last probe that ended, without
+    /// probing (never waits on the database): for /metrics, which must
+    /// answer at once even while the database does not. True before the
+    /// first probe, since start-up reached the database.
+    pub fn database_answered_last_probe(&self) -> bool {
+        let state = lock(&self.health.state);
+        state.ended == 0 || state.answered
+    }
 }
 
 impl HealthProbe {

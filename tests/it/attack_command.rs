@@ -23,7 +23,7 @@ const SERVER: &str = env!("CARGO_BIN_EXE_flash-coupons");
 /// binaries of their own package, so the attack package's is built here,
 /// once, into the same target directory and profile; `cargo test` has
 /// released its build lock by the time tests run.
-fn server_binary() -> &'static Path {
+pub(crate) fn server_binary() -> &'static Path {
     static BUILT: OnceLock<()> = OnceLock::new();
     let server = Path::new(SERVER);
     BUILT.get_or_init(|| {

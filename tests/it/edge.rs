@@ -1040,8 +1040,64 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
     seen.sort_unstable();
     assert_eq!(
         seen,
-        [400, 403, 408, 413, 429, 500, 501, 502, 503, 503, 504]
+        [
+            400, 403, 404, 404, 408, 413, 429, 500, 501, 502, 503, 503, 504
+        ]
     );
+}
+
+#[test]
+fn metrics_are_not_served_through_the_edge_but_each_replica_serves_its_own() {
+    let _turn = one_at_a_time();
+    let db = TestDb::new();
+    let edge = Edge::start(&db.url, 2, &[]);
+    let send = |request: String| {
+        let mut s = TcpStream::connect(edge.addr).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        read_answer(s, Duration::from_secs(15))
+    };
+    // Whatever the spelling, and for HEAD too (whose answer has no body).
+    for target in [
+        "/metrics",
+        "/metrics?name=flash_coupons_claims_total",
+        "/metrics/",
+        "/metrics/x",
+        "//metrics",
+        "/METRICS",
+        "/%6Detrics",
+        "http://app/metrics",
+    ] {
+        let got = send(format!("GET {target} HTTP/1.1\r\nHost: app\r\n\r\n"));
+        expect_json(&format!("GET {target}"), &got, 404, "not_found");
+        assert!(
+            got.body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("internal network")),
+            "GET {target}: {got:?}"
+        );
+        assert!(
+            !got.text.contains("flash_coupons_"),
+            "GET {target}: {got:?}"
+        );
+    }
+    let got = support::http::request("HEAD", &edge.url("/metrics"), None);
+    assert_eq!(got.status, 404, "HEAD /metrics: {got:?}");
+    // A path that only begins the same way goes through as any other.
+    let got = send("GET /metricsx HTTP/1.1\r\nHost: t\r\n\r\n".into());
+    expect_json("GET /metricsx", &got, 404, "not_found");
+    assert!(
+        !got.text.contains("internal network"),
+        "GET /metricsx is the replica's own 404: {got:?}"
+    );
+
+    // Each replica still serves its own, on its own address.
+    for replica in &edge.replicas {
+        let text = scrape(&format!("http://{}", replica.addr));
+        assert!(
+            text.contains("\nflash_coupons_database_up 1\n"),
+            "{replica:?}: {text}"
+        );
+    }
 }
 
 /// A minimal HTTP/2 client over cleartext with prior knowledge: the

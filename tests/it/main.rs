@@ -25,6 +25,7 @@ mod handlers;
 mod idempotency;
 mod listings;
 mod metrics;
+mod monitoring;
 mod pipelining;
 mod release;
 mod replicas;

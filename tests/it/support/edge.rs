@@ -64,6 +64,8 @@ pub struct Edge {
     pids_file: PathBuf,
     /// HAProxy's admin socket (EDGE_STATS_SOCKET).
     pub stats_socket: PathBuf,
+    /// With `--monitoring`: Prometheus's process and address.
+    pub prometheus: Option<(i32, SocketAddr)>,
 }
 
 /// One of the backend's server slots as HAProxy sees it.
@@ -138,6 +140,16 @@ impl Edge {
         replicas: usize,
         env: &[(&str, &str)],
     ) -> Result<Edge, StartFailed> {
+        Edge::try_start_with(database_url, replicas, &[], env)
+    }
+
+    /// The same with more arguments for run-local (e.g. `--monitoring`).
+    pub fn try_start_with(
+        database_url: &str,
+        replicas: usize,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Edge, StartFailed> {
         require_haproxy();
         let replicas_wanted = replicas;
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
@@ -153,6 +165,7 @@ impl Edge {
         cmd.args(["--replicas", &replicas.to_string()])
             .args(["--listen", "127.0.0.1:0", "--pids"])
             .arg(&pids_file)
+            .args(args)
             .env_clear()
             .env("PATH", search_path())
             .env("DATABASE_URL", database_url)
@@ -228,7 +241,7 @@ impl Edge {
             .unwrap_or_else(|| panic!("unexpected first line from run-local: {line:?}"))
             .parse()
             .expect("an address in the ready line");
-        let (haproxy_pid, replicas) = read_pids(&pids_file);
+        let (haproxy_pid, replicas, prometheus) = read_pids(&pids_file);
         assert_eq!(replicas.len(), replicas_wanted, "replicas in {pids_file:?}");
         Ok(Edge {
             child,
@@ -239,6 +252,7 @@ impl Edge {
             log,
             pids_file,
             stats_socket,
+            prometheus,
         })
     }
 
@@ -370,12 +384,16 @@ impl Drop for Edge {
     }
 }
 
-/// run-local's --pids file: `haproxy PID` and `replica PID HOST:PORT` lines.
-fn read_pids(path: &Path) -> (i32, Vec<Replica>) {
+/// run-local's --pids file: `haproxy PID` and `replica PID HOST:PORT`
+/// lines, and with `--monitoring` a `prometheus PID HOST:PORT` line.
+type Pids = (i32, Vec<Replica>, Option<(i32, SocketAddr)>);
+
+fn read_pids(path: &Path) -> Pids {
     let text = std::fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading run-local's pids file {}: {e}", path.display()));
     let mut haproxy = None;
     let mut replicas = Vec::new();
+    let mut prometheus = None;
     for line in text.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         match fields.as_slice() {
@@ -384,10 +402,20 @@ fn read_pids(path: &Path) -> (i32, Vec<Replica>) {
                 pid: pid.parse().expect("a replica pid"),
                 addr: addr.parse().expect("a replica address"),
             }),
+            ["prometheus", pid, addr] => {
+                prometheus = Some((
+                    pid.parse().expect("prometheus's pid"),
+                    addr.parse().expect("prometheus's address"),
+                ));
+            }
             _ => panic!("unexpected line in the pids file: {line:?}"),
         }
     }
-    (haproxy.expect("a haproxy line in the pids file"), replicas)
+    (
+        haproxy.expect("a haproxy line in the pids file"),
+        replicas,
+        prometheus,
+    )
 }
 
 /// Connections to `port` that process `pid` holds a descriptor of (not
