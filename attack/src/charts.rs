@@ -22,6 +22,8 @@ pub type Rgb = (u8, u8, u8);
 pub const WIDTH: u32 = 960;
 const LINE_HEIGHT: u32 = 380;
 const FONT: &str = "sans-serif";
+// Font sizes below are plotters' points: it writes `font-size` as about
+// 0.8 of them, in pixels.
 /// Roughly the width of a character of the axis and legend fonts.
 const CHAR_PX: u32 = 7;
 /// Lines of at most this many points are drawn with a dot at each.
@@ -137,8 +139,8 @@ where
         .y_desc(y_desc)
         .x_label_formatter(&|v| axis_number(*v, x_span))
         .y_label_formatter(&|v| axis_number(*v, y_max))
-        .label_style((FONT, 13))
-        .axis_desc_style((FONT, 14))
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 17))
         .max_light_lines(1)
         .light_line_style(RGBColor(242, 242, 242))
         .bold_line_style(RGBColor(215, 215, 215))
@@ -179,8 +181,8 @@ pub fn bars(title: &str, x_desc: &str, bars: &[Bar]) -> Result<String, String> {
             .x_desc(x_desc)
             .x_label_formatter(&|v| axis_number(*v, x_max))
             .y_label_formatter(&label_of)
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 17))
             .max_light_lines(1)
             .light_line_style(RGBColor(242, 242, 242))
             .bold_line_style(RGBColor(215, 215, 215))
@@ -246,8 +248,8 @@ pub fn grouped_bars(
             .x_desc(x_desc)
             .x_label_formatter(&|v| axis_number(*v, x_max))
             .y_label_formatter(&label_of)
-            .label_style((FONT, 13))
-            .axis_desc_style((FONT, 14))
+            .label_style((FONT, 16))
+            .axis_desc_style((FONT, 17))
             .max_light_lines(1)
             .light_line_style(RGBColor(242, 242, 242))
             .bold_line_style(RGBColor(215, 215, 215))
@@ -308,7 +310,7 @@ fn svg(
         let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
         let drawn = (|| -> Drawn {
             root.fill(&WHITE)?;
-            let body = root.titled(title, (FONT, 19).into_font().style(FontStyle::Bold))?;
+            let body = root.titled(title, (FONT, 24).into_font().style(FontStyle::Bold))?;
             let plot = if legend.is_empty() {
                 body
             } else {
@@ -354,7 +356,7 @@ fn draw_legend(
         area.draw(&Text::new(
             label.to_owned(),
             (38, y),
-            TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
+            TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
     Ok(())
@@ -401,7 +403,7 @@ fn row_label(n: usize, y: f64, label: impl Fn(usize) -> String) -> String {
 
 /// The style of a value written just after the end of its bar.
 fn value_style() -> TextStyle<'static> {
-    TextStyle::from((FONT, 12).into_font()).pos(Pos::new(HPos::Left, VPos::Center))
+    TextStyle::from((FONT, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center))
 }
 
 /// Room for the longest of `labels` left of the axis.

@@ -234,7 +234,7 @@ fn throughput_chart(title: &str, timeline: &Timeline) -> Result<String, String> 
 fn latency_chart(title: &str, timeline: &Timeline) -> Result<String, String> {
     let lines: Vec<Line> = [
         ("p50", 0.50, (31, 119, 180)),
-        ("p90", 0.90, (230, 145, 30)),
+        ("p90", 0.90, (23, 190, 207)),
         ("p99", 0.99, (214, 39, 40)),
     ]
     .into_iter()
@@ -410,8 +410,16 @@ mod tests {
         ] {
             assert!(page.contains(text), "no {text:?} in the page");
         }
-        // Lines for three outcomes and three percentiles; bars for three.
-        assert!(page.matches("<polyline").count() >= 6, "{page}");
+        // A line and a legend swatch for each outcome that came (granted,
+        // out of stock, no answer) and each percentile.
+        for color in ["2E8B57", "E6911E", "3C3C3C", "1F77B4", "17BECF", "D62728"] {
+            let stroke = format!("<polyline fill=\"none\" opacity=\"1\" stroke=\"#{color}\"");
+            assert_eq!(page.matches(&stroke).count(), 2, "{stroke} in {page}");
+        }
+        // And a bar for each, filled with its colour.
+        for color in ["2E8B57", "E6911E", "3C3C3C"] {
+            assert!(page.contains(&format!("fill=\"#{color}\" stroke=\"none\"")));
+        }
     }
 
     #[test]

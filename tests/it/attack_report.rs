@@ -104,12 +104,23 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
     ] {
         assert!(dom.contains(wanted), "no {wanted:?} in the DOM:\n{dom}");
     }
-    // The burst's line of 1,700 out_of_stock answers has a point per bucket.
+    // The burst's throughput: a line (and its legend's swatch) for the
+    // granted claims (green) and for the out_of_stock ones (orange), through
+    // many points.
     let burst = throughput
         .iter()
         .find(|s| s.contains("Burst: answers per second"))
         .expect("the burst's throughput chart");
-    assert!(burst.matches("<polyline").count() >= 2, "{burst}");
+    for colour in ["#2E8B57", "#E6911E"] {
+        let lines: Vec<&str> = burst
+            .split("<polyline")
+            .skip(1)
+            .filter(|l| l.contains(&format!("stroke=\"{colour}\"")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{colour} lines in {burst}");
+        let points = lines.iter().map(|l| l.matches(',').count()).max();
+        assert!(points >= Some(10), "{colour} lines in {burst}");
+    }
 
     let screenshot = target_dir().join("attack-report.png");
     let _ = std::fs::remove_file(&screenshot);
