@@ -182,7 +182,7 @@ fn scenarios_chart(
     });
     charts::grouped_bars(
         "Claims per second by scenario: the server against the database alone",
-        &format!("per second: answers other than 5xx; pgbench: committed transactions{suffix}"),
+        &format!("per second, 5xx left out (pgbench: committed){suffix}"),
         &groups,
         &series,
         reference.as_ref(),

@@ -26,6 +26,8 @@ const FONT: &str = "sans-serif";
 // 0.8 of them, in pixels.
 /// Roughly the width of a character of the axis and legend fonts.
 const CHAR_PX: u32 = 7;
+/// The height of a row of the legend.
+const LEGEND_ROW: u32 = 22;
 /// Lines of at most this many points are drawn with a dot at each.
 const DOTTED_POINTS: usize = 60;
 
@@ -178,6 +180,7 @@ pub fn bars(title: &str, x_desc: &str, bars: &[Bar]) -> Result<String, String> {
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .x_labels(8)
             .x_desc(x_desc)
             .x_label_formatter(&|v| axis_number(*v, x_max))
             .y_label_formatter(&label_of)
@@ -245,6 +248,7 @@ pub fn grouped_bars(
         chart
             .configure_mesh()
             .disable_y_mesh()
+            .x_labels(8)
             .x_desc(x_desc)
             .x_label_formatter(&|v| axis_number(*v, x_max))
             .y_label_formatter(&label_of)
@@ -297,27 +301,41 @@ enum Swatch {
     Dashed,
 }
 
-/// An SVG of `size` with the title on top, `draw` given the plot's area,
-/// and beside it, when there are entries, the legend.
+/// An SVG `size.0` wide with the title on top, `draw` given the plot's
+/// area (`size.1` high with the title), and the legend, when there are
+/// entries: beside the plot when its labels are short, else below it (which
+/// makes the SVG taller), in two columns when they fit.
 fn svg(
     size: (u32, u32),
     title: &str,
     legend: &[(&str, Rgb, Swatch)],
     draw: impl FnOnce(&DrawingArea<SVGBackend<'_>, Shift>) -> Drawn,
 ) -> Result<String, String> {
+    let widest = legend.iter().map(|e| e.0.chars().count()).max();
+    let entry_width = widest.unwrap_or(0) as u32 * CHAR_PX + 56;
+    let beside = entry_width <= size.0 / 4;
+    let columns = if 2 * entry_width <= size.0 { 2 } else { 1 };
+    let below = if legend.is_empty() || beside {
+        0
+    } else {
+        LEGEND_ROW * legend.len().div_ceil(columns) as u32 + 16
+    };
     let mut out = String::new();
     {
-        let root = SVGBackend::with_string(&mut out, size).into_drawing_area();
+        let root = SVGBackend::with_string(&mut out, (size.0, size.1 + below)).into_drawing_area();
         let drawn = (|| -> Drawn {
             root.fill(&WHITE)?;
             let body = root.titled(title, (FONT, 24).into_font().style(FontStyle::Bold))?;
             let plot = if legend.is_empty() {
                 body
+            } else if beside {
+                let (plot, key) = body.split_horizontally(size.0 - entry_width);
+                draw_legend(&key, legend, 1, 0)?;
+                plot
             } else {
-                let widest = legend.iter().map(|e| e.0.chars().count()).max();
-                let width = (widest.unwrap_or(0) as u32 * CHAR_PX + 56).min(size.0 / 2);
-                let (plot, key) = body.split_horizontally(size.0 - width);
-                draw_legend(&key, legend)?;
+                let (_, height) = body.dim_in_pixel();
+                let (plot, key) = body.split_vertically(height - below);
+                draw_legend(&key, legend, columns, size.0 / columns as u32)?;
                 plot
             };
             draw(&plot)?;
@@ -329,25 +347,36 @@ fn svg(
     Ok(out)
 }
 
+/// The legend's entries in `columns` columns `column_width` apart, row by
+/// row.
 fn draw_legend(
     area: &DrawingArea<SVGBackend<'_>, Shift>,
     entries: &[(&str, Rgb, Swatch)],
+    columns: usize,
+    column_width: u32,
 ) -> Drawn {
     for (i, &(label, color, swatch)) in entries.iter().enumerate() {
-        let y = 24 + 22 * i as i32;
+        let x = 16 + (i % columns) as i32 * column_width as i32;
+        let y = 18 + LEGEND_ROW as i32 * (i / columns) as i32;
         let color = rgb(color);
         match swatch {
             Swatch::Line => {
-                area.draw(&PathElement::new([(6, y), (30, y)], color.stroke_width(2)))?;
-                area.draw(&Circle::new((18, y), 3, color.filled()))?;
+                area.draw(&PathElement::new(
+                    [(x, y), (x + 24, y)],
+                    color.stroke_width(2),
+                ))?;
+                area.draw(&Circle::new((x + 12, y), 3, color.filled()))?;
             }
             Swatch::Box => {
-                area.draw(&Rectangle::new([(8, y - 6), (28, y + 6)], color.filled()))?;
+                area.draw(&Rectangle::new(
+                    [(x + 2, y - 6), (x + 22, y + 6)],
+                    color.filled(),
+                ))?;
             }
             Swatch::Dashed => {
-                for x in [6, 18] {
+                for dash in [x, x + 12] {
                     area.draw(&PathElement::new(
-                        [(x, y), (x + 8, y)],
+                        [(dash, y), (dash + 8, y)],
                         color.stroke_width(2),
                     ))?;
                 }
@@ -355,7 +384,7 @@ fn draw_legend(
         }
         area.draw(&Text::new(
             label.to_owned(),
-            (38, y),
+            (x + 32, y),
             TextStyle::from((FONT, 16).into_font()).pos(Pos::new(HPos::Left, VPos::Center)),
         ))?;
     }
