@@ -1,6 +1,7 @@
 //! The command line of `flash-coupons attack`, parsed and checked once.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lexopt::prelude::*;
@@ -8,7 +9,7 @@ use lexopt::prelude::*;
 pub const USAGE: &str = "\
 usage: flash-coupons attack --url http://HOST:PORT [--users N --stock K]
                             [--concurrency C] [--timeout-secs S] [--deadline-secs S]
-                            [--idempotency-keys]
+                            [--idempotency-keys] [--report FILE.html]
 
 Runs the spec's Flash Sale Attack (50 users, 5 units, all at once) and
 Double Dip Attack (one user 10 times at once, 10 units) against a running
@@ -23,6 +24,11 @@ service, each on a fresh coupon, and checks every answer.
   --idempotency-keys   send every claim with an Idempotency-Key of its own, and
                        send again, with the same key, each claim that got no
                        answer or a 503 (up to 5 times); the checks stay exact
+  --report FILE        also write FILE, one self-contained HTML page (inline SVG
+                       charts and style; opening it fetches nothing): the run's
+                       and each scenario's verdict with the numbers checked, and
+                       per scenario its answers per second over time by outcome,
+                       latency p50/p90/p99 over time, and claims by status and code
   -h, --help           this text
 
 Where the service guards coupon creation with ADMIN_TOKEN, set the same
@@ -31,8 +37,8 @@ ADMIN_TOKEN in the environment: it is sent as `Authorization: Bearer`.
 `flash-coupons attack` runs the binary flash-coupons-attack installed
 beside flash-coupons; running flash-coupons-attack itself is the same.
 
-Exit code: 0 every check passed, 1 a check failed, 2 usage error or the
-service is unreachable.";
+Exit code: 0 every check passed, 1 a check failed, 2 usage error, the
+service is unreachable, or the --report file cannot be written.";
 
 const MAX_USERS: u64 = 10_000_000;
 const MAX_STOCK: u64 = i32::MAX as u64;
@@ -51,6 +57,8 @@ pub struct Args {
     pub deadline: Duration,
     /// Every claim with an Idempotency-Key, retried with it.
     pub idempotency_keys: bool,
+    /// Where to write the HTML report, if anywhere.
+    pub report: Option<PathBuf>,
 }
 
 /// The optional burst: `users` distinct users on a coupon of `stock` units.
@@ -80,6 +88,7 @@ where
     let mut timeout_secs = 30;
     let mut deadline_secs = 600;
     let mut idempotency_keys = false;
+    let mut report = None;
 
     let mut parser = lexopt::Parser::from_args(args);
     while let Some(arg) = parser.next().map_err(|e| e.to_string())? {
@@ -98,6 +107,13 @@ where
                 deadline_secs = number(&mut parser, "--deadline-secs", 1, MAX_DEADLINE_SECS)?;
             }
             Long("idempotency-keys") => idempotency_keys = true,
+            Long("report") => {
+                let path = PathBuf::from(parser.value().map_err(|e| e.to_string())?);
+                if path.as_os_str().is_empty() {
+                    return Err("--report wants a file name".into());
+                }
+                report = Some(path);
+            }
             other => return Err(other.unexpected().to_string()),
         }
     }
@@ -118,6 +134,7 @@ where
         timeout: Duration::from_secs(timeout_secs),
         deadline: Duration::from_secs(deadline_secs),
         idempotency_keys,
+        report,
     }))
 }
 
@@ -183,14 +200,16 @@ mod tests {
         assert_eq!(a.timeout, Duration::from_secs(30));
         assert_eq!(a.deadline, Duration::from_secs(600));
         assert!(!a.idempotency_keys);
+        assert_eq!(a.report, None);
     }
 
     #[test]
     fn every_option_is_read_in_either_spelling() {
         let a = args(
-            "--url=http://h:1 --users 300 --stock=40 --concurrency 8 --timeout-secs 5 --deadline-secs 60 --idempotency-keys",
+            "--url=http://h:1 --users 300 --stock=40 --concurrency 8 --timeout-secs 5 --deadline-secs 60 --idempotency-keys --report=out/r.html",
         );
         assert!(a.idempotency_keys);
+        assert_eq!(a.report, Some(PathBuf::from("out/r.html")));
         assert_eq!(
             a.burst,
             Some(Burst {
@@ -229,6 +248,8 @@ mod tests {
             "--url http://h --timeout-secs 1.5",
             "--url http://h --deadline-secs many",
             "--url http://h --frobnicate",
+            "--url http://h --report",
+            "--url http://h --report=",
             "--url http://h extra",
         ] {
             let err = parse_str(line).expect_err(line);

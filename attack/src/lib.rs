@@ -8,19 +8,28 @@
 //! - `load`: worker threads released together;
 //! - `progress`: the progress line on stderr;
 //! - `scenarios`: Flash Sale, Double Dip and the optional burst, with checks;
-//! - `report`: tallies, latency and the printed tables.
+//! - `timeline`: each volley's answers over time, in bounded memory;
+//! - `report`: tallies, latency and the printed tables;
+//! - `html` and `charts`: the `--report` page and its SVG charts (`charts`
+//!   also draws bench/run's, through `examples/bench_plot.rs`).
 //!
-//! Exit codes: 0 every check passed, 1 some check failed, 2 usage error or
-//! the service could not be reached at all.
+//! Exit codes: 0 every check passed, 1 some check failed, 2 usage error,
+//! the service could not be reached at all, or the `--report` file could
+//! not be written.
 
 mod args;
+pub mod charts;
 mod client;
+mod html;
 mod load;
 mod progress;
 mod report;
 mod scenarios;
+mod timeline;
 
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -46,6 +55,22 @@ where
             return ExitCode::from(USAGE_OR_UNREACHABLE);
         }
     };
+    // The report's file is made before any claim is sent: a path that
+    // cannot be written is a usage error, not a lost run.
+    let mut report_file = match &args.report {
+        Some(path) => match File::create(path) {
+            Ok(file) => Some((path.as_path(), file)),
+            Err(err) => {
+                eprintln!(
+                    "flash-coupons attack: cannot write --report {}: {err}",
+                    path.display()
+                );
+                return ExitCode::from(USAGE_OR_UNREACHABLE);
+            }
+        },
+        None => None,
+    };
+    let started = time::OffsetDateTime::now_utc();
     let deadline = Instant::now() + args.deadline;
     // The server's own variable: where creating coupons needs a token,
     // the operator has it in the environment, never on the command line.
@@ -89,11 +114,44 @@ where
         );
     }
     print!("{}", report::render_summary(&results));
+    if let Some((path, file)) = &mut report_file {
+        let info = html::RunInfo {
+            service: args.url.trim_start_matches("http://"),
+            run_id: &run_id,
+            started: &started
+                .format(time::macros::format_description!(
+                    "[year]-[month]-[day] [hour]:[minute]:[second] UTC"
+                ))
+                .unwrap_or_default(),
+            timeout: args.timeout,
+            deadline: args.deadline,
+            idempotency_keys: args.idempotency_keys,
+        };
+        if let Err(err) = write_report(file, &info, &results) {
+            eprintln!(
+                "flash-coupons attack: cannot write --report {}: {err}",
+                path.display()
+            );
+            return ExitCode::from(USAGE_OR_UNREACHABLE);
+        }
+        println!("report written to {}", path.display());
+    }
     if results.iter().all(report::Scenario::passed) {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     }
+}
+
+fn write_report(
+    file: &mut File,
+    info: &html::RunInfo,
+    results: &[report::Scenario],
+) -> Result<(), String> {
+    let page = html::render(info, results)?;
+    file.write_all(page.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| e.to_string())
 }
 
 fn run_scenarios(client: &Client, args: &Args, run_id: &str) -> Vec<report::Scenario> {

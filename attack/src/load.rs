@@ -1,5 +1,7 @@
 //! Firing many claims at once: worker threads that all wait at a start
-//! line and are released together, then take jobs until none are left.
+//! line and are released together, then take jobs until none are left,
+//! each answer also counted in the volley's [`Timeline`] at the moment it
+//! came.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -8,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::client::Outcome;
 use super::progress::{self, Progress};
+use super::timeline::{Class, Timeline};
 
 /// The answers of one volley, in job order, and how long it took from the
 /// release to the last answer.
@@ -17,6 +20,8 @@ pub struct Volley {
     /// Workers that could be started (fewer than asked only when the
     /// system refused threads).
     pub workers: usize,
+    /// The answers over time, from the release.
+    pub timeline: Timeline,
 }
 
 /// Runs `job(0..jobs)` on up to `workers` threads released together. With
@@ -32,15 +37,22 @@ pub fn fire(
     progress::track(label, jobs, |progress| {
         let start = StartLine::default();
         let next = AtomicUsize::new(0);
+        let timeline = Mutex::new(Timeline::default());
         thread::scope(|scope| {
             let mut handles = Vec::with_capacity(wanted);
             for id in 0..wanted {
                 let (start, next, job) = (&start, &next, &job);
+                let shared = Shared {
+                    jobs,
+                    next,
+                    progress,
+                    timeline: &timeline,
+                };
                 let spawned = thread::Builder::new()
                     .name(format!("attack-{id}"))
                     .spawn_scoped(scope, move || {
-                        start.arrive_and_wait();
-                        work(id, jobs, next, job, progress)
+                        let released = start.arrive_and_wait();
+                        work(id, job, &shared, released)
                     });
                 match spawned {
                     Ok(handle) => handles.push(handle),
@@ -71,24 +83,43 @@ pub fn fire(
                 outcomes,
                 wall,
                 workers,
+                timeline: std::mem::take(
+                    &mut *timeline.lock().unwrap_or_else(PoisonError::into_inner),
+                ),
             })
         })
     })
 }
 
+/// What every worker of a volley shares.
+struct Shared<'a> {
+    jobs: usize,
+    next: &'a AtomicUsize,
+    progress: &'a Progress,
+    timeline: &'a Mutex<Timeline>,
+}
+
 fn work(
     id: usize,
-    jobs: usize,
-    next: &AtomicUsize,
     job: &(impl Fn(usize) -> Outcome + Sync),
-    progress: &Progress,
+    shared: &Shared,
+    released: Instant,
 ) -> Vec<(usize, Outcome)> {
     let mut done = Vec::new();
     let mut index = id;
-    while index < jobs {
-        done.push((index, job(index)));
-        progress.finished_one();
-        index = next.fetch_add(1, Ordering::Relaxed);
+    while index < shared.jobs {
+        let outcome = job(index);
+        if let Some(class) = Class::of(&outcome) {
+            let at = released.elapsed();
+            shared
+                .timeline
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .record(at, class, outcome.latency);
+        }
+        done.push((index, outcome));
+        shared.progress.finished_one();
+        index = shared.next.fetch_add(1, Ordering::Relaxed);
     }
     done
 }
@@ -103,20 +134,24 @@ fn lost() -> Outcome {
 }
 
 /// Like `std::sync::Barrier`, but the number of parties is known only
-/// after the threads have been started, and the releasing side learns the
-/// moment of release.
+/// after the threads have been started, and every side learns the moment
+/// of release.
 #[derive(Default)]
 struct StartLine {
-    state: Mutex<(usize, bool)>,
+    /// Parties arrived, and the moment of release once released.
+    state: Mutex<(usize, Option<Instant>)>,
     changed: Condvar,
 }
 
 impl StartLine {
-    fn arrive_and_wait(&self) {
+    fn arrive_and_wait(&self) -> Instant {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         state.0 += 1;
         self.changed.notify_all();
-        while !state.1 {
+        loop {
+            if let Some(released) = state.1 {
+                return released;
+            }
             state = self
                 .changed
                 .wait(state)
@@ -132,9 +167,10 @@ impl StartLine {
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
         }
-        state.1 = true;
+        let released = Instant::now();
+        state.1 = Some(released);
         self.changed.notify_all();
-        Instant::now()
+        released
     }
 }
 
@@ -162,6 +198,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(volley.workers, 16);
+        assert_eq!(volley.timeline.total(), 1000);
         let seen = seen.into_inner().unwrap();
         assert_eq!(seen.len(), 1000);
         assert_eq!(seen.iter().collect::<HashSet<_>>().len(), 1000);

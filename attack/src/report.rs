@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::client::Outcome;
+use super::timeline::Timeline;
 
 /// One expectation and whether the service met it.
 #[derive(Debug, Clone)]
@@ -40,6 +41,8 @@ pub struct Scenario {
     pub outcomes: Vec<Outcome>,
     /// From the release of the claims to the last answer.
     pub wall: Duration,
+    /// The answers over time, when claims were fired.
+    pub timeline: Option<Timeline>,
     pub checks: Vec<Check>,
     pub notes: Vec<String>,
 }
@@ -51,6 +54,7 @@ impl Scenario {
             setup,
             outcomes: Vec::new(),
             wall: Duration::ZERO,
+            timeline: None,
             checks: Vec::new(),
             notes: Vec::new(),
         }
@@ -75,6 +79,15 @@ impl Scenario {
 
     /// p50 and p99 over every claim that was sent.
     pub fn latency(&self) -> Option<(Duration, Duration)> {
+        match self.latency_percentiles(&[50.0, 99.0])[..] {
+            [Some(p50), Some(p99)] => Some((p50, p99)),
+            _ => None,
+        }
+    }
+
+    /// The latency at each of the percentiles `ps` over every claim that
+    /// was sent (`None`s when none was).
+    pub fn latency_percentiles(&self, ps: &[f64]) -> Vec<Option<Duration>> {
         let mut sent: Vec<Duration> = self
             .outcomes
             .iter()
@@ -82,7 +95,7 @@ impl Scenario {
             .map(|o| o.latency)
             .collect();
         sent.sort_unstable();
-        Some((percentile(&sent, 50.0)?, percentile(&sent, 99.0)?))
+        ps.iter().map(|&p| percentile(&sent, p)).collect()
     }
 }
 
@@ -118,11 +131,11 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Option<Duration> {
     Some(sorted[rank.clamp(1, sorted.len()) - 1])
 }
 
-fn ms(d: Duration) -> String {
+pub fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn verdict(s: &Scenario) -> String {
+pub fn verdict(s: &Scenario) -> String {
     if s.passed() {
         format!("PASS  {}", s.title)
     } else if s.checks.is_empty() {

@@ -170,6 +170,7 @@ fn fire(
             }
             s.outcomes = volley.outcomes;
             s.wall = volley.wall;
+            s.timeline = Some(volley.timeline);
             let unsent = count_code(s, "not_sent_deadline");
             if unsent > 0 {
                 s.check(Check::new(

@@ -60,7 +60,7 @@ pub(crate) fn server_binary() -> &'static Path {
 
 /// Runs `flash-coupons attack ARGS` with a bounded run, and returns what
 /// it printed.
-fn attack(args: &[&str]) -> (Option<i32>, String, String) {
+pub(crate) fn attack(args: &[&str]) -> (Option<i32>, String, String) {
     run(Command::new(server_binary())
         .arg("attack")
         .args(args)

@@ -13,6 +13,7 @@ mod support;
 mod accept_loop;
 mod api;
 mod attack_command;
+mod attack_report;
 mod attacks;
 mod bad_input;
 mod combining;
