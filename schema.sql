@@ -186,6 +186,94 @@ BEGIN
 END
 $$;
 
+-- A batch of claims on one coupon, none with an idempotency key, decided
+-- and recorded in one statement: the batch path's statements (claim lock,
+-- BEGIN, row lock, inserts, stock, COMMIT and unlock) in one round trip,
+-- which on a hot coupon is most of what a batch costs the database and the
+-- server. The caller runs it as its own SERIALIZABLE transaction, and
+-- decides each claim itself from what it returns, with the rules of
+-- `decide_in_order` (in order; a holder or a user seen earlier in the batch
+-- is already_claimed; units to the others until none is left): the stock
+-- before the batch, and the holders among the claimants. The distinct
+-- users are tried in order, as many at a time as units are left, each
+-- inserted or turned away by the unique key (no read of the key, so no
+-- predicate lock on its index pages); only the users left untried when the
+-- stock ran out are looked up. Inserted are exactly the users granted.
+--
+-- The claim lock is only tried, as flash_coupons_claim_one does: 'busy'
+-- when another session holds it, and the caller then takes the batch path,
+-- which waits for the lock before its snapshot. Outcomes: 'busy',
+-- 'coupon_not_found', 'not_started', 'expired' (for every claim), or
+-- 'decided'; with the stock before the batch (NULL without a coupon or
+-- when busy), whether the coupon has a sale window, the holders, and how
+-- many were granted.
+CREATE OR REPLACE FUNCTION flash_coupons_claim_batch(
+    coupon TEXT, claimants TEXT[], lock_key BIGINT)
+RETURNS TABLE (outcome TEXT, stock INTEGER, windowed BOOLEAN, holders TEXT[], granted INTEGER)
+LANGUAGE plpgsql AS $$
+DECLARE
+    starts   TIMESTAMPTZ;
+    expires  TIMESTAMPTZ;
+    users    TEXT[];
+    next     TEXT[];
+    inserted TEXT[];
+    tried    INTEGER := 0;
+BEGIN
+    holders := '{}';
+    granted := 0;
+    windowed := false;
+    IF NOT pg_try_advisory_xact_lock(lock_key) THEN
+        outcome := 'busy';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    -- NO KEY UPDATE, as the batch path: the new claim rows' foreign key
+    -- takes KEY SHARE on this row, which this lock must not block.
+    SELECT c.remaining_amount, c.starts_at, c.expires_at INTO stock, starts, expires
+        FROM coupons c WHERE c.name = coupon FOR NO KEY UPDATE;
+    IF NOT FOUND THEN
+        outcome := 'coupon_not_found';
+        RETURN NEXT;
+        RETURN;
+    END IF;
+    windowed := starts IS NOT NULL OR expires IS NOT NULL;
+    IF starts IS NOT NULL AND now() < starts THEN
+        outcome := 'not_started';
+    ELSIF expires IS NOT NULL AND now() >= expires THEN
+        outcome := 'expired';
+    ELSE
+        outcome := 'decided';
+        SELECT coalesce(array_agg(d.u ORDER BY d.first), '{}') INTO users
+            FROM (SELECT t.u, min(t.n) AS first
+                  FROM unnest(claimants) WITH ORDINALITY AS t(u, n) GROUP BY t.u) d;
+        WHILE granted < stock AND tried < cardinality(users) LOOP
+            next := users[tried + 1 : tried + (stock - granted)];
+            tried := tried + cardinality(next);
+            -- WITH ORDINALITY keeps the identity column in arrival order,
+            -- which is the order claimed_by reports.
+            WITH added AS (
+                INSERT INTO claims (user_id, coupon_name)
+                    SELECT t.u, coupon FROM unnest(next) WITH ORDINALITY AS t(u, n) ORDER BY t.n
+                    ON CONFLICT (coupon_name, user_id) DO NOTHING
+                RETURNING user_id)
+            SELECT coalesce(array_agg(a.user_id), '{}') INTO inserted FROM added a;
+            granted := granted + cardinality(inserted);
+            holders := holders || ARRAY(SELECT t.u FROM unnest(next) AS t(u)
+                                        WHERE NOT t.u = ANY (inserted));
+        END LOOP;
+        IF tried < cardinality(users) THEN
+            holders := holders || ARRAY(SELECT c.user_id FROM claims c
+                                        WHERE c.coupon_name = coupon
+                                        AND c.user_id = ANY (users[tried + 1 :]));
+        END IF;
+        IF granted > 0 THEN
+            UPDATE coupons SET remaining_amount = remaining_amount - granted WHERE name = coupon;
+        END IF;
+    END IF;
+    RETURN NEXT;
+END
+$$;
+
 -- Idempotency keys (the Idempotency-Key header of claims, creates and
 -- releases): a key is recorded, with what its request asked for and what it
 -- was answered, in the same transaction as the answer's effect, so a key is
@@ -438,6 +526,6 @@ CREATE TABLE IF NOT EXISTS flash_coupons_schema (
     version    INTEGER     NOT NULL,
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO flash_coupons_schema (version) VALUES (4)
+INSERT INTO flash_coupons_schema (version) VALUES (5)
     ON CONFLICT (only_row) DO UPDATE
     SET version = GREATEST(flash_coupons_schema.version, EXCLUDED.version), applied_at = now();

@@ -6,7 +6,6 @@
 use std::collections::{HashMap, HashSet};
 
 use postgres::Row;
-use postgres::types::ToSql;
 use time::OffsetDateTime;
 
 use crate::domain::{
@@ -15,7 +14,6 @@ use crate::domain::{
 };
 
 use super::idempotency::{KeyVerdict, RecordedKey, reserve_keys, settle_keys};
-use super::manager::Conn;
 use super::session::BEGIN_SERIALIZABLE;
 use super::statements::Statements;
 use super::{Store, StoreError};
@@ -62,10 +60,16 @@ impl Store {
         claims: Vec<BatchClaim>,
         mut late: impl FnMut() -> Vec<BatchClaim>,
     ) -> Result<BatchResult, StoreError> {
-        if let [claim] = claims.as_slice()
-            && let Some(decided) = self.claim_one(coupon, claim)?
-        {
-            return Ok(decided);
+        // One statement when it can do (see `one_statement`).
+        if let [claim] = claims.as_slice() {
+            if let Some(decided) = self.claim_one(coupon, claim)? {
+                return Ok(decided);
+            }
+        } else if claims.iter().all(|c| c.key.is_none()) {
+            let users: Vec<UserId> = claims.iter().map(|c| c.user.clone()).collect();
+            if let Some(decided) = self.claim_unkeyed_batch(coupon, &users)? {
+                return Ok(decided);
+            }
         }
         let name = coupon.as_str();
         let ttl = self.idempotency_ttl_hours;
@@ -313,110 +317,6 @@ fn insert_and_decide<'u>(
     let decided = decide_in_order(users, |u| holders.contains(u.as_str()), remaining);
     debug_assert_eq!(decided.1.len(), granted, "granted exactly those inserted");
     Ok(decided)
-}
-
-impl Store {
-    /// Decides and records one claim in one round trip, when no other
-    /// server is running a batch on its coupon; `None` when one is (the
-    /// caller then takes the batch path, which waits its turn), and the
-    /// same when the attempt fails to serialize: it is not retried here,
-    /// and not counted as a retry. One call of `flash_coupons_claim_one`
-    /// (schema.sql), which tries the coupon's claim lock for its
-    /// transaction: the same rules and lock as a batch (see
-    /// [`Store::claim_batch`]), whose statements go one round trip each,
-    /// which on claims spread over many coupons (one claim per batch) cost
-    /// more than the claim itself.
-    ///
-    /// The call is a prepared statement with the name, the user id and the
-    /// lock key bound to it, sent as Bind, Execute and Sync at once. Run
-    /// alone, it is a transaction of its own, committed at the Sync and
-    /// rolled back on any error (an error at the commit included): nothing
-    /// is left to end on the connection, whatever failed. It runs at the
-    /// pooled session's defaults (see `session`): SERIALIZABLE, and a
-    /// statement timeout shorter than the deadline, since the database has
-    /// all of it at once and a cut connection (past the deadline, see
-    /// `watchdog`) does not stop it: the database gives up first, so that a
-    /// claim answered 503 is not committed afterwards.
-    ///
-    /// With an idempotency key, the function answers a recorded key first
-    /// and records the key of a granted claim, in the same transaction.
-    fn claim_one(
-        &self,
-        coupon: &CouponName,
-        claim: &BatchClaim,
-    ) -> Result<Option<BatchResult>, StoreError> {
-        let mut conn = self.conn()?;
-        let Conn { client, stmts } = &mut *conn;
-        let lock_key = claim_lock_key(coupon);
-        let idempotency_key = claim.key.as_ref().map(IdempotencyKey::as_str);
-        let request = claim
-            .key
-            .as_ref()
-            .map(|_| claim_request(coupon, &claim.user));
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &coupon.as_str(),
-            &claim.user.as_str(),
-            &lock_key,
-            &idempotency_key,
-            &request,
-            &self.idempotency_ttl_hours,
-        ];
-        let rows = match client.run("a one-claim read-write transaction", |inner| {
-            inner.query(&stmts.claim_one, &params)
-        }) {
-            Ok(rows) => rows,
-            // Contended after all (the lock was free when tried, but a batch
-            // had committed since this transaction's snapshot): the batch
-            // path waits for the lock before its snapshot.
-            Err(err) => {
-                return match super::failure(client, err) {
-                    super::Failure::Retry { .. } => Ok(None),
-                    super::Failure::Fatal(err) => Err(err),
-                };
-            }
-        };
-        match rows.as_slice() {
-            [row] => match one_claim_result(row) {
-                Some(OneClaim::Decided(result)) => Ok(Some(result)),
-                Some(OneClaim::Busy) => Ok(None),
-                None => Err(StoreError::Internal(
-                    "flash_coupons_claim_one gave no usable row".into(),
-                )),
-            },
-            rows => Err(StoreError::Internal(
-                format!("flash_coupons_claim_one gave {} rows, not one", rows.len()).into(),
-            )),
-        }
-    }
-}
-
-enum OneClaim {
-    Decided(BatchResult),
-    /// Another session holds the coupon's claim lock.
-    Busy,
-}
-
-/// The outcome row of [`Store::claim_one`]'s call, as a batch of one.
-fn one_claim_result(row: &Row) -> Option<OneClaim> {
-    let remaining: Option<i32> = row.try_get("remaining").ok()?;
-    let windowed: bool = row.try_get("windowed").ok()?;
-    let outcome = match (row.try_get::<_, &str>("outcome").ok()?, remaining) {
-        ("busy", None) => return Some(OneClaim::Busy),
-        ("claimed", Some(remaining_amount)) => ClaimOutcome::Claimed { remaining_amount },
-        ("coupon_not_found", None) => ClaimOutcome::CouponNotFound,
-        ("not_started", Some(_)) => ClaimOutcome::NotStarted,
-        ("expired", Some(_)) => ClaimOutcome::Expired,
-        ("already_claimed", Some(_)) => ClaimOutcome::AlreadyClaimed,
-        ("out_of_stock", Some(_)) => ClaimOutcome::OutOfStock,
-        ("replayed", Some(remaining_amount)) => ClaimOutcome::Replayed { remaining_amount },
-        ("key_mismatch", None) => ClaimOutcome::KeyMismatch,
-        _ => return None,
-    };
-    Some(OneClaim::Decided(BatchResult {
-        outcomes: vec![outcome],
-        remaining,
-        windowed,
-    }))
 }
 
 impl Store {

@@ -13,6 +13,7 @@ mod health;
 mod idempotency;
 mod locate;
 mod manager;
+mod one_statement;
 mod pool_errors;
 mod release;
 mod retry;

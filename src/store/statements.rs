@@ -22,6 +22,7 @@ pub(crate) struct Statements {
     pub coupons_page: Statement,
     pub claim_lock: Statement,
     pub claim_one: Statement,
+    pub claim_batch: Statement,
     pub remove_claim: Statement,
     pub give_back_stock: Statement,
     pub record_release: Statement,
@@ -100,6 +101,11 @@ impl Statements {
             claim_one: client.prepare(
                 "SELECT outcome, remaining, windowed \
                  FROM flash_coupons_claim_one($1, $2, $3, $4, $5, $6)",
+            )?,
+            // A batch without keys in one statement (see `Store::claim_batch`).
+            claim_batch: client.prepare(
+                "SELECT outcome, stock, windowed, holders, granted \
+                 FROM flash_coupons_claim_batch($1, $2, $3)",
             )?,
             // A release (see `Store::release_claim`): the claim row goes,
             // its unit comes back (never above the amount, whatever was
