@@ -995,10 +995,25 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
     let _turn = serial::turn!();
     let dir = edge::repo().join("deploy/errors");
     let mut seen = Vec::new();
+    let mut bodies = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("deploy/errors") {
         let path = entry.unwrap().path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let bytes = std::fs::read(&path).unwrap();
+        if name.ends_with(".json") {
+            // A body alone, which `http-request return ... file` sends with
+            // the status and headers written in the configuration.
+            let json: Value =
+                serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+            expect_error_body(&name, &json);
+            let config = std::fs::read_to_string(edge::repo().join("deploy/haproxy.cfg")).unwrap();
+            assert!(
+                config.contains(&format!("content-type application/json file errors/{name}")),
+                "{name}: not returned as JSON by deploy/haproxy.cfg"
+            );
+            bodies.push(name);
+            continue;
+        }
         let (answer, _) = Answer::parse(&bytes, false)
             .unwrap_or_else(|| panic!("{name}: not a complete HTTP answer"));
         // HAProxy sends the file as it is: its lines are checked as written.
@@ -1020,15 +1035,7 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
         );
         let json: Value =
             serde_json::from_str(&answer.text).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let code = json["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("{name}: no code"));
-        assert!(
-            !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
-            "{name}: {code}"
-        );
-        let message = json["error"]["message"].as_str().unwrap_or("");
-        assert!(message.ends_with('.'), "{name}: {message:?}");
+        expect_error_body(&name, &json);
         let retry_after = head.lines().any(|l| l.starts_with("Retry-After: "));
         assert_eq!(
             retry_after,
@@ -1044,6 +1051,21 @@ fn every_error_file_of_the_edge_is_the_services_json_error_body() {
             400, 403, 404, 404, 408, 413, 429, 500, 501, 502, 503, 503, 504
         ]
     );
+    assert_eq!(bodies, ["400-not-ascii.json"]);
+}
+
+/// `{"error":{"code":"snake_case","message":"A sentence."}}`, as the
+/// service writes it.
+fn expect_error_body(name: &str, json: &Value) {
+    let code = json["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{name}: no code"));
+    assert!(
+        !code.is_empty() && code.chars().all(|c| c.is_ascii_lowercase() || c == '_'),
+        "{name}: {code}"
+    );
+    let message = json["error"]["message"].as_str().unwrap_or("");
+    assert!(message.ends_with('.'), "{name}: {message:?}");
 }
 
 #[test]
