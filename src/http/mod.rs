@@ -17,6 +17,7 @@ mod handlers;
 mod query;
 mod router;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -209,21 +210,34 @@ fn release(ctx: &Context, request: &Request, name: &str, user: &str) -> Result<R
 }
 
 /// What a request's log line says of it, kept from the request itself so
-/// that the request need not outlive its handler.
+/// that the request need not outlive its handler. Kept raw: the line is
+/// only written when its level is on (`LOG_LEVEL=warn` writes none for
+/// answered requests), so escaping waits until then.
 struct RequestLine {
     method: Method,
-    /// Bounded and escaped.
     target: String,
-    client: String,
+    peer: Option<SocketAddr>,
+    /// The last `X-Forwarded-For` header's value, if any.
+    forwarded: Option<String>,
 }
 
 impl RequestLine {
     fn of(request: &Request) -> RequestLine {
         RequestLine {
             method: request.method.clone(),
-            target: loggable(&request.target),
-            client: client(request),
+            target: request.target.clone(),
+            peer: request.peer,
+            forwarded: request.headers("X-Forwarded-For").last().map(str::to_owned),
         }
+    }
+
+    /// The target, bounded and escaped.
+    fn target(&self) -> String {
+        loggable(&self.target)
+    }
+
+    fn client(&self) -> String {
+        client(self.peer, self.forwarded.as_deref())
     }
 }
 
@@ -236,22 +250,19 @@ fn finish(
     result: Result<Response, ApiError>,
     respond: Respond,
 ) {
-    let RequestLine {
-        method,
-        target,
-        client,
-    } = line;
+    let method = &line.method;
     let response = match result {
         Ok(response) => response,
         Err(err) => {
             if let ApiError::Store(cause) = &err {
                 // The cause stays in the log; the client gets only the code.
                 match err.status() {
-                    500 => error!("{method} {target}: {cause}"),
+                    500 => error!("{method} {}: {cause}", line.target()),
                     _ => log_failure!(
                         ctx.failing_requests,
                         log::Level::Warn,
-                        "{method} {target} answered 503: {cause}"
+                        "{method} {} answered 503: {cause}",
+                        line.target()
                     ),
                 }
             }
@@ -271,8 +282,10 @@ fn finish(
     };
     log::log!(
         level,
-        "{method} {target} {status} {:.3}ms client={client}",
-        took.as_secs_f64() * 1000.0
+        "{method} {} {status} {:.3}ms client={}",
+        line.target(),
+        took.as_secs_f64() * 1000.0,
+        line.client()
     );
     respond(response);
 }
@@ -309,13 +322,9 @@ fn refuse(ctx: &Context, job: Job, err: ApiError) {
 /// one our own proxy appended; those before it are the client's say):
 /// `203.0.113.5 via 127.0.0.1:4567`. An entry that is not an address is
 /// shown quoted, bounded and escaped like the target.
-fn client(request: &Request) -> String {
-    let peer = request
-        .peer
-        .map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
-    let forwarded = request
-        .headers("X-Forwarded-For")
-        .last()
+fn client(peer: Option<SocketAddr>, forwarded: Option<&str>) -> String {
+    let peer = peer.map_or_else(|| "unknown".to_owned(), |peer| peer.to_string());
+    let forwarded = forwarded
         .and_then(|value| value.rsplit(',').next())
         .map(str::trim)
         .filter(|entry| !entry.is_empty());
@@ -328,7 +337,7 @@ fn client(request: &Request) -> String {
 
 /// An IP address, with or without a port.
 fn is_address(text: &str) -> bool {
-    text.parse::<std::net::IpAddr>().is_ok() || text.parse::<std::net::SocketAddr>().is_ok()
+    text.parse::<std::net::IpAddr>().is_ok() || text.parse::<SocketAddr>().is_ok()
 }
 
 /// A request target fit for one log line: bounded and escaped.
@@ -352,10 +361,16 @@ mod tests {
         let mut request = Request::new(Method::Get, "/healthz")
             .with_header("X-Forwarded-For", "198.51.100.7, 203.0.113.5");
         request.peer = Some(peer);
-        assert_eq!(client(&request), "203.0.113.5 via 127.0.0.1:4567");
+        assert_eq!(
+            RequestLine::of(&request).client(),
+            "203.0.113.5 via 127.0.0.1:4567"
+        );
         let odd = Request::new(Method::Get, "/").with_header("X-Forwarded-For", "a\"b\nc");
-        assert_eq!(client(&odd), "\"a\\\"b\\nc\" via unknown");
-        assert_eq!(client(&Request::new(Method::Get, "/")), "unknown");
+        assert_eq!(RequestLine::of(&odd).client(), "\"a\\\"b\\nc\" via unknown");
+        assert_eq!(
+            RequestLine::of(&Request::new(Method::Get, "/")).client(),
+            "unknown"
+        );
     }
 
     #[test]
