@@ -101,6 +101,28 @@ impl Combiner {
         }
     }
 
+    /// Queues a claim behind `coupon`'s leader when one is running and
+    /// fewer than a batch's worth wait; the caller's claim otherwise goes
+    /// through [`Combiner::submit`] from a worker, whose bounded queue is
+    /// what bounds the claims waiting here.
+    pub fn join_running(
+        &self,
+        coupon: &CouponName,
+        make: impl FnOnce() -> (BatchClaim, Done),
+    ) -> bool {
+        let mut queues = self.queues();
+        let Some(queue) = queues.get_mut(coupon) else {
+            return false;
+        };
+        if queue.len() >= MAX_BATCH {
+            return false;
+        }
+        let (claim, done) = make();
+        queue.push(Waiting { claim, done });
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
     fn run(&self, store: &Store, sold_out: &SoldOut, coupon: &CouponName, batch: Vec<Waiting>) {
         let mut batch = batch;
         let claims: Vec<BatchClaim> = batch.iter().map(|w| w.claim.clone()).collect();

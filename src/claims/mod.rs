@@ -49,6 +49,19 @@ impl Claims {
         }
     }
 
+    /// Queues a claim behind `coupon`'s running batch, if one is running
+    /// and its queue has room for a whole batch: `make` is then called
+    /// (once, while the queue is held) for the claim and what answers it.
+    /// Never waits for the database, so a thread that must not wait may
+    /// call it; false when the claim did not join.
+    pub fn join_running(
+        &self,
+        coupon: &CouponName,
+        make: impl FnOnce() -> (BatchClaim, Done),
+    ) -> bool {
+        self.combiner.join_running(coupon, make)
+    }
+
     /// `outcome`, unless `key` is recorded for a claim: then what the
     /// record says.
     fn unless_recorded(

@@ -23,10 +23,11 @@ use std::time::Instant;
 
 use log::{error, info};
 
+use crate::claims::Done;
 use crate::context::Context;
-use crate::domain::{ClaimOutcome, Operation};
+use crate::domain::{ClaimOutcome, CouponName, Operation};
 use crate::failure_log::Say;
-use crate::store::StoreError;
+use crate::store::{BatchClaim, StoreError};
 use crate::transport::{Body, MAX_BODY_BYTES, Method, Request, Response};
 use crate::workers::{Refused, Submitter};
 
@@ -56,9 +57,16 @@ pub struct Pools {
 
 /// Routes a request and queues it for its pool; never waits. A full pool
 /// is answered 503 at once rather than holding up the transport's thread.
-pub fn dispatch(ctx: &Context, pools: &Pools, request: Request, respond: Respond) {
+pub fn dispatch(ctx: &Arc<Context>, pools: &Pools, request: Request, respond: Respond) {
     let started = Instant::now();
     let (endpoint, label) = endpoint(&request.method, &request.target);
+    let respond = match endpoint {
+        Endpoint::Claim => match join_running_batch(ctx, &request, respond, started, label) {
+            Some(respond) => respond,
+            None => return,
+        },
+        _ => respond,
+    };
     let pool = match endpoint.pool() {
         Pool::Database => &pools.database,
         Pool::Quick => &pools.quick,
@@ -126,32 +134,73 @@ fn claim(
 ) {
     match handlers::parse_claim(request) {
         Ok((coupon, claim)) => {
-            let (c, u) = (coupon.clone(), claim.user.clone());
-            let shared = Arc::clone(ctx);
-            ctx.claims.submit(
-                coupon,
-                claim,
-                Box::new(move |outcome| {
-                    shared.metrics.claim_answered(outcome_label(&outcome));
-                    match outcome {
-                        Ok(ClaimOutcome::Replayed { .. }) => {
-                            shared.metrics.idempotency_key(Operation::Claim, "replayed")
-                        }
-                        Ok(ClaimOutcome::KeyMismatch) => {
-                            shared.metrics.idempotency_key(Operation::Claim, "mismatch")
-                        }
-                        _ => {}
-                    }
-                    let response = handlers::claim_response(&c, &u, outcome);
-                    finish(&shared, &line, started, label, response, respond)
-                }),
-            );
+            let done = answer_claim(ctx, line, &coupon, &claim, started, label, respond);
+            ctx.claims.submit(coupon, claim, done);
         }
         Err(err) => {
             ctx.metrics.claim_answered("invalid");
             finish(ctx, &line, started, label, Err(err), respond)
         }
     }
+}
+
+/// A claim on a coupon whose batch is running joins the claims queued
+/// behind that batch from the transport's thread, without a hop through a
+/// worker: on a hot coupon, nearly every claim. The batch decides it as if
+/// a worker had queued it (the database decides every claim in a batch,
+/// so skipping the sold-out memory changes no answer). Gives `respond`
+/// back when the claim did not join: no batch running, a full queue, or a
+/// request a worker answers.
+fn join_running_batch(
+    ctx: &Arc<Context>,
+    request: &Request,
+    respond: Respond,
+    started: Instant,
+    label: &'static str,
+) -> Option<Respond> {
+    if let Body::Abandoned = request.body {
+        return Some(respond);
+    }
+    let Ok((coupon, claim)) = handlers::parse_claim(request) else {
+        return Some(respond);
+    };
+    let mut respond = Some(respond);
+    let joined = ctx.claims.join_running(&coupon, || {
+        ctx.metrics.request_started();
+        let respond = respond.take().expect("joins once");
+        let line = RequestLine::of(request);
+        let done = answer_claim(ctx, line, &coupon, &claim, started, label, respond);
+        (claim, done)
+    });
+    if joined { None } else { respond }
+}
+
+/// What answers a claim once the claim path has decided it.
+fn answer_claim(
+    ctx: &Arc<Context>,
+    line: RequestLine,
+    coupon: &CouponName,
+    claim: &BatchClaim,
+    started: Instant,
+    label: &'static str,
+    respond: Respond,
+) -> Done {
+    let (coupon, user) = (coupon.clone(), claim.user.clone());
+    let ctx = Arc::clone(ctx);
+    Box::new(move |outcome| {
+        ctx.metrics.claim_answered(outcome_label(&outcome));
+        match outcome {
+            Ok(ClaimOutcome::Replayed { .. }) => {
+                ctx.metrics.idempotency_key(Operation::Claim, "replayed")
+            }
+            Ok(ClaimOutcome::KeyMismatch) => {
+                ctx.metrics.idempotency_key(Operation::Claim, "mismatch")
+            }
+            _ => {}
+        }
+        let response = handlers::claim_response(&coupon, &user, outcome);
+        finish(&ctx, &line, started, label, response, respond)
+    })
 }
 
 /// Every claim outcome /metrics counts: the labels of [`outcome_label`],
