@@ -21,7 +21,7 @@ use crate::context::Context;
 use crate::http::{self, Job, Pools};
 use crate::store::{KeySweeper, OpenError, StockListener, Store};
 use crate::transport::{self, Transport, TransportError};
-use crate::workers::WorkerPool;
+use crate::workers::{Wait, WorkerPool};
 
 /// Threads of the quick pool: /healthz, /metrics and refusals.
 const QUICK_THREADS: usize = 4;
@@ -114,7 +114,7 @@ impl Server {
         let pool = |name: &str, what: &'static str, threads: usize| {
             let context = Arc::clone(&context);
             let queue = threads * QUEUE_PER_THREAD;
-            WorkerPool::new(name, threads, Some(queue), move |job| {
+            WorkerPool::new(name, threads, Some(queue), Wait::Spin, move |job| {
                 http::serve(&context, job)
             })
             .map_err(|source| StartError::Thread { what, source })

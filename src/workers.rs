@@ -6,16 +6,35 @@
 //! worker queued behind them, so that a worker waits on one channel with a
 //! plain `recv` (a `select!` over a second stop channel cost every request
 //! a few thousand instructions).
+//!
+//! Two channels, for two kinds of pool (see [`Wait`]): crossbeam-channel
+//! for the request workers, flume for pools of many threads that mostly
+//! sleep, such as the transport's writers.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Sender, TrySendError, bounded, unbounded};
 use log::error;
 
+/// How an idle thread of a pool waits for its next job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// crossbeam-channel: a receiver with nothing to do spins, then yields
+    /// its core (`sched_yield`) several times before it sleeps, which pays
+    /// when the next job comes within microseconds: a few busy workers.
+    Spin,
+    /// flume: a receiver with nothing to do sleeps at once. For many
+    /// threads that mostly sleep, where spinning costs more than it saves:
+    /// with the 64 writers on crossbeam-channel, every answer of a claim
+    /// batch woke a writer that then yielded about four times (perf: 3.9
+    /// `sched_yield` and 5.0 context switches per claim in the writers,
+    /// 0 and 1.1 with flume).
+    Sleep,
+}
+
 pub struct WorkerPool<J: Send + 'static> {
-    jobs: Sender<Message<J>>,
+    jobs: Sender<J>,
     workers: Vec<JoinHandle<()>>,
 }
 
@@ -26,9 +45,70 @@ enum Message<J> {
     Stop,
 }
 
+/// The sending side of either channel.
+enum Sender<J> {
+    Spin(crossbeam_channel::Sender<Message<J>>),
+    Sleep(flume::Sender<Message<J>>),
+}
+
+impl<J> Clone for Sender<J> {
+    fn clone(&self) -> Self {
+        match self {
+            Sender::Spin(s) => Sender::Spin(s.clone()),
+            Sender::Sleep(s) => Sender::Sleep(s.clone()),
+        }
+    }
+}
+
+/// Why a send did not queue its message, which it gives back.
+enum SendError<J> {
+    Full(Message<J>),
+    Disconnected(Message<J>),
+}
+
+impl<J> Sender<J> {
+    fn send(&self, message: Message<J>) -> Result<(), Message<J>> {
+        match self {
+            Sender::Spin(s) => s.send(message).map_err(|e| e.into_inner()),
+            Sender::Sleep(s) => s.send(message).map_err(|e| e.into_inner()),
+        }
+    }
+
+    fn try_send(&self, message: Message<J>) -> Result<(), SendError<J>> {
+        use crossbeam_channel::TrySendError as C;
+        use flume::TrySendError as F;
+        match self {
+            Sender::Spin(s) => s.try_send(message).map_err(|e| match e {
+                C::Full(m) => SendError::Full(m),
+                C::Disconnected(m) => SendError::Disconnected(m),
+            }),
+            Sender::Sleep(s) => s.try_send(message).map_err(|e| match e {
+                F::Full(m) => SendError::Full(m),
+                F::Disconnected(m) => SendError::Disconnected(m),
+            }),
+        }
+    }
+}
+
+/// The receiving side of either channel.
+enum Receiver<J> {
+    Spin(crossbeam_channel::Receiver<Message<J>>),
+    Sleep(flume::Receiver<Message<J>>),
+}
+
+impl<J> Receiver<J> {
+    /// The next message; `None` once every sender is gone.
+    fn recv(&self) -> Option<Message<J>> {
+        match self {
+            Receiver::Spin(r) => r.recv().ok(),
+            Receiver::Sleep(r) => r.recv().ok(),
+        }
+    }
+}
+
 /// A handle that queues jobs, for threads other than the pool's owner.
 /// Holding one does not keep the pool from stopping.
-pub struct Submitter<J>(Sender<Message<J>>);
+pub struct Submitter<J>(Sender<J>);
 
 impl<J> Clone for Submitter<J> {
     fn clone(&self) -> Self {
@@ -40,21 +120,25 @@ impl<J> Submitter<J> {
     /// Queues a job (waiting while the queue is full); gives it back once
     /// the pool has stopped.
     pub fn submit(&self, job: J) -> Result<(), J> {
-        self.0
-            .send(Message::Job(job))
-            .map_err(|e| match e.into_inner() {
-                Message::Job(job) => job,
-                Message::Stop => unreachable!("only the pool sends a stop"),
-            })
+        self.0.send(Message::Job(job)).map_err(Message::into_job)
     }
 
     /// Queues a job only if there is room now.
     pub fn try_submit(&self, job: J) -> Result<(), Refused<J>> {
         self.0.try_send(Message::Job(job)).map_err(|e| match e {
-            TrySendError::Full(Message::Job(job)) => Refused::Full(job),
-            TrySendError::Disconnected(Message::Job(job)) => Refused::Stopped(job),
-            _ => unreachable!("only the pool sends a stop"),
+            SendError::Full(m) => Refused::Full(m.into_job()),
+            SendError::Disconnected(m) => Refused::Stopped(m.into_job()),
         })
+    }
+}
+
+impl<J> Message<J> {
+    /// The job a submitter's send gave back (only the pool sends stops).
+    fn into_job(self) -> J {
+        match self {
+            Message::Job(job) => job,
+            Message::Stop => unreachable!("only the pool sends a stop"),
+        }
     }
 }
 
@@ -67,18 +151,42 @@ pub enum Refused<J> {
 }
 
 impl<J: Send + 'static> WorkerPool<J> {
-    /// Starts `size` threads that run `handle` on each job; at most
-    /// `queue` jobs wait for a free thread before `submit` blocks (`None`:
-    /// no bound).
-    pub fn new<F>(name: &str, size: usize, queue: Option<usize>, handle: F) -> std::io::Result<Self>
+    /// Starts `size` threads that run `handle` on each job, waiting as
+    /// `wait` says; at most `queue` jobs wait for a free thread before
+    /// `submit` blocks (`None`: no bound).
+    pub fn new<F>(
+        name: &str,
+        size: usize,
+        queue: Option<usize>,
+        wait: Wait,
+        handle: F,
+    ) -> std::io::Result<Self>
     where
         F: Fn(J) + Send + Sync + 'static,
     {
-        let (jobs, receiver) = queue.map_or_else(unbounded, bounded::<Message<J>>);
+        let (jobs, receiver) = match (wait, queue) {
+            (Wait::Spin, Some(n)) => {
+                let (s, r) = crossbeam_channel::bounded(n);
+                (Sender::Spin(s), Receiver::Spin(r))
+            }
+            (Wait::Spin, None) => {
+                let (s, r) = crossbeam_channel::unbounded();
+                (Sender::Spin(s), Receiver::Spin(r))
+            }
+            (Wait::Sleep, Some(n)) => {
+                let (s, r) = flume::bounded(n);
+                (Sender::Sleep(s), Receiver::Sleep(r))
+            }
+            (Wait::Sleep, None) => {
+                let (s, r) = flume::unbounded();
+                (Sender::Sleep(s), Receiver::Sleep(r))
+            }
+        };
+        let receiver = Arc::new(receiver);
         let handle = Arc::new(handle);
         let workers = (0..size)
             .map(|i| {
-                let receiver = receiver.clone();
+                let receiver = Arc::clone(&receiver);
                 let handle = Arc::clone(&handle);
                 thread::Builder::new()
                     .name(format!("{name}-{i}"))
@@ -93,8 +201,8 @@ impl<J: Send + 'static> WorkerPool<J> {
     }
 }
 
-fn work<J>(jobs: &Receiver<Message<J>>, handle: &dyn Fn(J)) {
-    while let Ok(Message::Job(job)) = jobs.recv() {
+fn work<J>(jobs: &Receiver<J>, handle: &dyn Fn(J)) {
+    while let Some(Message::Job(job)) = jobs.recv() {
         // A bug in one request must not take a worker away from every
         // request after it.
         if catch_unwind(AssertUnwindSafe(|| handle(job))).is_err() {
@@ -126,9 +234,15 @@ mod tests {
 
     #[test]
     fn dropping_the_pool_runs_every_queued_job_first() {
+        for wait in [Wait::Spin, Wait::Sleep] {
+            dropping_the_pool_runs_every_queued_job_first_with(wait);
+        }
+    }
+
+    fn dropping_the_pool_runs_every_queued_job_first_with(wait: Wait) {
         let done = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&done);
-        let pool = WorkerPool::new("t", 3, Some(100), move |n: usize| {
+        let pool = WorkerPool::new("t", 3, Some(100), wait, move |n: usize| {
             thread::sleep(std::time::Duration::from_millis(1));
             counter.fetch_add(n, Ordering::SeqCst);
         })
@@ -144,9 +258,15 @@ mod tests {
 
     #[test]
     fn a_panicking_job_does_not_kill_its_worker() {
+        for wait in [Wait::Spin, Wait::Sleep] {
+            a_panicking_job_does_not_kill_its_worker_with(wait);
+        }
+    }
+
+    fn a_panicking_job_does_not_kill_its_worker_with(wait: Wait) {
         let done = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&done);
-        let pool = WorkerPool::new("t", 1, Some(10), move |n: usize| {
+        let pool = WorkerPool::new("t", 1, Some(10), wait, move |n: usize| {
             if n == 0 {
                 panic!("a deliberate panic in a test job");
             }

@@ -23,7 +23,7 @@ use tiny_http::StatusCode;
 
 use super::admission::InFlight;
 use super::message::{Body, Response};
-use crate::workers::{Submitter, WorkerPool};
+use crate::workers::{Submitter, Wait, WorkerPool};
 
 /// What became of a request's body, as far as writing its answer goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,9 @@ impl WriterPools {
         // for a writer may be made to wait for room in its queue. Answers in
         // flight are bounded anyway, at one per connection (see `order`).
         let pool = |name: &str, threads: usize| {
-            WorkerPool::new(name, threads, None, |outgoing: Outgoing| outgoing.write())
+            WorkerPool::new(name, threads, None, Wait::Sleep, |outgoing: Outgoing| {
+                outgoing.write()
+            })
         };
         let pools = WriterPools {
             small: pool("writer", small)?,
