@@ -525,7 +525,7 @@ def _check_answers(ops, add):
         if err is not None or o.status is None:
             if faulted or err == "timeout" or (err == "refused" and target != "edge"):
                 continue
-            what = (f"the connection was {err}" if err in ("reset", "closed", "refused")
+            what = (f"no answer: the connection was {err}" if err in ("reset", "closed", "refused")
                     else "an empty answer" if err is None else f"no answer ({err})")
             add(_anomaly("undocumented_answer",
                          f"{o.short()} to {target} got {what} and the harness did not mark "
@@ -710,11 +710,13 @@ def _check_pairs(by_pair, coupons, final_claim_set, release_rows, start_holders,
         # Releases answered 200 that no claim could have preceded, or that
         # give one claim back twice.
         sure_removals = [o for o in removals if o.sure]
+        if c is None or not c.known:
+            continue  # the history may not hold every claim of this coupon
         for r in sure_removals:
             if not held_at_start and not any(y.invoke < r.eff_hi for y in poss_claims):
                 add(_anomaly("unmatched_release",
-                             f"release #{r.id} of {pair[1]!r} on {pair[0]!r} was answered 200, "
-                             f"but no claim of theirs could have come before it", [r]))
+                             f"{r.short()} of {pair[1]!r} on {pair[0]!r} removed a claim, but no "
+                             f"claim of theirs could have come before it", [r]))
         for i, a in enumerate(sure_removals):
             for b in sure_removals[i + 1:]:
                 if a.kind != "release" and b.kind != "release":
@@ -726,8 +728,6 @@ def _check_pairs(by_pair, coupons, final_claim_set, release_rows, start_holders,
                                  f"them", [a, b]))
 
         # 3. stale already_claimed.
-        if c is None or not c.known:
-            continue
         for x in claims:
             if x.status != 409 or x.code() != "already_claimed":
                 continue
