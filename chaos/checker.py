@@ -138,6 +138,10 @@ Over the history:
   completed before the GET was sent and that no release or delete could
   have followed before the GET ended, or names a user that no claim sent
   before the GET ended could have made a holder.
+* `stale_not_found`: a 404 `coupon_not_found` for a request sent after an
+  answer that proved the coupon exists (a 201, or any answer only an
+  existing coupon gets): coupons are never deleted, and no server
+  remembers that a coupon is missing.
 * `undocumented_answer`: a status, or a code for that status, that
   docs/api.md and openapi.yaml do not list for the operation (the edge's
   own answers of deploy/errors/*.http are documented for target "edge"
@@ -174,6 +178,7 @@ from collections import defaultdict
 INF = math.inf
 DEFAULT_FRESHNESS = 1.0
 MAX_OPS_IN_ANOMALY = 20
+NEIGHBOURS = 4  # answers of one pair compared with each other, in time order
 
 # ---------------------------------------------------------------- answers
 
@@ -368,10 +373,47 @@ def _fmt(t):
 # ---------------------------------------------------------------- coupon model
 
 
+def _possible_takes(claims, removals, coupon, start_holders):
+    """The instants at which the number of units a coupon's claims may have
+    taken grows, as (instant, 1) pairs: the sum of those before t bounds
+    from above the units taken by claims that took effect before t.
+
+    Per (coupon, user) the units taken before t are at most the claims
+    that may have taken effect (sent before t), and at most one more than
+    the releases and deletes of the pair that may have taken effect before t
+    (sent before t), one fewer when the pair was held at the start: a
+    holder's second claim is refused until a removal comes in between. So
+    a user who sends ten claims at once, all unanswered, counts for one
+    unit, not ten."""
+    by_user = defaultdict(list)
+    for o in claims:
+        by_user[o.user].append((o.invoke, 0))
+    for o in removals:
+        if o.user in by_user:
+            by_user[o.user].append((o.invoke, 1))
+    out = []
+    for user, events in by_user.items():
+        events.sort()
+        budget = 0 if (coupon, user) in start_holders else 1
+        n_claims = 0
+        taken = 0
+        for t, is_removal in events:
+            if is_removal:
+                budget += 1
+            else:
+                n_claims += 1
+            now = min(n_claims, budget)
+            if now > taken:
+                out.append((t, now - taken))
+                taken = now
+    return out
+
+
+
 class Coupon:
     """What the history says about one coupon's stock."""
 
-    def __init__(self, name, ops, start):
+    def __init__(self, name, ops, start, start_holders=frozenset()):
         self.name = name
         self.start = start
         creates = [o for o in ops if o.kind == "create" and o.possible]
@@ -415,7 +457,7 @@ class Coupon:
         claims = [o for o in ops if o.kind == "claim" and o.possible]
         removals = [o for o in ops if o.kind in ("release", "sql_delete_claim") and o.possible]
         self.claims = claims
-        self.poss_taken = Timeline((o.invoke, 1) for o in claims)
+        self.poss_taken = Timeline(_possible_takes(claims, removals, name, start_holders))
         self.sure_taken = Timeline((o.complete, 1) for o in claims if o.sure)
         self.poss_ret = Timeline((o.invoke, o.weight) for o in removals)
         self.sure_ret = Timeline((o.eff_hi, o.weight) for o in removals if o.sure)
@@ -502,14 +544,30 @@ def check(history, final, coupons_at_start=None, *, freshness=DEFAULT_FRESHNESS)
                     o.possible = False
 
     names = set(by_coupon) | set(coupons_at_start)
-    coupons = {n: Coupon(n, by_coupon.get(n, []), coupons_at_start.get(n)) for n in names}
+    coupons = {n: Coupon(n, by_coupon.get(n, []), coupons_at_start.get(n), start_holders)
+               for n in names}
 
     _check_answers(ops, add)
     _check_final(coupons, final_coupons, final_claims, final_claim_set, by_coupon, by_pair,
                  start_holders, add)
     _check_pairs(by_pair, coupons, final_claim_set, release_rows, start_holders, freshness, add)
     _check_stock(coupons, by_coupon, by_pair, start_holders, freshness, add)
+    _check_not_found(coupons, by_coupon, add)
     return anomalies
+
+
+def _check_not_found(coupons, by_coupon, add):
+    """A coupon is never deleted, and nothing remembers that a coupon does
+    not exist: once an answer proved it exists, a request sent after that
+    answer came must find it."""
+    for name, c in coupons.items():
+        for o in by_coupon.get(name, ()):
+            if (o.kind in ("claim", "release", "get") and o.status == 404
+                    and o.code() == "coupon_not_found" and o.invoke > c.exist):
+                add(_anomaly("stale_not_found",
+                             f"{o.short()} of {name!r} sent at {_fmt(o.invoke)} was answered 404 "
+                             f"coupon_not_found, but the coupon surely existed from "
+                             f"{_fmt(c.exist)} on", [o, c.sure_create]))
 
 
 # ---------------------------------------------------------------- 4. answers
@@ -699,8 +757,12 @@ def _check_pairs(by_pair, coupons, final_claim_set, release_rows, start_holders,
                                  f"claim #{b.id} of {pair[1]!r} on {pair[0]!r} was answered 200 "
                                  f"although the user held the coupon from the start and no "
                                  f"release could have come before it", [b]))
+        # Each claim against its next few in time order: a double shows
+        # between neighbours, and comparing every two would cost the square
+        # of a pair's claims. (Fewer comparisons only report less.)
+        sure_claims.sort(key=lambda o: o.complete)
         for i, a in enumerate(sure_claims):
-            for b in sure_claims[i + 1:]:
+            for b in sure_claims[i + 1:i + 1 + NEIGHBOURS]:
                 if not any(_between(a, r, b) or _between(b, r, a) for r in removals):
                     add(_anomaly("double_claim",
                                  f"claims #{a.id} and #{b.id} of {pair[1]!r} on {pair[0]!r} were "
@@ -717,8 +779,9 @@ def _check_pairs(by_pair, coupons, final_claim_set, release_rows, start_holders,
                 add(_anomaly("unmatched_release",
                              f"{r.short()} of {pair[1]!r} on {pair[0]!r} removed a claim, but no "
                              f"claim of theirs could have come before it", [r]))
+        sure_removals.sort(key=lambda o: o.complete)
         for i, a in enumerate(sure_removals):
-            for b in sure_removals[i + 1:]:
+            for b in sure_removals[i + 1:i + 1 + NEIGHBOURS]:
                 if a.kind != "release" and b.kind != "release":
                     continue
                 if not any(_between(a, y, b) or _between(b, y, a) for y in poss_claims):
@@ -778,6 +841,11 @@ def _hold_intervals(c, cops, start_holders):
 
 
 def _check_stock(coupons, by_coupon, by_pair, start_holders, freshness, add):
+    first_claim = {}  # (coupon, user) -> the first invoke of a claim that may have taken effect
+    for c in coupons.values():
+        for y in c.claims:
+            if y.invoke < first_claim.get(y.pair, INF):
+                first_claim[y.pair] = y.invoke
     for name, c in coupons.items():
         if not c.bounded:
             continue
@@ -799,7 +867,7 @@ def _check_stock(coupons, by_coupon, by_pair, start_holders, freshness, add):
                                  [o, c.sure_create] + c.recent_writes(cut)))
             elif o.kind == "get" and s == 200 and isinstance(o.body, dict):
                 gets.append(o)
-                _check_get(c, o, by_pair, start_holders, add)
+                _check_get(c, o, by_pair, first_claim, start_holders, add)
             elif o.kind in ("claim", "release") and o.sure and isinstance(o.body, dict) \
                     and _is_count(o.body.get("remaining_amount")):
                 v = o.body["remaining_amount"]
@@ -825,7 +893,7 @@ def _check_stock(coupons, by_coupon, by_pair, start_holders, freshness, add):
         _check_missing_holders(c, gets, intervals, add)
 
 
-def _check_get(c, o, by_pair, start_holders, add):
+def _check_get(c, o, by_pair, first_claim, start_holders, add):
     b = o.body
     v, amount, holders = b.get("remaining_amount"), b.get("amount"), b.get("claimed_by")
     if not (_is_count(v) and _is_count(amount) and isinstance(holders, list)):
@@ -858,8 +926,7 @@ def _check_get(c, o, by_pair, start_holders, add):
         p = (name, u)
         if p in start_holders:
             continue
-        if not any(y.kind == "claim" and y.possible and y.invoke < o.complete
-                   for y in by_pair.get(p, ())):
+        if first_claim.get(p, INF) >= o.complete:
             add(_anomaly("impossible_holders",
                          f"GET #{o.id} of {name!r} names {u!r} in claimed_by, but no claim of theirs "
                          f"sent before it ended could have made them a holder",
@@ -945,7 +1012,11 @@ def main(argv=None):
                 break
             i += 2
         elif argv[i].startswith("--freshness="):
-            freshness = float(argv[i].split("=", 1)[1])
+            try:
+                freshness = float(argv[i].split("=", 1)[1])
+            except ValueError:
+                args = []
+                break
             i += 1
         else:
             args.append(argv[i])

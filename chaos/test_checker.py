@@ -442,6 +442,36 @@ class PlantedDefects(unittest.TestCase):
         d.update(status=400, body=err("out_of_stock"))
         self.assertEqual(kinds(s.check()), ["stale_out_of_stock"])
 
+    def test_stale_out_of_stock_despite_one_users_many_unanswered_claims(self):
+        s = Sim()
+        s.create("C", 3, 0.0, 0.1)
+        for i in range(5):   # one user, five claims at once, no answer: one unit at most
+            s.claim("C", "a", 1.0, 1.1, at=1.01 + i / 100, lost="timeout", effect=i == 0)
+        s.claim("C", "b", 1.2, 1.3)
+        d = s.claim("C", "c", 1.2, 1.4)
+        s.coupons["C"]["holders"].remove("c")
+        s.coupons["C"]["remaining"] += 1
+        d.update(status=400, body=err("out_of_stock"))
+        self.assertEqual(kinds(s.check()), ["stale_out_of_stock"])
+        # With a release of a's between them, a could have taken two.
+        s2 = Sim()
+        s2.create("C", 3, 0.0, 0.1)
+        s2.claim("C", "a", 1.0, 1.1, at=1.01, lost="timeout", effect=True)
+        s2.release("C", "a", 1.0, 1.1, at=1.02, lost=503, effect=True)
+        s2.claim("C", "a", 1.0, 1.1, at=1.03, lost="timeout", effect=True)
+        s2.claim("C", "b", 1.2, 1.3)
+        s2.claim("C", "c", 1.2, 1.4)
+        s2.claim("C", "d", 1.2, 1.4)                # out_of_stock
+        self.assertEqual(s2.check(freshness=0.0), [])
+
+    def test_stale_not_found(self):
+        s = self.base()
+        d = s.get("C", 2.0, 2.1)
+        d.update(status=404, body=err("coupon_not_found"))
+        self.assertEqual(kinds(s.check()), ["stale_not_found"])
+        d.update(invoke=0.05)                      # sent before the create's 201: legal
+        self.assertEqual(s.check(), [])
+
     def test_stale_already_claimed_after_completed_release(self):
         s = self.base()
         s.release("C", "a", 2.0, 2.1)
