@@ -17,8 +17,11 @@ Every operation that changes something (create, claim, release, the
 operator's SQL restock and claim delete) falls in one of three classes:
 
 * **Surely took effect**: a claim or release answered 200, a create 201,
-  operator SQL that reported its commit (status 0). The effect happened at
-  one instant between `invoke` and `complete`.
+  operator SQL that reported its commit (status 0) with a row count of 1
+  or more. The effect happened at one instant between `invoke` and
+  `complete`. (Committed SQL that touched 0 rows changed nothing; a
+  committed restock without a row count surely applied when it was sent
+  after the coupon surely existed, and may have applied otherwise.)
 * **Surely did not**: an answer that documents no effect (400, 401, 403,
   404, 408, 409, 410, 413, 415, 422, 429). Such an operation is ignored by
   every count.
@@ -36,12 +39,17 @@ An answer that carries `replayed: true` (optional field: the answer had
 `Idempotent-Replayed: true`) is the copy of an earlier effect, never a new
 one; it is counted as indeterminate.
 
-Every bound below counts events by their time windows only, so that it
-holds for *every* order of the overlapping operations (it is never tighter
-than the loosest order allows): an effect is "surely before t" when its
-operation completed with a definite answer before t, and "possibly before
-t" when its operation was sent before t and may have taken effect. The
-checker prefers missing an anomaly to reporting a legal history.
+Every bound below counts events by their time windows only, so that every
+order of the overlapping operations that their windows allow satisfies it:
+an effect is "surely before t" when its operation completed with a
+definite answer before t, and "possibly before t" when its operation was
+sent before t and may have taken effect. Where a bound could be made
+tighter only by guessing an order, it is not: the checker prefers missing
+an anomaly to reporting a legal history. Claims are counted per (coupon,
+user): a user's claims may have taken at most one unit more than the
+releases and deletes of their pair that may have come before (a holder's
+next claim is refused until one does), so a user who sends ten claims at
+once, all unanswered, counts for one unit.
 
 Freshness
 ---------
@@ -68,8 +76,9 @@ Over the final state:
   creates and restocks in the history gives.
 * `lost_claim`: a claim answered 200 whose (coupon, user) is not in
   `claims`, although no release or delete (answered 200, committed, or
-  indeterminate) could have come after it (one sent before the claim's own
-  effect, that is that completed before the claim was sent, cannot).
+  indeterminate) could have come after it. One could when it may have
+  taken effect after the claim was sent: it is indeterminate, or it
+  completed after the claim's invoke.
 * `lost_release`: more releases answered 200 for a (coupon, user) than
   `claim_releases` rows for it.
 * `lost_create`: a create answered 201 for a coupon absent at the end.
@@ -91,6 +100,8 @@ Over the history:
   from its `complete` until the `invoke` of the first release or delete of
   its pair that could follow it; the stock that could exist at t is the
   start amount plus the largest create and every restock sent before t.
+  (A double claim of one pair counts once here: it is reported as a
+  double_claim.)
   Also a final `remaining_amount` below zero.
 * `stale_out_of_stock`: a 400 `out_of_stock` although a unit was surely
   free during the whole time the answer could have been decided. The
@@ -102,10 +113,11 @@ Over the history:
       + restocks surely applied and completed before invoke - freshness
       + releases and deletes that completed before invoke - freshness
       - every claim (200 or indeterminate, not settled as failed) sent
-        before this claim completed.
-  Each term is safe on its own: what completed before s surely counts,
-  and no claim sent after s's latest possible value can have taken a unit
-  before it. When this is above 0 the answer is stale.
+        before this claim completed (per pair, as above).
+  Each term is safe on its own: a write that completed before invoke -
+  freshness is surely before s, and a claim sent after the answer came
+  cannot have taken its unit before s. When this is above 0 the answer is
+  stale.
 * `stale_already_claimed`: a 409 `already_claimed` although the user
   surely held nothing during the whole time the answer could have been
   decided ([invoke - freshness, complete]). That is so when every claim of
@@ -127,8 +139,8 @@ Over the history:
       lower = start remaining + smallest created amount
               + restocks surely applied, releases and deletes that
                 completed before invoke (surely added by s)
-              - claims (200 or indeterminate) sent before complete
-                (anything that may have taken by s).
+              - claims (200 or indeterminate) sent before complete,
+                per pair as above (anything that may have taken by s).
   The same bounds, with the operation's own effect added, hold for the
   `remaining_amount` of a claim's 200 (the stock after it: -1) and of a
   release's 200 (+1). Within one GET, `remaining_amount` must also equal

@@ -13,6 +13,7 @@ Run from the repository root: python3 -m unittest chaos/test_checker.py
 (or python3 chaos/test_checker.py).
 """
 
+import contextlib
 import io
 import itertools
 import json
@@ -176,15 +177,18 @@ class Sim:
             "releases": [list(r) for r in self.release_rows],
         }
 
+    start = None
+
     def check(self, final=None, **kw):
-        return checker.check(self.ops, self.final() if final is None else final, **kw)
+        return checker.check(self.ops, self.final() if final is None else final,
+                             self.start, **kw)
 
 
 def kinds(anomalies):
     return sorted({a["kind"] for a in anomalies})
 
 
-def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4):
+def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4, at_start=False):
     """A legal history with heavy overlap: effects at increasing instants,
     each operation's window drawn around its instant; indeterminate
     operations (503, no answer, an edge 502/504) that did or did not take
@@ -205,7 +209,16 @@ def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4):
         return rng.choice([503, "timeout", 502, 504, 503, "reset"])
 
     late = names[-2:]  # created during the run, maybe twice, maybe without an answer
-    for name in names[:-2]:
+    start = {}
+    if at_start:  # the first two exist before the schedule, some units held
+        for name in names[:2]:
+            holders = rng.sample(users, 3)
+            sim.coupons[name] = {"amount": 4, "remaining": 1, "holders": holders}
+            start[name] = {"amount": 4, "remaining_amount": 1,
+                           "claims": [[name, u] for u in holders]}
+            sim.release_rows.append([name, "someone-before"])
+    sim.start = start
+    for name in names[2:-2] if at_start else names[:-2]:
         t += 0.01
         inv, comp = win(t)
         sim.create(name, rng.choice([0, 1, 3, 5, 20]), inv, comp, at=t)
@@ -318,6 +331,28 @@ class LegalHistories(unittest.TestCase):
                 got = s.check(freshness=fresh)
                 self.assertEqual(got, [], f"seed {seed} freshness {fresh}: "
                                  f"{[a['message'] for a in got[:3]]}")
+
+    def test_random_legal_histories_with_coupons_at_start_pass(self):
+        for seed in range(4):
+            s = random_legal(seed, n_ops=1500, at_start=True)
+            for fresh in (1.0, 0.0):
+                got = s.check(freshness=fresh)
+                self.assertEqual(got, [], f"seed {seed}: {[a['message'] for a in got[:3]]}")
+
+    def test_replayed_answers_are_copies(self):
+        s = Sim()
+        s.create("C", 2, 0.0, 0.1)
+        s.claim("C", "a", 1.0, 1.1, lost="timeout", effect=True)
+        # The retry with the same Idempotency-Key gets the first answer again.
+        d = s.claim("C", "a", 2.0, 2.1)            # 409 in the model
+        d.update(status=200, replayed=True,
+                 body={"user_id": "a", "coupon_name": "C", "remaining_amount": 1})
+        s.claim("C", "b", 3.0, 3.1)
+        self.assertEqual(s.check(freshness=0.0), [])
+        del d["replayed"]                          # the same answers, not marked: a's claim
+        s.ops[1].update(status=200, error=None,    # answered twice is a double claim
+                        body={"user_id": "a", "coupon_name": "C", "remaining_amount": 1})
+        self.assertIn("double_claim", kinds(s.check(freshness=0.0)))
 
     def test_coupons_at_start(self):
         s = Sim()
@@ -721,7 +756,10 @@ class CommandLine(unittest.TestCase):
         self.assertIn("replica_kill", r.stdout)
 
     def test_usage(self):
-        self.assertEqual(checker.main([]), 2)
+        with contextlib.redirect_stderr(io.StringIO()) as e:
+            self.assertEqual(checker.main([]), 2)
+            self.assertEqual(checker.main(["a.json", "b.json", "--freshness", "soon"]), 2)
+        self.assertIn("usage", e.getvalue())
 
 
 if __name__ == "__main__":
