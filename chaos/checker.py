@@ -999,15 +999,26 @@ def _check_oversold(c, intervals, add):
 # ---------------------------------------------------------------- command line
 
 
-def _print_anomalies(anomalies, out=sys.stdout):
+def print_anomalies(anomalies, faults=(), out=None):
+    """Prints the faults (when there is an anomaly), then each anomaly with
+    the operations that make it up, one JSON line each in invoke order,
+    then a count by kind."""
+    out = sys.stdout if out is None else out
+    if anomalies and faults:
+        print("faults:", file=out)
+        for f in faults:
+            print(f"    {f.get('kind')} {f.get('start')}..{f.get('end')} {f.get('detail', '')}",
+                  file=out)
     by_kind = defaultdict(int)
     for a in anomalies:
         by_kind[a["kind"]] += 1
         print(f"ANOMALY {a['kind']}: {a['message']}", file=out)
-        for d in a["ops"]:
+        ops = sorted(a["ops"], key=lambda d: (d.get("invoke", 0), str(d.get("id"))))
+        for d in ops:
             print(f"    {json.dumps(d, sort_keys=True)}", file=out)
     summary = ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items()))
-    print(f"{len(anomalies)} anomalies" + (f" ({summary})" if summary else ""), file=out)
+    print(f"{len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'}"
+          + (f" ({summary})" if summary else ""), file=out)
 
 
 def main(argv=None):
@@ -1049,11 +1060,7 @@ def main(argv=None):
     else:
         ops, faults, at_start = hist.get("ops", []), hist.get("faults", []), hist.get("coupons_at_start")
     anomalies = check(ops, final, at_start, freshness=freshness)
-    if anomalies and faults:
-        print("faults:")
-        for f in faults:
-            print(f"    {f.get('kind')} {f.get('start')}..{f.get('end')} {f.get('detail', '')}")
-    _print_anomalies(anomalies)
+    print_anomalies(anomalies, faults)
     return 1 if anomalies else 0
 
 

@@ -46,6 +46,8 @@ class Sim:
         self.release_rows = []
         self.ids = itertools.count(1)
         self.last = -math.inf
+        self.past = {}  # coupon -> [(instant, remaining, holders)] after each change
+        self.stale_answers = 0
 
     # -- plumbing
 
@@ -57,6 +59,25 @@ class Sim:
         assert at >= self.last, "operations must be given in linearization order"
         self.last = at
         return at
+
+    def _changed(self, coupon):
+        c = self.coupons[coupon]
+        self.past.setdefault(coupon, []).append((self.last, c["remaining"], set(c["holders"])))
+
+    def _remembered(self, coupon, user, lag):
+        """What a server's sold-out memory may answer, up to `lag` seconds
+        behind: 409 or 400 when the coupon was sold out at some instant of
+        [now - lag, now], else None."""
+        states = self.past.get(coupon, [])
+        since = self.last - lag
+        window = [st for st in states if st[0] > since]
+        earlier = [st for st in states if st[0] <= since]
+        if earlier:
+            window.insert(0, earlier[-1])
+        for _, remaining, holders in window:
+            if remaining == 0:
+                return (409, err("already_claimed")) if user in holders else (400, err("out_of_stock"))
+        return None
 
     def _finish(self, d, status, body, lost, target, faulted):
         d.update(id=next(self.ids), target=target, faulted_target=faulted, error=None)
@@ -88,11 +109,14 @@ class Sim:
             return self._finish(d, 409, err("coupon_exists"), lost, target, faulted)
         if lost is None or effect:
             self.coupons[coupon] = {"amount": amount, "remaining": amount, "holders": []}
+            self._changed(coupon)
         body = {"name": coupon, "amount": amount, "remaining_amount": amount, "claimed_by": []}
         return self._finish(d, 201, body, lost, target, faulted)
 
     def claim(self, coupon, user, invoke, complete, at=None, lost=None, effect=True,
-              target="edge", client=0, faulted=False):
+              target="edge", client=0, faulted=False, memory=None):
+        """`memory`: answer from a sold-out memory up to that many seconds
+        behind, as docs/architecture.md allows."""
         self._at(invoke, complete, at, lost)
         d = self._base("claim", invoke, complete, client, coupon=coupon, user=user)
         c = self.coupons.get(coupon)
@@ -102,9 +126,14 @@ class Sim:
             return self._finish(d, 409, err("already_claimed"), lost, target, faulted)
         if c["remaining"] == 0:
             return self._finish(d, 400, err("out_of_stock"), lost, target, faulted)
+        stale = memory is not None and self._remembered(coupon, user, memory)
+        if stale:
+            self.stale_answers += 1
+            return self._finish(d, *stale, lost, target, faulted)
         if lost is None or effect:
             c["remaining"] -= 1
             c["holders"].append(user)
+            self._changed(coupon)
         body = {"user_id": user, "coupon_name": coupon, "remaining_amount": c["remaining"]}
         return self._finish(d, 200, body, lost, target, faulted)
 
@@ -121,6 +150,7 @@ class Sim:
             c["holders"].remove(user)
             c["remaining"] += 1
             self.release_rows.append([coupon, user])
+            self._changed(coupon)
         body = {"coupon_name": coupon, "user_id": user, "remaining_amount": c["remaining"]}
         return self._finish(d, 200, body, lost, target, faulted)
 
@@ -152,6 +182,7 @@ class Sim:
             c["amount"] += add
             c["remaining"] += add
             n = 1
+            self._changed(coupon)
         return self._finish(d, 0, {"updated": n} if count else None,
                             None if lost is None else "sql_unknown", "sql", False)
 
@@ -164,6 +195,7 @@ class Sim:
             c["holders"].remove(user)
             c["remaining"] += 1
             n = 1
+            self._changed(coupon)
         return self._finish(d, 0, {"deleted": n}, None if lost is None else "sql_unknown",
                             "sql", False)
 
@@ -188,7 +220,7 @@ def kinds(anomalies):
     return sorted({a["kind"] for a in anomalies})
 
 
-def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4, at_start=False):
+def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4, at_start=False, memory=None):
     """A legal history with heavy overlap: effects at increasing instants,
     each operation's window drawn around its instant; indeterminate
     operations (503, no answer, an edge 502/504) that did or did not take
@@ -214,6 +246,7 @@ def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4, at_start=False):
         for name in names[:2]:
             holders = rng.sample(users, 3)
             sim.coupons[name] = {"amount": 4, "remaining": 1, "holders": holders}
+            sim._changed(name)
             start[name] = {"amount": 4, "remaining_amount": 1,
                            "claims": [[name, u] for u in holders]}
             sim.release_rows.append([name, "someone-before"])
@@ -243,7 +276,7 @@ def random_legal(seed, n_ops=3000, n_coupons=12, window=0.4, at_start=False):
             comp = max(inv, t - rng.uniform(0, window))  # the client gave up before the effect
         if kind < 0.6:
             sim.claim(name, user, inv, comp, at=t, lost=how, effect=effect, target=target,
-                      faulted=faulted)
+                      faulted=faulted, memory=memory if rng.random() < 0.5 else None)
         elif kind < 0.75:
             sim.release(name, user, inv, comp, at=t, lost=how, effect=effect, target=target,
                         faulted=faulted)
@@ -331,6 +364,21 @@ class LegalHistories(unittest.TestCase):
                 got = s.check(freshness=fresh)
                 self.assertEqual(got, [], f"seed {seed} freshness {fresh}: "
                                  f"{[a['message'] for a in got[:3]]}")
+
+    def test_random_legal_histories_with_a_lagging_sold_out_memory_pass(self):
+        # Answers from a memory up to 1 s behind (the documented bound):
+        # legal with the default freshness.
+        strict = []
+        for seed in range(6):
+            s = random_legal(seed, n_ops=2000, window=0.3, memory=1.0)
+            self.assertGreater(s.stale_answers, 10)
+            got = s.check()
+            self.assertEqual(got, [], f"seed {seed}: {[a['message'] for a in got[:3]]}")
+            strict += s.check(freshness=0.0)
+        # Judged as if every answer came from the database, some of those
+        # lagging answers are stale, and nothing else is.
+        self.assertTrue(strict)
+        self.assertLessEqual(set(kinds(strict)), {"stale_out_of_stock", "stale_already_claimed"})
 
     def test_random_legal_histories_with_coupons_at_start_pass(self):
         for seed in range(4):
