@@ -92,9 +92,10 @@ Over the history:
   order A then B a release R fits between when R may end after A began,
   R began before B ended, and A began before B ended.) A GET whose
   `claimed_by` names a user twice.
-* `unmatched_release`: a release answered 200 that no claim could have
-  preceded, or two releases answered 200 for one (coupon, user) with no
-  possible claim between them: a unit given back twice.
+* `unmatched_release`: a release answered 200 (or an operator's delete
+  that removed a row) that no claim could have preceded, or two such
+  removals for one (coupon, user), one of them a release, with no possible
+  claim between them: a unit given back twice.
 * `oversold`: at some instant more (coupon, user) pairs surely hold a unit
   than the stock that could possibly exist then. A 200 claim surely holds
   from its `complete` until the `invoke` of the first release or delete of
@@ -169,14 +170,22 @@ Over the history:
   (it may be down) but not to the edge.
 
 Coupons that the history never creates and that are not in
-`coupons_at_start` are of unknown origin: only the final-state checks and
-the answer checks apply to them. A coupon with a negative restock gets no
-stock bounds either.
+`coupons_at_start` are of unknown origin: the checks that need a coupon's
+whole story (stock bounds, stale answers but stale_not_found, oversold,
+unmatched releases, phantom claims) skip them. A coupon with a negative
+restock gets no stock bounds either.
+
+Optional additions to the agreed format (all may be left out):
+`replayed: true` on an answer that carried `Idempotent-Replayed: true`;
+`body: {"updated": n}` on an `sql_restock` (rows the UPDATE touched);
+`"coupons_at_start"` beside `"ops"` in HISTORY.json for the command line;
+and the keyword argument `check(..., freshness=1.0)`.
 
 Command line: `python3 chaos/checker.py HISTORY.json FINAL.json
-[--freshness S]`, with HISTORY.json `{"ops": [...], "faults": [...]}`
-(optionally `"coupons_at_start": {...}`); prints the anomalies and exits 1
-when there is any, 0 when none, 2 on a usage error.
+[--freshness S]`, with HISTORY.json `{"ops": [...], "faults": [...]}`;
+prints the faults and the anomalies (see `print_anomalies`, which the
+harness may call itself) and exits 1 when there is any, 0 when none, 2 on
+a usage error.
 """
 
 from __future__ import annotations
