@@ -428,7 +428,8 @@ class LegalHistories(unittest.TestCase):
         got = s.check()
         took = time.monotonic() - t0
         self.assertEqual(got, [])
-        self.assertLess(took, 10.0, f"{len(s.ops)} operations took {took:.1f} s")
+        # Under a second on an idle machine; the margin is for a loaded CI.
+        self.assertLess(took, 15.0, f"{len(s.ops)} operations took {took:.1f} s")
 
 
 # ---------------------------------------------------------------- planted defects
