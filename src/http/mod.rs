@@ -46,7 +46,13 @@ pub struct Job {
     /// The route's name for metrics and logs.
     pub label: &'static str,
     pub started: Instant,
+    /// A claim's body as the transport's thread already parsed it (see
+    /// [`join_running_batch`]), so that the worker does not parse it again.
+    pub claim: Option<ParsedClaim>,
 }
+
+/// A claim's coupon and claimant, or why its body is refused.
+pub type ParsedClaim = Result<(CouponName, BatchClaim), ApiError>;
 
 /// The queues of the two worker pools (see [`Pool`]).
 #[derive(Clone)]
@@ -60,12 +66,12 @@ pub struct Pools {
 pub fn dispatch(ctx: &Arc<Context>, pools: &Pools, request: Request, respond: Respond) {
     let started = Instant::now();
     let (endpoint, label) = endpoint(&request.method, &request.target);
-    let respond = match endpoint {
+    let (respond, claim) = match endpoint {
         Endpoint::Claim => match join_running_batch(ctx, &request, respond, started, label) {
-            Some(respond) => respond,
-            None => return,
+            Joined::Yes => return,
+            Joined::No { respond, parsed } => (respond, parsed),
         },
-        _ => respond,
+        _ => (respond, None),
     };
     let pool = match endpoint.pool() {
         Pool::Database => &pools.database,
@@ -77,6 +83,7 @@ pub fn dispatch(ctx: &Arc<Context>, pools: &Pools, request: Request, respond: Re
         endpoint,
         label,
         started,
+        claim,
     };
     match pool.try_submit(job) {
         Ok(()) => {}
@@ -95,6 +102,7 @@ pub fn serve(ctx: &Arc<Context>, job: Job) {
         endpoint,
         label,
         started,
+        claim: parsed,
     } = job;
     let line = RequestLine::of(&request);
     if let Body::Abandoned = request.body {
@@ -108,7 +116,10 @@ pub fn serve(ctx: &Arc<Context>, job: Job) {
     // Every route of the API, and what answers it.
     let result = match endpoint {
         // Answered by whichever thread decides it, maybe another worker's.
-        Endpoint::Claim => return claim(ctx, &request, line, started, label, respond),
+        Endpoint::Claim => {
+            let parsed = parsed.unwrap_or_else(|| handlers::parse_claim(&request));
+            return claim(ctx, parsed, line, started, label, respond);
+        }
         Endpoint::Health => Ok(handlers::health(ctx)),
         Endpoint::Metrics => Ok(handlers::metrics(ctx)),
         Endpoint::ListCoupons => handlers::coupons_page(ctx, &request.target),
@@ -126,13 +137,13 @@ pub fn serve(ctx: &Arc<Context>, job: Job) {
 /// Hands a claim to the claim path; the thread that decides it answers.
 fn claim(
     ctx: &Arc<Context>,
-    request: &Request,
+    parsed: ParsedClaim,
     line: RequestLine,
     started: Instant,
     label: &'static str,
     respond: Respond,
 ) {
-    match handlers::parse_claim(request) {
+    match parsed {
         Ok((coupon, claim)) => {
             let done = answer_claim(ctx, line, &coupon, &claim, started, label, respond);
             ctx.claims.submit(coupon, claim, done);
@@ -149,30 +160,57 @@ fn claim(
 /// worker: on a hot coupon, nearly every claim. The batch decides it as if
 /// a worker had queued it (the database decides every claim in a batch,
 /// so skipping the sold-out memory changes no answer). Gives `respond`
-/// back when the claim did not join: no batch running, a full queue, or a
-/// request a worker answers.
+/// back, with the body as parsed, when the claim did not join: no batch
+/// running, a full queue, or a request a worker answers.
 fn join_running_batch(
     ctx: &Arc<Context>,
     request: &Request,
     respond: Respond,
     started: Instant,
     label: &'static str,
-) -> Option<Respond> {
+) -> Joined {
     if let Body::Abandoned = request.body {
-        return Some(respond);
+        return Joined::No {
+            respond,
+            parsed: None,
+        };
     }
-    let Ok((coupon, claim)) = handlers::parse_claim(request) else {
-        return Some(respond);
+    let (coupon, claim) = match handlers::parse_claim(request) {
+        Ok(parsed) => parsed,
+        Err(err) => {
+            return Joined::No {
+                respond,
+                parsed: Some(Err(err)),
+            };
+        }
     };
-    let mut respond = Some(respond);
+    let (mut respond, mut claim) = (Some(respond), Some(claim));
     let joined = ctx.claims.join_running(&coupon, || {
         ctx.metrics.request_started();
         let respond = respond.take().expect("joins once");
+        let claim = claim.take().expect("joins once");
         let line = RequestLine::of(request);
         let done = answer_claim(ctx, line, &coupon, &claim, started, label, respond);
         (claim, done)
     });
-    if joined { None } else { respond }
+    match (joined, respond, claim) {
+        (false, Some(respond), Some(claim)) => Joined::No {
+            respond,
+            parsed: Some(Ok((coupon, claim))),
+        },
+        _ => Joined::Yes,
+    }
+}
+
+/// What became of a claim offered to its coupon's running batch.
+enum Joined {
+    /// Queued behind the batch, which answers it.
+    Yes,
+    /// Not queued: a worker is to answer it.
+    No {
+        respond: Respond,
+        parsed: Option<ParsedClaim>,
+    },
 }
 
 /// What answers a claim once the claim path has decided it.

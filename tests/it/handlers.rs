@@ -43,6 +43,7 @@ impl Handlers {
                 endpoint,
                 label,
                 started: Instant::now(),
+                claim: None,
             },
         );
         answered
