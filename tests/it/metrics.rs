@@ -144,17 +144,10 @@ fn the_database_gauge_follows_the_health_probe_and_the_listener_gauge_its_connec
 /// `promtool` (Debian's `prometheus` package), or a failure that says how
 /// to install it.
 fn promtool() -> std::process::Command {
-    let found = std::process::Command::new("promtool")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "\n\nThis test checks /metrics with `promtool check metrics`, and `promtool` was not \
-         found on PATH. Install Prometheus's tools (Debian/Ubuntu: apt-get install \
-         prometheus).\n\n"
+    support::require_program(
+        "promtool",
+        "This test checks /metrics with `promtool check metrics`",
+        "Debian/Ubuntu: apt-get install prometheus",
     );
     std::process::Command::new("promtool")
 }

@@ -18,17 +18,10 @@ use crate::support::{self, TestDb};
 
 /// Fails with what to install when Prometheus is not on PATH.
 fn require_prometheus() {
-    let found = std::process::Command::new("prometheus")
-        .arg("--version")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        found,
-        "\n\nThe monitoring test runs the real Prometheus through deploy/run-local \
-         --monitoring, and `prometheus` was not found on PATH. Install it (Debian/Ubuntu: \
-         apt-get install prometheus).\n\n"
+    support::require_program(
+        "prometheus",
+        "The monitoring test runs the real Prometheus through deploy/run-local --monitoring",
+        "Debian/Ubuntu: apt-get install prometheus",
     );
 }
 

@@ -167,6 +167,21 @@ pub fn assert_invariant(client: &mut postgres::Client) {
     }
 }
 
+/// Fails the test, saying what it needs the program for and how to install
+/// it, unless `program --version` runs.
+pub fn require_program(program: &str, what_for: &str, install: &str) {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        found,
+        "\n\n{what_for}, and `{program}` was not found on PATH. Install it ({install}).\n\n"
+    );
+}
+
 /// Waits until `done` holds, polling, for at most `limit`.
 pub fn wait_for(limit: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
