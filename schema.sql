@@ -186,19 +186,33 @@ BEGIN
 END
 $$;
 
--- A batch of claims on one coupon, none with an idempotency key, decided
--- and recorded in one statement: the batch path's statements (claim lock,
--- BEGIN, row lock, inserts, stock, COMMIT and unlock) in one round trip,
--- which on a hot coupon is most of what a batch costs the database and the
--- server. The caller runs it as its own SERIALIZABLE transaction, and
--- decides each claim itself from what it returns, with the rules of
--- `decide_in_order` (in order; a holder or a user seen earlier in the batch
--- is already_claimed; units to the others until none is left): the stock
--- before the batch, and the holders among the claimants. The distinct
--- users are tried in order, as many at a time as units are left, each
--- inserted or turned away by the unique key (no read of the key, so no
--- predicate lock on its index pages); only the users left untried when the
--- stock ran out are looked up. Inserted are exactly the users granted.
+-- A batch of claims on one coupon decided and recorded in one statement:
+-- the batch path's statements (claim lock, BEGIN, row lock, inserts,
+-- stock, keys, COMMIT and unlock) in one round trip, which on a hot coupon
+-- is most of what a batch costs the database and the server. The caller
+-- runs it as its own SERIALIZABLE transaction, and decides each claim
+-- itself from what it returns, with the rules of `decide_in_order` (in
+-- order; a holder or a user seen earlier in the batch is already_claimed;
+-- units to the others until none is left): the stock before the batch, and
+-- the holders among the claimants. The distinct users are tried in order,
+-- as many at a time as units are left, each inserted or turned away by the
+-- unique key (no read of the key, so no predicate lock on its index
+-- pages); only the users left untried when the stock ran out are looked
+-- up. Inserted are exactly the users granted.
+--
+-- Idempotency keys (`idem_keys`, parallel to `claimants`, NULL where a
+-- claim has none, or NULL for none at all; no key twice) with their
+-- requests (`fingerprints`) are recorded after the claims are decided, as
+-- the batch path's keys are reserved (flash_coupons_reserve_keys says
+-- why): inserted and the unique key asked. A granted claim's key goes in
+-- with its answer (the stock before the batch less the claim's place among
+-- those granted); the others' keys go in only to ask the unique key and
+-- are removed again. A key with a live record means its claim must be
+-- answered from the record and not decided: the statement then fails to
+-- serialize, undoing everything, and the caller takes the batch path,
+-- which reserves keys before deciding. So a retried keyed claim costs a
+-- batch one wasted round trip, and every other batch saves the keys'
+-- second write.
 --
 -- The claim lock is only tried, as flash_coupons_claim_one does: 'busy'
 -- when another session holds it, and the caller then takes the batch path,
@@ -208,7 +222,8 @@ $$;
 -- when busy), whether the coupon has a sale window, the holders, and how
 -- many were granted.
 CREATE OR REPLACE FUNCTION flash_coupons_claim_batch(
-    coupon TEXT, claimants TEXT[], lock_key BIGINT)
+    coupon TEXT, claimants TEXT[], lock_key BIGINT, idem_keys TEXT[], fingerprints TEXT[],
+    ttl_hours INTEGER)
 RETURNS TABLE (outcome TEXT, stock INTEGER, windowed BOOLEAN, holders TEXT[], granted INTEGER)
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -217,7 +232,11 @@ DECLARE
     users    TEXT[];
     next     TEXT[];
     inserted TEXT[];
+    winners  TEXT[] := '{}';
     tried    INTEGER := 0;
+    keyed    INTEGER := coalesce(cardinality(array_remove(idem_keys, NULL)), 0);
+    recorded INTEGER;
+    slots    TID[];
 BEGIN
     holders := '{}';
     granted := 0;
@@ -233,16 +252,17 @@ BEGIN
         FROM coupons c WHERE c.name = coupon FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         outcome := 'coupon_not_found';
-        RETURN NEXT;
-        RETURN;
-    END IF;
-    windowed := starts IS NOT NULL OR expires IS NOT NULL;
-    IF starts IS NOT NULL AND now() < starts THEN
-        outcome := 'not_started';
-    ELSIF expires IS NOT NULL AND now() >= expires THEN
-        outcome := 'expired';
     ELSE
-        outcome := 'decided';
+        windowed := starts IS NOT NULL OR expires IS NOT NULL;
+        IF starts IS NOT NULL AND now() < starts THEN
+            outcome := 'not_started';
+        ELSIF expires IS NOT NULL AND now() >= expires THEN
+            outcome := 'expired';
+        ELSE
+            outcome := 'decided';
+        END IF;
+    END IF;
+    IF outcome = 'decided' THEN
         SELECT coalesce(array_agg(d.u ORDER BY d.first), '{}') INTO users
             FROM (SELECT t.u, min(t.n) AS first
                   FROM unnest(claimants) WITH ORDINALITY AS t(u, n) GROUP BY t.u) d;
@@ -258,6 +278,7 @@ BEGIN
                 RETURNING user_id)
             SELECT coalesce(array_agg(a.user_id), '{}') INTO inserted FROM added a;
             granted := granted + cardinality(inserted);
+            winners := winners || inserted;
             holders := holders || ARRAY(SELECT t.u FROM unnest(next) AS t(u)
                                         WHERE NOT t.u = ANY (inserted));
         END LOOP;
@@ -270,8 +291,51 @@ BEGIN
             UPDATE coupons SET remaining_amount = remaining_amount - granted WHERE name = coupon;
         END IF;
     END IF;
+    IF keyed > 0 THEN
+        -- A claim is granted when it is its user's first in the batch and
+        -- the user was inserted; the units go in order of the claims.
+        WITH placed AS (
+            SELECT t.key, t.request, t.n,
+                   t.n = min(t.n) OVER (PARTITION BY t.u) AND t.u = ANY (winners) AS won
+            FROM unnest(claimants, idem_keys, fingerprints) WITH ORDINALITY
+                AS t(u, key, request, n)),
+        answered AS (
+            SELECT p.key, p.request, p.won,
+                   stock - count(*) FILTER (WHERE p.won) OVER (ORDER BY p.n) AS left_after
+            FROM placed p),
+        taken AS (
+            INSERT INTO idempotency_keys AS k (operation, key, request, status, remaining_amount)
+                SELECT 'claim', a.key, a.request,
+                       CASE WHEN a.won THEN 200 ELSE 0 END,
+                       CASE WHEN a.won THEN a.left_after END
+                FROM answered a WHERE a.key IS NOT NULL
+                ON CONFLICT (operation, key) DO UPDATE
+                SET request = EXCLUDED.request, status = EXCLUDED.status,
+                    remaining_amount = EXCLUDED.remaining_amount, created_at = now()
+                WHERE k.created_at < now() - make_interval(hours => ttl_hours)
+            RETURNING k.ctid, k.status)
+        SELECT count(*), coalesce(array_agg(t.ctid) FILTER (WHERE t.status = 0), '{}')
+            INTO recorded, slots FROM taken t;
+        IF recorded < keyed THEN
+            RAISE EXCEPTION 'an idempotency key of the batch has a record: the batch path answers it'
+                USING ERRCODE = 'serialization_failure';
+        END IF;
+        IF cardinality(slots) > 0 THEN
+            DELETE FROM idempotency_keys k WHERE k.ctid = ANY (slots);
+        END IF;
+    END IF;
     RETURN NEXT;
 END
+$$;
+
+-- The batch function as servers of the previous version call it, during a
+-- rolling upgrade: without keys.
+CREATE OR REPLACE FUNCTION flash_coupons_claim_batch(
+    coupon TEXT, claimants TEXT[], lock_key BIGINT)
+RETURNS TABLE (outcome TEXT, stock INTEGER, windowed BOOLEAN, holders TEXT[], granted INTEGER)
+LANGUAGE sql AS $$
+    SELECT b.outcome, b.stock, b.windowed, b.holders, b.granted
+    FROM flash_coupons_claim_batch(coupon, claimants, lock_key, NULL, NULL, 0) b
 $$;
 
 -- Idempotency keys (the Idempotency-Key header of claims, creates and
@@ -526,6 +590,6 @@ CREATE TABLE IF NOT EXISTS flash_coupons_schema (
     version    INTEGER     NOT NULL,
     applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );
-INSERT INTO flash_coupons_schema (version) VALUES (5)
+INSERT INTO flash_coupons_schema (version) VALUES (6)
     ON CONFLICT (only_row) DO UPDATE
     SET version = GREATEST(flash_coupons_schema.version, EXCLUDED.version), applied_at = now();

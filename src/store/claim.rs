@@ -65,11 +65,10 @@ impl Store {
             if let Some(decided) = self.claim_one(coupon, claim)? {
                 return Ok(decided);
             }
-        } else if claims.iter().all(|c| c.key.is_none()) {
-            let users: Vec<UserId> = claims.iter().map(|c| c.user.clone()).collect();
-            if let Some(decided) = self.claim_unkeyed_batch(coupon, &users)? {
-                return Ok(decided);
-            }
+        } else if distinct_keys(&claims)
+            && let Some(decided) = self.claim_batch_at_once(coupon, &claims)?
+        {
+            return Ok(decided);
         }
         let name = coupon.as_str();
         let ttl = self.idempotency_ttl_hours;
@@ -114,6 +113,17 @@ impl Store {
             Ok(result)
         })
     }
+}
+
+/// No idempotency key is on two claims of `claims`: the one-statement batch
+/// leaves a key repeated within a batch (its later claims follow the first,
+/// see [`KeyPlan`]) to the batch path.
+fn distinct_keys(claims: &[BatchClaim]) -> bool {
+    let mut seen = HashSet::new();
+    claims
+        .iter()
+        .filter_map(|c| c.key.as_ref())
+        .all(|key| seen.insert(key.as_str()))
 }
 
 /// Decides a batch on the coupon `name`, whose row (`None`: no such

@@ -1,6 +1,6 @@
 //! Claims decided in one statement, each its own transaction: a claim
 //! alone on its coupon (`flash_coupons_claim_one`), and a batch whose claims
-//! carry no idempotency key (`flash_coupons_claim_batch`). Both only try the
+//! carry no idempotency key twice (`flash_coupons_claim_batch`). Both only try the
 //! coupon's claim lock; when another server's batch holds it, or the
 //! attempt fails to serialize, they give way to the batch path of
 //! [`Store::claim_batch`], which waits for the lock before its snapshot.
@@ -126,29 +126,50 @@ fn one_claim_result(row: &Row) -> Option<OneClaim> {
 }
 
 impl Store {
-    /// Decides and records a batch of claims without idempotency keys in
-    /// one round trip, when no other server is running a batch on the
-    /// coupon; `None` when one is, or when the attempt fails to serialize
-    /// (not retried here, and not counted as a retry): the caller then
-    /// takes the batch path. The outcomes are those of handling the claims
-    /// one at a time in the given order, as the batch path's.
+    /// Decides and records a batch of claims in one round trip, when no
+    /// other server is running a batch on the coupon; `None` when one is,
+    /// or when the attempt fails to serialize (not retried here, and not
+    /// counted as a retry): the caller then takes the batch path. The
+    /// outcomes are those of handling the claims one at a time in the given
+    /// order, as the batch path's, and a granted claim's idempotency key is
+    /// recorded in the same transaction. No key may be on two claims of the
+    /// batch. A batch in which a key has a record is left to the batch path
+    /// (`None`), which answers that claim from the record.
     ///
     /// Run as [`Store::claim_one`] runs its call: a prepared statement at
     /// the pooled session's defaults, a transaction of its own.
-    pub(super) fn claim_unkeyed_batch(
+    pub(super) fn claim_batch_at_once(
         &self,
         coupon: &CouponName,
-        users: &[UserId],
+        claims: &[BatchClaim],
     ) -> Result<Option<BatchResult>, StoreError> {
         let mut conn = self.conn()?;
         let Conn { client, stmts } = &mut *conn;
         let lock_key = claim_lock_key(coupon);
-        let claimants: Vec<&str> = users.iter().map(UserId::as_str).collect();
+        let claimants: Vec<&str> = claims.iter().map(|c| c.user.as_str()).collect();
+        let requests: Vec<Option<String>> = claims
+            .iter()
+            .map(|c| c.key.as_ref().map(|_| claim_request(coupon, &c.user)))
+            .collect();
+        // NULL arrays when no claim has a key: the function skips the keys.
+        let keyed = requests.iter().any(Option::is_some);
+        let keys: Option<Vec<Option<&str>>> = keyed.then(|| {
+            claims
+                .iter()
+                .map(|c| c.key.as_ref().map(IdempotencyKey::as_str))
+                .collect()
+        });
+        let fingerprints = keyed.then_some(&requests);
+        let params: [&(dyn ToSql + Sync); 6] = [
+            &coupon.as_str(),
+            &claimants,
+            &lock_key,
+            &keys,
+            &fingerprints,
+            &self.idempotency_ttl_hours,
+        ];
         let row = match client.run("a batch read-write transaction", |inner| {
-            inner.query_one(
-                &stmts.claim_batch,
-                &[&coupon.as_str(), &claimants, &lock_key],
-            )
+            inner.query_one(&stmts.claim_batch, &params)
         }) {
             Ok(row) => row,
             Err(err) => {
@@ -158,14 +179,15 @@ impl Store {
                 };
             }
         };
-        batch_result(&row, users).map_err(|what| {
+        let users: Vec<UserId> = claims.iter().map(|c| c.user.clone()).collect();
+        batch_result(&row, &users).map_err(|what| {
             StoreError::Internal(format!("flash_coupons_claim_batch gave {what}").into())
         })
     }
 }
 
-/// The outcomes of a batch from `flash_coupons_claim_batch`'s row; `None`
-/// when the coupon's claim lock was busy.
+/// The outcomes of a batch from `flash_coupons_claim_batch`'s row for the
+/// claims of `users`; `None` when the coupon's claim lock was busy.
 fn batch_result(row: &Row, users: &[UserId]) -> Result<Option<BatchResult>, String> {
     let field = |e: postgres::Error| format!("an unreadable row: {e}");
     let outcome: &str = row.try_get("outcome").map_err(field)?;

@@ -102,10 +102,12 @@ impl Statements {
                 "SELECT outcome, remaining, windowed \
                  FROM flash_coupons_claim_one($1, $2, $3, $4, $5, $6)",
             )?,
-            // A batch without keys in one statement (see `Store::claim_batch`).
+            // A batch in one statement (see `Store::claim_batch`): with the
+            // claims' idempotency keys and requests ($4, $5; NULL without
+            // any), and the keys' time to live in hours ($6).
             claim_batch: client.prepare(
                 "SELECT outcome, stock, windowed, holders, granted \
-                 FROM flash_coupons_claim_batch($1, $2, $3)",
+                 FROM flash_coupons_claim_batch($1, $2, $3, $4, $5, $6)",
             )?,
             // A release (see `Store::release_claim`): the claim row goes,
             // its unit comes back (never above the amount, whatever was

@@ -31,13 +31,18 @@ fn headers(key: &str) -> String {
 }
 
 fn claim(addr: SocketAddr, user: &str, coupon: &str, key: &str) -> Answer {
+    claim_with(addr, user, coupon, Some(key))
+}
+
+/// A claim with the key `key`, or with none.
+fn claim_with(addr: SocketAddr, user: &str, coupon: &str, key: Option<&str>) -> Answer {
     let body = serde_json::json!({ "user_id": user, "coupon_name": coupon }).to_string();
     answered(client::exchange_with_headers(
         addr,
         "POST",
         "/api/coupons/claim",
         Some(&body),
-        &headers(key),
+        &key.map(headers).unwrap_or_default(),
         LIMIT,
     ))
 }
@@ -311,22 +316,26 @@ fn a_malformed_key_is_refused_with_400_and_changes_nothing() {
     assert_eq!(app.db.count("SELECT count(*) FROM claims"), 0);
 }
 
-#[test]
-fn claims_with_keys_in_one_batch_are_decided_as_if_one_at_a_time() {
-    let _turn = serial::turn!();
-    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
-    app.create("BATCHED", 3);
-    // The test holds the coupon's row: the first claim waits for it, and
-    // the others queue behind it and go as one batch.
+/// Claims on `coupon` decided as one batch, in order: the test holds the
+/// coupon's row, `leader` is sent and waits for it, and the claims of
+/// `queued` (user, key) queue behind the leader one after another, each
+/// waiting before the next is sent. The row is then let go. Returns the
+/// leader's answer and the others', in order.
+fn batch_behind_a_held_row(
+    app: &TestApp,
+    coupon: &'static str,
+    leader: (&'static str, &'static str),
+    queued: &[(&'static str, Option<&'static str>)],
+) -> (Answer, Vec<Answer>) {
     let mut blocker = app.db.client();
     let mut tx = blocker.transaction().unwrap();
     tx.query(
-        "SELECT 1 FROM coupons WHERE name = 'BATCHED' FOR UPDATE",
-        &[],
+        "SELECT 1 FROM coupons WHERE name = $1 FOR UPDATE",
+        &[&coupon],
     )
     .unwrap();
     let addr = app.addr();
-    let leader = std::thread::spawn(move || claim(addr, "first", "BATCHED", "k-first"));
+    let leader = std::thread::spawn(move || claim(addr, leader.0, coupon, leader.1));
     let claims_ctx = &app.server.context().claims;
     assert!(wait_for(LIMIT, || {
         app.db.count(
@@ -334,33 +343,47 @@ fn claims_with_keys_in_one_batch_are_decided_as_if_one_at_a_time() {
              AND query LIKE '%coupons%'",
         ) >= 1
     }));
-    let queued = [
-        ("u1", "k1"),
-        ("u2", "k2"),
-        ("u1", "k1"),
-        ("u3", "k1"),
-        ("u4", "k4"),
-    ];
-    // One after another, each waiting before the next is sent: the batch
-    // takes them in the order they arrived.
     let handles: Vec<_> = queued
         .iter()
         .enumerate()
         .map(|(i, &(user, key))| {
-            let handle = std::thread::spawn(move || claim(addr, user, "BATCHED", key));
+            let handle = std::thread::spawn(move || claim_with(addr, user, coupon, key));
             assert!(wait_for(LIMIT, || claims_ctx.waiting() == i + 1));
             handle
         })
         .collect();
     tx.commit().unwrap();
-    assert_eq!(leader.join().unwrap().status, 200);
-    let answers: Vec<Answer> = handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let summary: Vec<(u16, Option<&str>)> = answers
+    let leader = leader.join().unwrap();
+    (
+        leader,
+        handles.into_iter().map(|h| h.join().unwrap()).collect(),
+    )
+}
+
+/// Each answer's status and its Idempotent-Replayed header.
+fn summary(answers: &[Answer]) -> Vec<(u16, Option<&str>)> {
+    answers
         .iter()
         .map(|a| (a.status, a.header("Idempotent-Replayed")))
-        .collect();
+        .collect()
+}
+
+#[test]
+fn claims_with_keys_in_one_batch_are_decided_as_if_one_at_a_time() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
+    app.create("BATCHED", 3);
+    let queued = [
+        ("u1", Some("k1")),
+        ("u2", Some("k2")),
+        ("u1", Some("k1")),
+        ("u3", Some("k1")),
+        ("u4", Some("k4")),
+    ];
+    let (leader, answers) = batch_behind_a_held_row(&app, "BATCHED", ("first", "k-first"), &queued);
+    assert_eq!(leader.status, 200);
     assert_eq!(
-        summary,
+        summary(&answers),
         [
             (200, None),
             (200, None),
@@ -372,12 +395,112 @@ fn claims_with_keys_in_one_batch_are_decided_as_if_one_at_a_time() {
     );
     assert_eq!(answers[2].text, answers[0].text);
     // The keys of the granted claims were recorded with their answers.
-    assert_replay_of(&claim(addr, "u2", "BATCHED", "k2"), &answers[1]);
+    assert_replay_of(&claim(app.addr(), "u2", "BATCHED", "k2"), &answers[1]);
     assert_eq!(
         app.db
             .count("SELECT count(*) FROM idempotency_keys WHERE operation = 'claim'"),
         3
     );
+    app.db.assert_invariant();
+}
+
+/// Calls of the one-statement batch function so far, as the database
+/// counts them (with track_functions on).
+fn one_statement_batches(db: &TestDb) -> i64 {
+    db.count(
+        "SELECT coalesce(sum(calls), 0)::bigint FROM pg_stat_user_functions \
+         WHERE funcid = 'flash_coupons_claim_batch(text, text[], bigint, text[], text[], integer)'\
+         ::regprocedure",
+    )
+}
+
+#[test]
+fn a_batch_of_claims_with_distinct_keys_is_decided_in_one_statement_recording_granted_keys() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    db.client()
+        .batch_execute(&format!(
+            "ALTER DATABASE {} SET track_functions = 'pl'",
+            db.name
+        ))
+        .unwrap();
+    let app = TestApp::spawn_on(db, |c| c.store.query_timeout = Duration::from_secs(120));
+    app.create("ONCE", 4);
+    assert_eq!(app.claim("held", "ONCE").status, 200);
+    let queued = [
+        ("u1", Some("k1")),
+        ("held", Some("k2")),
+        ("u3", None),
+        ("u1", Some("k4")),
+        ("u5", Some("k5")),
+    ];
+    let (leader, answers) = batch_behind_a_held_row(&app, "ONCE", ("first", "k-first"), &queued);
+    assert_eq!(leader.status, 200);
+    assert_eq!(leader.body["remaining_amount"], 2);
+    assert_eq!(
+        summary(&answers),
+        [
+            (200, None),
+            (409, None),
+            (200, None),
+            (409, None),
+            (400, None)
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(answers[0].body["remaining_amount"], 1);
+    assert_eq!(answers[2].body["remaining_amount"], 0);
+    assert!(
+        wait_for(LIMIT, || one_statement_batches(&app.db) >= 1),
+        "the batch was not decided by flash_coupons_claim_batch"
+    );
+    // Only the keys of granted claims were recorded, each with its answer;
+    // the others are new requests when they come again.
+    assert_eq!(
+        app.db
+            .count("SELECT count(*) FROM idempotency_keys WHERE operation = 'claim'"),
+        2
+    );
+    assert_replay_of(&claim(app.addr(), "u1", "ONCE", "k1"), &answers[0]);
+    assert_replay_of(&claim(app.addr(), "first", "ONCE", "k-first"), &leader);
+    claim(app.addr(), "u9", "ONCE", "k5").assert_error(400, "out_of_stock");
+    claim(app.addr(), "u9", "ONCE", "k2").assert_error(400, "out_of_stock");
+    app.db.assert_invariant();
+}
+
+#[test]
+fn a_batch_holding_a_recorded_key_answers_it_from_the_record_and_decides_the_rest() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
+    app.create("AGAIN", 4);
+    let first = claim(app.addr(), "u1", "AGAIN", "k1");
+    assert_eq!(first.body["remaining_amount"], 3);
+    let queued = [
+        ("u2", Some("k2")),
+        ("u1", Some("k1")),
+        ("u9", Some("k1")),
+        ("u3", Some("k3")),
+        ("u4", None),
+    ];
+    let (leader, answers) = batch_behind_a_held_row(&app, "AGAIN", ("lead", "k-lead"), &queued);
+    assert_eq!(leader.body["remaining_amount"], 2);
+    assert_eq!(
+        summary(&answers),
+        [
+            (200, None),
+            (200, Some("true")),
+            (422, None),
+            (200, None),
+            (400, None),
+        ],
+        "{answers:?}"
+    );
+    assert_eq!(answers[1].text, first.text);
+    assert_eq!(answers[0].body["remaining_amount"], 1);
+    assert_eq!(answers[3].body["remaining_amount"], 0);
+    assert_replay_of(&claim(app.addr(), "u3", "AGAIN", "k3"), &answers[3]);
+    assert_eq!(claims_of(&app.db, "u1"), 1);
+    assert_eq!(claims_of(&app.db, "u9"), 0);
     app.db.assert_invariant();
 }
 

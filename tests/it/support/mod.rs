@@ -95,7 +95,11 @@ impl TestApp {
     }
 
     pub fn spawn_with(adjust: impl FnOnce(&mut Config)) -> TestApp {
-        let db = TestDb::new();
+        TestApp::spawn_on(TestDb::new(), adjust)
+    }
+
+    /// The server on a database the test has prepared.
+    pub fn spawn_on(db: TestDb, adjust: impl FnOnce(&mut Config)) -> TestApp {
         let mut config = test_config(&db.url);
         adjust(&mut config);
         let server = Server::start(&config).expect("starting the server");
