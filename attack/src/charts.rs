@@ -9,6 +9,7 @@
 use std::error::Error;
 
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use std::ops::Range;
 
 use plotters::coord::ranged1d::{AsRangedCoord, DefaultFormatting, KeyPointHint, ValueFormatter};
@@ -170,26 +171,7 @@ pub fn bars(title: &str, x_desc: &str, bars: &[Bar]) -> Result<String, String> {
     svg((WIDTH, height), title, &[], |plot| {
         let n = bars.len();
         let x_max = nice_max(bars.iter().map(|b| b.value)) * 1.12;
-        let mut chart = ChartBuilder::on(plot)
-            .margin(10)
-            .margin_right(24)
-            .x_label_area_size(44)
-            .y_label_area_size(label_px)
-            .build_cartesian_2d(0.0..x_max, category_axis(n))?;
-        let label_of = |y: &f64| row_label(n, *y, |i| bars[i].label.clone());
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .x_labels(8)
-            .x_desc(x_desc)
-            .x_label_formatter(&|v| axis_number(*v, x_max))
-            .y_label_formatter(&label_of)
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 17))
-            .max_light_lines(1)
-            .light_line_style(RGBColor(242, 242, 242))
-            .bold_line_style(RGBColor(215, 215, 215))
-            .draw()?;
+        let mut chart = bar_frame(plot, label_px, x_desc, x_max, n, |i| bars[i].label.clone())?;
         let row = |i: usize| (n - 1 - i) as f64;
         chart.draw_series(bars.iter().enumerate().map(|(i, b)| {
             Rectangle::new(
@@ -238,26 +220,7 @@ pub fn grouped_bars(
             .iter()
             .flat_map(|s| s.values.iter().flatten().copied());
         let x_max = nice_max(values.chain(reference.map(|r| r.value))) * 1.12;
-        let mut chart = ChartBuilder::on(plot)
-            .margin(10)
-            .margin_right(24)
-            .x_label_area_size(44)
-            .y_label_area_size(label_px)
-            .build_cartesian_2d(0.0..x_max, category_axis(n))?;
-        let label_of = |y: &f64| row_label(n, *y, |i| groups[i].clone());
-        chart
-            .configure_mesh()
-            .disable_y_mesh()
-            .x_labels(8)
-            .x_desc(x_desc)
-            .x_label_formatter(&|v| axis_number(*v, x_max))
-            .y_label_formatter(&label_of)
-            .label_style((FONT, 16))
-            .axis_desc_style((FONT, 17))
-            .max_light_lines(1)
-            .light_line_style(RGBColor(242, 242, 242))
-            .bold_line_style(RGBColor(215, 215, 215))
-            .draw()?;
+        let mut chart = bar_frame(plot, label_px, x_desc, x_max, n, |i| groups[i].clone())?;
         // Group g fills the band from row(g) to row(g) + 1, its bars top down.
         let mut placed: Vec<(usize, f64, f64, f64)> = Vec::new(); // series, value, y0, y1
         for g in 0..n {
@@ -305,6 +268,39 @@ enum Swatch {
 /// area (`size.1` high with the title), and the legend, when there are
 /// entries: beside the plot when its labels are short, else below it (which
 /// makes the SVG taller), in two columns when they fit.
+/// The frame of a horizontal bar chart, grid drawn: values along x from 0
+/// to `x_max`, and `n` rows named by `label`, the first at the top.
+fn bar_frame<'a, 'b>(
+    plot: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    label_px: u32,
+    x_desc: &str,
+    x_max: f64,
+    n: usize,
+    label: impl Fn(usize) -> String,
+) -> Result<ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, Rows>>, Box<dyn Error>> {
+    let mut chart = ChartBuilder::on(plot)
+        .margin(10)
+        .margin_right(24)
+        .x_label_area_size(44)
+        .y_label_area_size(label_px)
+        .build_cartesian_2d(0.0..x_max, category_axis(n))?;
+    let label_of = |y: &f64| row_label(n, *y, &label);
+    chart
+        .configure_mesh()
+        .disable_y_mesh()
+        .x_labels(8)
+        .x_desc(x_desc)
+        .x_label_formatter(&|v| axis_number(*v, x_max))
+        .y_label_formatter(&label_of)
+        .label_style((FONT, 16))
+        .axis_desc_style((FONT, 17))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(242, 242, 242))
+        .bold_line_style(RGBColor(215, 215, 215))
+        .draw()?;
+    Ok(chart)
+}
+
 fn svg(
     size: (u32, u32),
     title: &str,
