@@ -5,7 +5,7 @@
 
 use std::fmt;
 use std::io::{self, ErrorKind};
-use std::net::{Shutdown, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::{self, JoinHandle};
@@ -162,8 +162,14 @@ pub(super) enum Wake {
     /// is a failure.
     Ended { generation: u64, error: io::Error },
     /// A thread of a generation panicked, `what` saying where and why (sent
-    /// by the panic hook; tiny_http defect 5).
-    Panicked { generation: u64, what: String },
+    /// by the panic hook; tiny_http defect 5). `one_connection`: the thread
+    /// was one connection's, in tiny_http's task pool; its accept loop is
+    /// unharmed.
+    Panicked {
+        generation: u64,
+        what: String,
+        one_connection: bool,
+    },
     /// A generation passed on its first request, so its accept loop works
     /// (sent by the accepting pump).
     Serving { generation: u64 },
@@ -282,7 +288,28 @@ fn supervise(
                     );
                 }
             }
-            Ok(Wake::Panicked { generation, what }) => {
+            Ok(Wake::Panicked {
+                generation,
+                what,
+                one_connection: true,
+            }) => {
+                // tiny_http defect 5: a connection's thread died, and
+                // tiny_http's task pool starts threads only as it hands out
+                // a new connection, so connections queued for that pool
+                // would wait with no thread to take them, until the accept
+                // loop ends and drops them unanswered. A connection of our
+                // own, hung up at once, makes a thread start.
+                debug!(
+                    "{}: a connection's thread panicked: {what}",
+                    generation_name(generation)
+                );
+                poke(listener);
+            }
+            Ok(Wake::Panicked {
+                generation,
+                what,
+                one_connection: false,
+            }) => {
                 let Some(dead) = current.take_if(|g| g.number == generation) else {
                     debug!("{}: a thread panicked: {what}", generation_name(generation));
                     continue;
@@ -309,6 +336,29 @@ fn supervise(
     }
     if let Some(current) = current {
         current.http().unblock();
+    }
+}
+
+/// The longest a poke waits to connect.
+const POKE_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// Connects to our own `listener` and hangs up at once: the accept loop
+/// that accepts it hands it to its task pool, which starts a thread when
+/// none is idle, and that thread then takes the connections queued there.
+fn poke(listener: &TcpListener) {
+    let mut addr = match listener.local_addr() {
+        Ok(addr) => addr,
+        Err(err) => return debug!("cannot poke the listener: {err}"),
+    };
+    if addr.ip().is_unspecified() {
+        let loopback: IpAddr = match addr {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        };
+        addr.set_ip(loopback);
+    }
+    if let Err(err) = TcpStream::connect_timeout(&addr, POKE_TIMEOUT) {
+        debug!("cannot poke the listener at {addr}: {err}");
     }
 }
 

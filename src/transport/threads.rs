@@ -54,6 +54,13 @@ pub(super) fn watch_panics(wake: Sender<Wake>) -> u64 {
             let Some(generation) = thread_name().as_deref().and_then(generation_of) else {
                 return previous(info);
             };
+            // tiny_http's `ClientConnection` runs in its task pool's
+            // threads, one per connection: a panic there (the peer address
+            // of a connection whose peer had gone, defect 5) costs that
+            // connection's thread and nothing else.
+            let one_connection = info.location().is_some_and(|at| {
+                at.file().contains("tiny_http") && at.file().ends_with("client.rs")
+            });
             let what = match info.location() {
                 Some(at) => format!(
                     "{} at {}:{}",
@@ -68,6 +75,7 @@ pub(super) fn watch_panics(wake: Sender<Wake>) -> u64 {
                 let wake = Wake::Panicked {
                     generation,
                     what: what.clone(),
+                    one_connection,
                 };
                 told |= watcher.send(wake).is_ok();
             }
