@@ -49,10 +49,15 @@
 //!    accept loop on the same listener whenever the accepting one ends
 //!    (`accept`).
 //! 5. **Its threads die of panics that `recv()` never reports**: the accept
-//!    thread unwraps the `dup()` of each new socket (EMFILE), and
+//!    thread unwraps the `dup()` of each new socket (EMFILE), a
+//!    connection's thread unwraps the peer address of a connection whose
+//!    peer had gone before it was accepted (and its task pool starts no
+//!    thread in its place, stranding the connections queued there), and
 //!    `thread::spawn` panics inside its task pool while the pool's lock is
 //!    held, poisoning it for good. A panic hook tells the supervisor which
-//!    accept loop lost a thread (`threads`, `accept`).
+//!    accept loop lost a thread, and whether it was one connection's: then a
+//!    connection of our own makes the pool start a thread; otherwise the
+//!    accept loop is replaced (`threads`, `accept`).
 //! 6. **Its threads are unnamed, so on Linux they carry the name of the
 //!    thread that started them**: each accept loop is created under the
 //!    name `http-<n>`, which is how a panic is traced to it (5) and how an
