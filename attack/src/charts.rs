@@ -8,6 +8,7 @@
 
 use std::error::Error;
 
+use plotters::chart::MeshStyle;
 use plotters::coord::Shift;
 use plotters::coord::types::RangedCoordf64;
 use std::ops::Range;
@@ -136,18 +137,15 @@ where
         .build_cartesian_2d(x, 0.0..y_max)?;
     let x_range = chart.x_range();
     let x_span = x_range.end - x_range.start;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .x_label_formatter(&|v| axis_number(*v, x_span))
-        .y_label_formatter(&|v| axis_number(*v, y_max))
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 17))
-        .max_light_lines(1)
-        .light_line_style(RGBColor(242, 242, 242))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    house_style(
+        chart
+            .configure_mesh()
+            .x_desc(x_desc)
+            .y_desc(y_desc)
+            .x_label_formatter(&|v| axis_number(*v, x_span))
+            .y_label_formatter(&|v| axis_number(*v, y_max)),
+    )
+    .draw()?;
     for line in lines {
         let color = rgb(line.color);
         // Dots only where they can still be told apart.
@@ -268,6 +266,17 @@ enum Swatch {
 /// area (`size.1` high with the title), and the legend, when there are
 /// entries: beside the plot when its labels are short, else below it (which
 /// makes the SVG taller), in two columns when they fit.
+/// The grid, labels and fonts every chart shares.
+fn house_style<'m, 'a, 'b, X: Ranged, Y: Ranged, DB: DrawingBackend>(
+    mesh: &'m mut MeshStyle<'a, 'b, X, Y, DB>,
+) -> &'m mut MeshStyle<'a, 'b, X, Y, DB> {
+    mesh.label_style((FONT, 16))
+        .axis_desc_style((FONT, 17))
+        .max_light_lines(1)
+        .light_line_style(RGBColor(242, 242, 242))
+        .bold_line_style(RGBColor(215, 215, 215))
+}
+
 /// The frame of a horizontal bar chart, grid drawn: values along x from 0
 /// to `x_max`, and `n` rows named by `label`, the first at the top.
 fn bar_frame<'a, 'b>(
@@ -285,19 +294,16 @@ fn bar_frame<'a, 'b>(
         .y_label_area_size(label_px)
         .build_cartesian_2d(0.0..x_max, category_axis(n))?;
     let label_of = |y: &f64| row_label(n, *y, &label);
-    chart
-        .configure_mesh()
-        .disable_y_mesh()
-        .x_labels(8)
-        .x_desc(x_desc)
-        .x_label_formatter(&|v| axis_number(*v, x_max))
-        .y_label_formatter(&label_of)
-        .label_style((FONT, 16))
-        .axis_desc_style((FONT, 17))
-        .max_light_lines(1)
-        .light_line_style(RGBColor(242, 242, 242))
-        .bold_line_style(RGBColor(215, 215, 215))
-        .draw()?;
+    house_style(
+        chart
+            .configure_mesh()
+            .disable_y_mesh()
+            .x_labels(8)
+            .x_desc(x_desc)
+            .x_label_formatter(&|v| axis_number(*v, x_max))
+            .y_label_formatter(&label_of),
+    )
+    .draw()?;
     Ok(chart)
 }
 
