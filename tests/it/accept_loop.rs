@@ -35,6 +35,15 @@ fn lines_with<'a>(log: &'a [String], text: &str) -> Vec<&'a String> {
     log.iter().filter(|l| l.contains(text)).collect()
 }
 
+/// What the server sends on `stream` until it closes it, each read waiting
+/// at most `limit`, and how the reading ended.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, std::io::Result<usize>) {
+    stream.set_read_timeout(Some(limit)).unwrap();
+    let mut answer = Vec::new();
+    let read = stream.read_to_end(&mut answer);
+    (answer, read)
+}
+
 /// Waits (bounded) until the server has no thread of the generations in
 /// `gone`, no more than `threads` threads, and no client connection held.
 fn assert_nothing_left_held(server: &ServerProcess, gone: &BTreeSet<u64>, threads: usize) {
@@ -230,11 +239,7 @@ fn a_request_head_completed_long_after_its_accept_loop_retired_gets_a_real_answe
          retired: newest is http-{newest}"
     );
 
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let mut answer = Vec::new();
-    let read = stream.read_to_end(&mut answer);
+    let (answer, read) = read_until_closed(&mut stream, Duration::from_secs(10));
     let text = String::from_utf8_lossy(&answer);
     eprintln!("answer: {text:?} ({read:?})");
     if !answer.is_empty() {
@@ -296,11 +301,7 @@ fn connections_reset_while_they_wait_to_be_accepted_cost_the_connections_beside_
     server.signal(libc::SIGCONT);
 
     for (i, mut stream) in waiting.into_iter().enumerate() {
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        let mut answer = Vec::new();
-        let read = stream.read_to_end(&mut answer);
+        let (answer, read) = read_until_closed(&mut stream, Duration::from_secs(30));
         let text = String::from_utf8_lossy(&answer);
         assert!(
             text.starts_with("HTTP/1.1 200"),
