@@ -53,7 +53,10 @@ impl Store {
     ///
     /// A claim whose idempotency key is recorded is answered from the
     /// record (see [`KeyPlan`]); a granted claim with a key records it in
-    /// the same transaction.
+    /// the same transaction. A claim whose key an earlier claim of the batch
+    /// came with, for another request, is decided in a transaction of its
+    /// own once that one has committed (the only claims decided out of
+    /// order, and only ever from a client that reuses a key).
     pub fn claim_batch(
         &self,
         coupon: &CouponName,
@@ -74,7 +77,10 @@ impl Store {
         let ttl = self.idempotency_ttl_hours;
         let mut claims = claims;
         let key = claim_lock_key(coupon);
-        self.serializable_under_lock(key, |tx, stmts, waited| {
+        // The claims left to a later transaction (see `Step::Defer`), by
+        // their place in `claims`; set by the attempt that commits.
+        let mut deferred = Vec::new();
+        let mut result = self.serializable_under_lock(key, |tx, stmts, waited| {
             if waited {
                 claims.extend(late());
             }
@@ -93,6 +99,7 @@ impl Store {
                 .collect();
             let reserved = reserve_keys(tx, stmts, Operation::Claim, &keyed, ttl)?;
             let plan = KeyPlan::of(claims, &requests, &reserved.recorded);
+            deferred = plan.deferred();
             let result = decide_batch(tx, stmts, name, row, &plan, &plan.deciding(claims))?;
             // Each key reserved was its first claim's, decided above.
             let settled: Vec<(&str, Option<i32>)> = claims
@@ -111,13 +118,27 @@ impl Store {
                 .collect();
             settle_keys(tx, stmts, &settled, 200)?;
             Ok(result)
-        })
+        })?;
+        if deferred.is_empty() {
+            return Ok(result);
+        }
+        // Now that the keys they share are settled, one way or the other.
+        let later: Vec<BatchClaim> = deferred.iter().map(|&i| claims[i].clone()).collect();
+        let decided = self.claim_batch(coupon, later, Vec::new)?;
+        for (&i, outcome) in deferred.iter().zip(decided.outcomes) {
+            result.outcomes[i] = outcome;
+        }
+        if decided.remaining.is_some() {
+            result.remaining = decided.remaining;
+        }
+        result.windowed |= decided.windowed;
+        Ok(result)
     }
 }
 
 /// No idempotency key is on two claims of `claims`: the one-statement batch
-/// leaves a key repeated within a batch (its later claims follow the first,
-/// see [`KeyPlan`]) to the batch path.
+/// leaves a key repeated within a batch (its later claims follow the first
+/// or wait for it, see [`KeyPlan`]) to the batch path.
 fn distinct_keys(claims: &[BatchClaim]) -> bool {
     let mut seen = HashSet::new();
     claims
@@ -175,9 +196,12 @@ fn decide_batch(
 /// How each claim of a batch is decided, as far as idempotency keys go:
 /// in order, as if one at a time. A claim whose key is recorded (and live)
 /// is answered from the record. The first claim of the batch with a key is
-/// decided as any claim; a later one with the same key follows it: the same
-/// request gets its answer again (a grant as a replay), another request a
-/// mismatch. Everything else is decided as any claim.
+/// decided as any claim; a later one with the same key and the same request
+/// follows it (gets its answer again, a grant as a replay). A later one with
+/// the same key and another request waits for the next transaction: one at
+/// a time, it would be a mismatch if the first took effect and a new request
+/// if it did not, which only the first's outcome tells. Everything else is
+/// decided as any claim.
 struct KeyPlan {
     steps: Vec<Step>,
 }
@@ -186,7 +210,12 @@ struct KeyPlan {
 enum Step {
     Answered(ClaimOutcome),
     Decide,
-    Follow { leader: usize, same_request: bool },
+    Follow {
+        leader: usize,
+    },
+    /// Left to a transaction after this one, which finds the key recorded
+    /// (a mismatch) or not (decided as a new request).
+    Defer,
 }
 
 impl KeyPlan {
@@ -215,10 +244,8 @@ impl KeyPlan {
                     });
                 }
                 match leaders.get(key) {
-                    Some(&leader) => Step::Follow {
-                        leader,
-                        same_request: requests[leader] == requests[i],
-                    },
+                    Some(&leader) if requests[leader] == requests[i] => Step::Follow { leader },
+                    Some(_) => Step::Defer,
                     None => {
                         leaders.insert(key, i);
                         Step::Decide
@@ -239,7 +266,18 @@ impl KeyPlan {
             .collect()
     }
 
-    /// Every claim's outcome, given those decided (in order).
+    /// The places of the claims left to a later transaction.
+    fn deferred(&self) -> Vec<usize> {
+        self.steps
+            .iter()
+            .enumerate()
+            .filter(|(_, step)| **step == Step::Defer)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Every claim's outcome, given those decided (in order); a deferred
+    /// claim's is a placeholder, replaced once it is decided.
     fn resolve(&self, decided: Vec<ClaimOutcome>) -> Vec<ClaimOutcome> {
         let mut decided = decided.into_iter();
         let mut outcomes: Vec<ClaimOutcome> = self
@@ -249,21 +287,16 @@ impl KeyPlan {
                 Step::Answered(outcome) => *outcome,
                 // Decided below, and followers after their leaders.
                 Step::Decide => decided.next().unwrap_or(ClaimOutcome::KeyMismatch),
-                Step::Follow { .. } => ClaimOutcome::KeyMismatch,
+                Step::Follow { .. } | Step::Defer => ClaimOutcome::KeyMismatch,
             })
             .collect();
         for (i, step) in self.steps.iter().enumerate() {
-            if let Step::Follow {
-                leader,
-                same_request,
-            } = *step
-            {
-                outcomes[i] = match (outcomes[leader], same_request) {
-                    (_, false) => ClaimOutcome::KeyMismatch,
-                    (ClaimOutcome::Claimed { remaining_amount }, true) => {
+            if let Step::Follow { leader } = *step {
+                outcomes[i] = match outcomes[leader] {
+                    ClaimOutcome::Claimed { remaining_amount } => {
                         ClaimOutcome::Replayed { remaining_amount }
                     }
-                    (leader, true) => leader,
+                    leader => leader,
                 };
             }
         }

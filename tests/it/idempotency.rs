@@ -404,6 +404,43 @@ fn claims_with_keys_in_one_batch_are_decided_as_if_one_at_a_time() {
     app.db.assert_invariant();
 }
 
+/// One at a time, a claim that takes no effect leaves its key unrecorded,
+/// so the next request with that key (another user's) runs as a new one. In
+/// one batch, that request waits for the first's transaction to commit and
+/// is decided the same way, never answered 422 for a key nobody recorded.
+#[test]
+fn a_key_whose_first_claim_in_a_batch_took_no_effect_is_free_for_the_next_request_with_it() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn_with(|c| c.store.query_timeout = Duration::from_secs(120));
+    app.create("REUSED", 5);
+    assert_eq!(claim_with(app.addr(), "holder", "REUSED", None).status, 200);
+    let queued = [
+        // Holds the coupon already: 409, and `k` stays unrecorded.
+        ("holder", Some("k")),
+        // So this one is a new request: granted, and `k` is its own.
+        ("u2", Some("k")),
+        // `k` is u2's by then: a mismatch.
+        ("u3", Some("k")),
+        ("u4", None),
+    ];
+    let (leader, answers) = batch_behind_a_held_row(&app, "REUSED", ("first", "k-first"), &queued);
+    assert_eq!(leader.status, 200);
+    assert_eq!(
+        summary(&answers),
+        [(409, None), (200, None), (422, None), (200, None)],
+        "{answers:?}"
+    );
+    answers[0].assert_error(409, "already_claimed");
+    answers[2].assert_error(422, "idempotency_key_mismatch");
+    // u4 was decided with the batch, u2 in the transaction after it.
+    assert_eq!(answers[3].body["remaining_amount"], 2, "{answers:?}");
+    assert_eq!(answers[1].body["remaining_amount"], 1, "{answers:?}");
+    assert_replay_of(&claim(app.addr(), "u2", "REUSED", "k"), &answers[1]);
+    assert_eq!(claim(app.addr(), "holder", "REUSED", "k").status, 422);
+    assert_eq!(claims_of(&app.db, "u3"), 0);
+    app.db.assert_invariant();
+}
+
 /// Calls of the one-statement batch function so far, as the database
 /// counts them (with track_functions on).
 fn one_statement_batches(db: &TestDb) -> i64 {
