@@ -86,7 +86,10 @@ struct CouponBody<'a> {
     claimed_by: &'a [String],
 }
 
-/// Characters escaped in the Location header's path segment.
+/// Characters escaped in the Location header's path segment: all that
+/// RFC 3986 does not allow in one, so every client reads the same path.
+/// (WHATWG URL parsers, in browsers and most HTTP libraries, read a bare
+/// `\` as `/`.)
 const SEGMENT: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
@@ -96,8 +99,13 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'<')
     .add(b'>')
     .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
     .add(b'`')
     .add(b'{')
+    .add(b'|')
     .add(b'}');
 
 /// The coupon a create request asks for.

@@ -663,6 +663,25 @@ fn a_request_target_in_absolute_form_is_routed_by_its_path() {
     app.db.assert_invariant();
 }
 
+/// Every character RFC 3986 leaves out of a path segment is encoded, so a
+/// WHATWG parser (ureq's here, a browser's) reads the path that was meant:
+/// it takes a bare `\` for `/`.
+#[test]
+fn the_location_of_a_name_with_characters_a_path_may_not_hold_leads_back_to_it() {
+    let _turn = serial::turn!();
+    let app = TestApp::spawn();
+    let name = r"a\b|c^d[e]";
+    let created = app.create(name, 1);
+    assert_eq!(created.status, 201, "{created:?}");
+    assert_eq!(
+        created.header("Location"),
+        Some("/api/coupons/a%5Cb%7Cc%5Ed%5Be%5D")
+    );
+    let read = app.get(created.header("Location").unwrap());
+    assert_eq!(read.status, 200, "{read:?}");
+    assert_eq!(read.body["name"], name);
+}
+
 #[test]
 fn the_location_of_a_coupon_named_dot_or_dot_dot_leads_back_to_it() {
     let _turn = serial::turn!();
