@@ -20,7 +20,7 @@ pub fn json_object(request: &Request) -> Result<Map<String, Value>, ApiError> {
             return Err(ApiError::IncompleteBody { received, declared });
         }
         Body::Read(bytes) => Ok(bytes),
-        Body::TooLarge | Body::Abandoned => Err(ApiError::PayloadTooLarge {
+        Body::TooLarge | Body::TooLargeUnread | Body::Abandoned => Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         }),
         Body::Unreadable(cause) => Err(ApiError::InvalidJson(format!(

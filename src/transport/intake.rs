@@ -23,8 +23,9 @@ use super::message::{Body, Method, Request};
 /// Largest request body accepted. Real bodies are under 300 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// Largest declared body that is read and thrown away to keep the
-/// connection usable; beyond it the connection is given up.
+/// Largest body that is read and thrown away to keep the connection
+/// usable (declared, or sent in chunks); beyond it the connection is given
+/// up.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// What tiny_http reads together with the head (its own constant).
@@ -103,17 +104,31 @@ fn body_is_in_memory(request: &tiny_http::Request) -> bool {
 fn read(mut request: tiny_http::Request) -> (tiny_http::Request, Body) {
     let body = match request.body_length() {
         Some(declared) if declared > DRAIN_LIMIT => Body::Abandoned,
-        Some(declared) if declared > MAX_BODY_BYTES => {
-            // Too large whatever arrives: the declared length decides. The
-            // rest is read only to keep the connection usable.
-            if let Err(err) = io::copy(request.as_reader(), &mut io::sink()) {
-                log::debug!("draining a body declared too large failed: {err}");
-            }
-            Body::TooLarge
-        }
+        // Too large whatever arrives: the declared length decides. The rest
+        // is read only to keep the connection usable.
+        Some(declared) if declared > MAX_BODY_BYTES => drain(&mut request, 0),
         _ => read_limited(&mut request),
     };
     (request, body)
+}
+
+/// Reads what is left of a body over the limit, `read` bytes of which are
+/// read already, and throws it away, so that none of it is ever taken for
+/// the next request on the connection (a chunked body is not read to its
+/// end when tiny_http drops it: tiny_http defect 22). Up to [`DRAIN_LIMIT`] in all: a body that
+/// goes on beyond, stalls or breaks off is left where it is, and its
+/// connection given up.
+fn drain(request: &mut tiny_http::Request, read: usize) -> Body {
+    let left = DRAIN_LIMIT.saturating_sub(read) as u64;
+    let mut rest = request.as_reader().take(left + 1);
+    match io::copy(&mut rest, &mut io::sink()) {
+        Ok(drained) if drained <= left => Body::TooLarge,
+        Ok(_) => Body::TooLargeUnread,
+        Err(err) => {
+            log::debug!("draining a body over the limit failed: {err}");
+            Body::TooLargeUnread
+        }
+    }
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`], telling a client that
@@ -127,7 +142,7 @@ fn read_limited(request: &mut tiny_http::Request) -> Body {
         .take(MAX_BODY_BYTES as u64 + 1)
         .read_to_end(&mut body);
     match read {
-        Ok(_) if body.len() > MAX_BODY_BYTES => Body::TooLarge,
+        Ok(_) if body.len() > MAX_BODY_BYTES => drain(request, body.len()),
         // tiny_http's Content-Length reader ends quietly at the end of the
         // stream, however much is missing.
         Ok(_) => match declared {

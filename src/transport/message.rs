@@ -53,6 +53,12 @@ pub enum Body {
     Read(Vec<u8>),
     /// Over the limit (declared or sent), read and thrown away.
     TooLarge,
+    /// Over the limit, and the rest not read to its end: more than is worth
+    /// reading (a chunked body going on past the drain limit), or the client
+    /// stalled or broke off. What is left is on the socket and must never
+    /// be read as a request, so the request is answered 413 and its
+    /// connection given up.
+    TooLargeUnread,
     /// The client stopped sending before the body's end, for longer than
     /// the socket's read timeout (HTTP_IDLE_TIMEOUT_SECS).
     TimedOut,

@@ -113,6 +113,12 @@
 //! 21. **A request line or header line with a byte over 0x7F closes the
 //!     connection unanswered.** Not fixable from outside: the edge refuses
 //!     such a header value with 400.
+//! 22. **A chunked body is not read to its end when the request is
+//!     dropped** (a `Content-Length` body is, 13): what is left of it is
+//!     read as the connection's next request. A body read only in part (over
+//!     the limit) is read to its end and thrown away, up to 1 MiB in all;
+//!     beyond that, or when the client stalls, the connection is cut
+//!     (`intake`).
 //!
 //! With a server free of these, `accept`, `pump`, `threads`, `order` and
 //! most of `intake` and `writer` would come down to one loop handing each

@@ -41,7 +41,10 @@ impl BodyEnd {
     pub fn of(body: &Body) -> BodyEnd {
         match body {
             Body::Read(_) | Body::TooLarge => BodyEnd::Whole,
-            Body::TimedOut | Body::Incomplete { .. } | Body::Unreadable(_) => BodyEnd::Unfinished,
+            Body::TimedOut
+            | Body::Incomplete { .. }
+            | Body::Unreadable(_)
+            | Body::TooLargeUnread => BodyEnd::Unfinished,
             Body::Abandoned => BodyEnd::Abandoned,
         }
     }

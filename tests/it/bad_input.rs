@@ -1314,6 +1314,46 @@ fn a_chunked_body_with_a_trailer_section_is_read_like_one_without() {
     app.db.assert_invariant();
 }
 
+/// A chunked body over the limit is read only so far; the rest of it, up to
+/// a megabyte in all, is read and thrown away, never taken for the next
+/// request on the connection (a claim hidden there was run, answered 200,
+/// on direct connections). A body going on beyond that is left unread and
+/// its connection given up after the 413.
+#[test]
+fn the_rest_of_a_chunked_body_over_the_limit_is_never_read_as_a_request() {
+    let _turn = serial::turn!();
+    use Want::{Error, Healthy};
+    let app = seeded_app(|_| {});
+    let hidden = claim(r#"{"user_id":"hidden","coupon_name":"SEEDED"}"#);
+    // What the server reads of a body (16 KiB and one byte), and beyond
+    // what it drains (the transport's DRAIN_LIMIT, a MiB).
+    let hiding = |before: usize| {
+        let mut body = vec![b'x'; before];
+        body.extend_from_slice(&hidden);
+        // One chunk: the hidden request ends where the chunk does.
+        chunked_with_trailer("/api/coupons/claim", &body, body.len(), &[], false)
+    };
+    assert_cases(
+        &app,
+        &[
+            pipelined(
+                "a chunked claim over the limit with a claim in its rest, then /healthz",
+                concat(&[hiding(16 * 1024 + 1), get("/healthz")]),
+                &[Error(413, "payload_too_large"), Healthy],
+            ),
+            pipelined(
+                "the same, with the claim past the first MiB",
+                concat(&[hiding(1024 * 1024 + 1), get("/healthz")]),
+                &[Error(413, "payload_too_large")],
+            ),
+        ],
+    );
+    assert_eq!(
+        app.get("/api/coupons/SEEDED").body["claimed_by"],
+        json!(["seed_user"])
+    );
+}
+
 /// What `curl -d` sends (`application/x-www-form-urlencoded`), no type at
 /// all, `text/plain` and any JSON type: the body is read as JSON and does
 /// what it says, a create 201 and a claim 200, like `application/json`.
