@@ -23,6 +23,8 @@ pub fn json_object(request: &Request) -> Result<Map<String, Value>, ApiError> {
         Body::TooLarge | Body::TooLargeUnread | Body::Abandoned => Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         }),
+        // No thread could read it: the server is at its limit.
+        Body::NotRead => return Err(ApiError::Overloaded),
         Body::Unreadable(cause) => Err(ApiError::InvalidJson(format!(
             "the body could not be read ({cause})"
         ))),

@@ -85,8 +85,9 @@ pub enum ApiError {
     AlreadyClaimed,
     OutOfStock,
     ShuttingDown,
-    /// Every place for this kind of work is taken (a lane's queue, or the
-    /// memory for large answers); waiting a moment helps.
+    /// Every place for this kind of work is taken (a lane's queue, the
+    /// memory for large answers, or the threads a body is read on); waiting
+    /// a moment helps.
     Overloaded,
     NotStarted,
     Expired,

@@ -14,11 +14,11 @@
 //! [`DRAIN_LIMIT`] are therefore never dropped; see [`Body::Abandoned`].
 
 use std::io::{self, Read};
-use std::thread;
 
 use log::warn;
 
 use super::message::{Body, Method, Request};
+use super::threads::on_own_thread;
 
 /// Largest request body accepted. Real bodies are under 300 bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -31,27 +31,27 @@ const DRAIN_LIMIT: usize = 1024 * 1024;
 /// What tiny_http reads together with the head (its own constant).
 const READ_WITH_HEAD: usize = 1024;
 
-/// Reads the body, on this thread when it is already in memory, on a new
-/// thread when it may have to wait on the client; then calls `then` with
-/// the request and its body.
-pub fn read_body(
-    request: tiny_http::Request,
-    then: impl FnOnce(tiny_http::Request, Body) + Send + 'static,
-) {
-    if body_is_in_memory(&request) {
+/// Reads the body, on this thread when that cannot wait on the client (it
+/// is in memory, or too large to be read at all), on a new thread when it
+/// may; then calls `then` with the request and its body.
+///
+/// When no thread can be had, the body is left unread ([`Body::NotRead`]):
+/// the request is answered at once, and its connection given up.
+pub fn read_body<F>(request: tiny_http::Request, then: F)
+where
+    F: FnOnce(tiny_http::Request, Body) + Send + 'static,
+{
+    if body_is_in_memory(&request) || request.body_length().is_some_and(|n| n > DRAIN_LIMIT) {
         let (request, body) = read(request);
         return then(request, body);
     }
-    let spawned = thread::Builder::new()
-        .name("body-reader".into())
-        .spawn(move || {
-            let (request, body) = read(request);
-            then(request, body)
-        });
-    if let Err(err) = spawned {
-        // The closure (and the request in it) is gone with the error; the
-        // client sees its connection close.
+    let read_then = |(request, then): (tiny_http::Request, F)| {
+        let (request, body) = read(request);
+        then(request, body)
+    };
+    if let Err(((request, then), err)) = on_own_thread("body-reader", (request, then), read_then) {
         warn!("cannot start a thread to read a request body: {err}");
+        then(request, Body::NotRead);
     }
 }
 

@@ -68,6 +68,10 @@ pub enum Body {
     /// Reading failed otherwise: the connection broke or ended inside a
     /// chunked body, or the chunk decoder refused the framing.
     Unreadable(String),
+    /// Not read: no thread could be had to read it without making another
+    /// thread wait on the client. The request is answered 503 `overloaded`
+    /// and its connection given up.
+    NotRead,
     /// Declared far over the limit and left on the socket: the request is
     /// answered 413 and its connection given up (tiny_http defect 13).
     Abandoned,

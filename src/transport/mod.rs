@@ -91,7 +91,8 @@
 //!     costs its thread and socket (`intake`, `writer`).
 //! 14. **A body over 1 KiB, chunked or after `Expect: 100-continue` is read
 //!     from the socket by whoever reads it**: read on a thread of its own
-//!     before anyone handles the request (`intake`).
+//!     before anyone handles the request, or, when no thread can be had,
+//!     left unread and answered 503 (`intake`).
 //! 15. **A body that stops short is drained when the request is dropped**,
 //!     waiting on the client again: such a request is answered through
 //!     tiny_http's `respond`, on a thread of its own (`writer`).

@@ -100,6 +100,33 @@ pub(super) fn catch_quietly<T>(f: impl FnOnce() -> T) -> thread::Result<T> {
     caught
 }
 
+/// Runs `work` with `value` on a new thread named `name`; gives `value`
+/// back, with the reason, when no thread can be had (the process is at its
+/// thread limit). A failed `spawn` drops what its closure holds, and some
+/// of what goes to these threads (a tiny_http request) must not be dropped
+/// just anywhere.
+pub(super) fn on_own_thread<T: Send + 'static>(
+    name: &str,
+    value: T,
+    work: impl FnOnce(T) + Send + 'static,
+) -> Result<(), (T, io::Error)> {
+    let slot = std::sync::Arc::new(Mutex::new(Some(value)));
+    let on_thread = std::sync::Arc::clone(&slot);
+    let spawned = thread::Builder::new().name(name.to_owned()).spawn(move || {
+        if let Some(value) = lock(&on_thread).take() {
+            work(value)
+        }
+    });
+    match spawned {
+        Ok(_) => Ok(()),
+        Err(err) => match lock(&slot).take() {
+            Some(value) => Err((value, err)),
+            // Cannot happen: a thread that never started took nothing.
+            None => Ok(()),
+        },
+    }
+}
+
 pub(super) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(text) = payload.downcast_ref::<&str>() {
         (*text).to_owned()

@@ -23,6 +23,7 @@ use tiny_http::StatusCode;
 
 use super::admission::InFlight;
 use super::message::{Body, Response};
+use super::threads::on_own_thread;
 use crate::workers::{Submitter, Wait, WorkerPool};
 
 /// What became of a request's body, as far as writing its answer goes.
@@ -44,7 +45,8 @@ impl BodyEnd {
             Body::TimedOut
             | Body::Incomplete { .. }
             | Body::Unreadable(_)
-            | Body::TooLargeUnread => BodyEnd::Unfinished,
+            | Body::TooLargeUnread
+            | Body::NotRead => BodyEnd::Unfinished,
             Body::Abandoned => BodyEnd::Abandoned,
         }
     }
@@ -247,27 +249,25 @@ impl Outgoing {
 /// gets its answer at once; and it runs on a thread of its own, so that the
 /// reading holds no writer. Nothing more is answered on the connection.
 fn answer_unfinished_body(request: tiny_http::Request, response: Response, in_flight: InFlight) {
-    let respond = move || {
+    let respond = |(request, response, in_flight): (tiny_http::Request, Response, InFlight)| {
         if let Err(err) = request.respond(tiny_response(response)) {
             debug!("writing a response failed: {err}");
         }
         in_flight.cut();
     };
-    let shared = Arc::new(std::sync::Mutex::new(Some(respond)));
-    let on_thread = Arc::clone(&shared);
-    let spawned = std::thread::Builder::new()
-        .name("unfinished-body".into())
-        .spawn(move || take(&on_thread).map(|respond| respond()));
-    if spawned.is_err() {
-        // No thread to be had: answer here rather than not at all.
-        if let Some(respond) = take(&shared) {
-            respond();
+    let unfinished = (request, response, in_flight);
+    if let Err(((request, response, in_flight), err)) =
+        on_own_thread("unfinished-body", unfinished, respond)
+    {
+        debug!("no thread to answer a request with its body unfinished on: {err}");
+        // Answered here, then, with the connection's reading shut down
+        // first (the cut), so that dropping the request reads nothing more
+        // and this writer waits on no client.
+        in_flight.cut();
+        if let Err(err) = request.respond(tiny_response(response)) {
+            debug!("writing a response failed: {err}");
         }
     }
-}
-
-fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
-    crate::lock::lock(slot).take()
 }
 
 /// The response as tiny_http writes it, for the few answers it must write.

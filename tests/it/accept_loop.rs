@@ -1,6 +1,7 @@
 //! The accept loop against what ends it: thread creation failing for a
-//! while, a request head slower than its accept loop's life, and
-//! connections reset while they wait to be accepted. Each test runs the
+//! while (also for the threads bodies are read on), a request head slower
+//! than its accept loop's life, and connections reset while they wait to
+//! be accepted. Each test runs the
 //! real binary and looks at its threads and sockets in /proc or its log.
 
 use std::collections::BTreeSet;
@@ -316,4 +317,104 @@ fn connections_reset_while_they_wait_to_be_accepted_cost_the_connections_beside_
     });
     assert!(panicked, "no thread panicked: {:?}", server.log());
     assert_eq!(try_status(&health, Duration::from_secs(5)), Some(200));
+}
+
+/// Bodies long enough to need a thread of their own to be read (over 1
+/// KiB), arriving while threads run out: each is read on a thread of its
+/// own while one can be had (and waits there for the rest of its body), and
+/// once none can, its request is answered 503 `overloaded` in the service's
+/// JSON and its connection given up. Before, such a request was dropped
+/// where it was: tiny_http's empty 500, after the thread that hands every
+/// request on had waited on the client for the rest of the body.
+#[test]
+fn a_body_that_no_thread_can_be_started_to_read_gets_503_overloaded() {
+    let _turn = serial::turn!();
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: running the server as a user of its own needs root");
+        return;
+    }
+    flash_coupons::transport::raise_descriptor_limit()
+        .expect("raising this process's descriptor limit");
+    let db = TestDb::new();
+    let uid = unused_uid();
+    let env = [("LOG_LEVEL", "debug"), ("HTTP_IDLE_TIMEOUT_SECS", "30")];
+    let start = |threads| {
+        let server = ServerProcess::spawn_as_user_with_thread_limit(&db.url, uid, threads, &env);
+        let health = format!("http://{}/healthz", server.addr);
+        assert_eq!(try_status(&health, Duration::from_secs(5)), Some(200));
+        (idle_size(&server), server, health)
+    };
+    let (baseline, _) = {
+        let (threads, server, _) = start(4096);
+        (threads, drop(server))
+    };
+    let (_, server, health) = start(baseline as u64 + 40);
+    let addr = server.addr;
+
+    // The claims' connections get their threads while there is room...
+    let mut claims: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).expect("connecting");
+            stream.write_all(b"P").expect("the first byte");
+            stream
+        })
+        .collect();
+    // ...then connections that each hold one use up the rest.
+    let mut held: Vec<TcpStream> = (0..200)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    let ran_out = support::wait_for(Duration::from_secs(20), || {
+        !lines_with(&server.log(), "failed to spawn thread").is_empty()
+    });
+    assert!(ran_out, "thread creation never failed: {:?}", server.log());
+    held.retain_mut(|s| s.write_all(b"G").is_ok());
+
+    // Heads declaring 2,000 bytes, and the first 10 of them; the bodies'
+    // readers, while they can be started, take what threads come free.
+    let head = "OST /api/coupons/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
+                Content-Length: 2000\r\n\r\n          ";
+    for stream in &mut claims {
+        stream.write_all(head.as_bytes()).expect("the head");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let mut overloaded = 0;
+    for (i, stream) in claims.iter_mut().enumerate() {
+        let (answer, read) = read_until_closed(stream, Duration::from_secs(3));
+        let text = String::from_utf8_lossy(&answer);
+        eprintln!("claim {i}: {text:?} ({read:?})");
+        if answer.is_empty() {
+            // Its body's reader is waiting for the rest.
+            continue;
+        }
+        let (parsed, _) = Answer::parse(&answer, true)
+            .unwrap_or_else(|| panic!("claim {i}: not an answer: {text:?}"));
+        parsed.assert_error(503, "overloaded");
+        overloaded += 1;
+    }
+    assert!(
+        overloaded > 0,
+        "no claim was answered 503 overloaded: {:?}",
+        server.log()
+    );
+    assert!(
+        !lines_with(
+            &server.log(),
+            "cannot start a thread to read a request body"
+        )
+        .is_empty(),
+        "{:?}",
+        server.log()
+    );
+
+    // Once the held connections close, threads can be had again.
+    drop(held);
+    drop(claims);
+    let serving = support::wait_for(Duration::from_secs(20), || {
+        try_status(&health, Duration::from_secs(3)) == Some(200)
+    });
+    assert!(
+        serving,
+        "not serving after the threads were back: {:?}",
+        server.log()
+    );
 }
