@@ -34,7 +34,28 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
     let chromium = chromium();
     let app = TestApp::spawn();
     let page_path = target_dir().join("attack-report.html");
-    let _ = std::fs::remove_file(&page_path);
+    an_attack_with_a_report_passes_and_says_where_it_wrote_it(&app, &page_path);
+
+    let page = std::fs::read_to_string(&page_path).expect("reading the report");
+    the_page_is_self_contained_and_says_every_scenario_passed(&page);
+
+    let profile = tempdir("chromium-profile");
+    let dom = run_chromium(
+        &chromium,
+        &profile,
+        &["--dump-dom".to_owned(), file_url(&page_path)],
+    );
+    let throughput = chromium_builds_nine_charts_drawn_with_their_labels(&dom);
+    the_bursts_throughput_has_a_line_for_granted_and_for_out_of_stock(&throughput);
+
+    let screenshot = chromium_screenshots_the_page(&chromium, &profile, &page_path);
+    let _ = std::fs::remove_dir_all(&profile);
+    the_screenshot_is_inked_in_the_charts_colours(&screenshot);
+}
+
+/// `attack --report` on 2000 users exits 0 and prints where it wrote the page.
+fn an_attack_with_a_report_passes_and_says_where_it_wrote_it(app: &TestApp, page_path: &Path) {
+    let _ = std::fs::remove_file(page_path);
     let page_arg = page_path.to_str().expect("a UTF-8 target directory");
     let (code, stdout, stderr) = attack(&[
         "--url",
@@ -53,9 +74,11 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
         stdout.contains(&format!("report written to {page_arg}")),
         "{stdout}"
     );
+}
 
-    let page = std::fs::read_to_string(&page_path).expect("reading the report");
-    assert_self_contained(&page);
+/// The page loads nothing, and says PASS for the attack and each scenario with its counts.
+fn the_page_is_self_contained_and_says_every_scenario_passed(page: &str) {
+    assert_self_contained(page);
     for text in [
         "<h1>flash-coupons attack <span class=\"pass\">PASS</span></h1>",
         "<h2>Flash Sale Attack <span class=\"pass\">PASS</span></h2>",
@@ -69,13 +92,10 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
         assert!(page.contains(text), "no {text:?} in the report:\n{page}");
     }
     assert!(!page.contains("class=\"failed\""), "{page}");
+}
 
-    let profile = tempdir("chromium-profile");
-    let dom = run_chromium(
-        &chromium,
-        &profile,
-        &["--dump-dom".to_owned(), file_url(&page_path)],
-    );
+/// Chromium's DOM has nine charts with labels and lines or bars; the three throughput charts.
+fn chromium_builds_nine_charts_drawn_with_their_labels(dom: &str) -> Vec<&str> {
     // Three scenarios, three charts each, every one drawn with its axes'
     // labels and its lines or bars.
     let svgs: Vec<&str> = dom.split("<svg").skip(1).collect();
@@ -85,9 +105,10 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
         assert!(svg.matches("<text").count() >= 8, "{svg}");
         assert!(svg.contains("<polyline") || svg.contains("<rect"), "{svg}");
     }
-    let throughput: Vec<&&str> = svgs
+    let throughput: Vec<&str> = svgs
         .iter()
         .filter(|s| s.contains("answers per second by outcome"))
+        .copied()
         .collect();
     assert_eq!(throughput.len(), 3, "{dom}");
     for wanted in [
@@ -104,6 +125,11 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
     ] {
         assert!(dom.contains(wanted), "no {wanted:?} in the DOM:\n{dom}");
     }
+    throughput
+}
+
+/// The burst's throughput has two green and two orange polylines, each colour's longest ≥10 points.
+fn the_bursts_throughput_has_a_line_for_granted_and_for_out_of_stock(throughput: &[&str]) {
     // The burst's throughput: a line (and its legend's swatch) for the
     // granted claims (green) and for the out_of_stock ones (orange), through
     // many points.
@@ -121,20 +147,27 @@ fn the_report_of_an_attack_is_one_self_contained_page_whose_charts_chromium_draw
         let points = lines.iter().map(|l| l.matches(',').count()).max();
         assert!(points >= Some(10), "{colour} lines in {burst}");
     }
+}
 
+/// Headless Chromium screenshots the page into `attack-report.png`; its path.
+fn chromium_screenshots_the_page(chromium: &Path, profile: &Path, page_path: &Path) -> PathBuf {
     let screenshot = target_dir().join("attack-report.png");
     let _ = std::fs::remove_file(&screenshot);
     run_chromium(
-        &chromium,
-        &profile,
+        chromium,
+        profile,
         &[
             format!("--screenshot={}", screenshot.display()),
             format!("--window-size={},{}", SCREENSHOT_SIZE.0, SCREENSHOT_SIZE.1),
-            file_url(&page_path),
+            file_url(page_path),
         ],
     );
-    let _ = std::fs::remove_dir_all(&profile);
-    let pixels = Pixels::read(&screenshot);
+    screenshot
+}
+
+/// The screenshot is the window's size, over 2% not white, with ≥200 pixels of each bar colour.
+fn the_screenshot_is_inked_in_the_charts_colours(screenshot: &Path) {
+    let pixels = Pixels::read(screenshot);
     assert_eq!((pixels.width, pixels.height), SCREENSHOT_SIZE);
     let total = pixels.width as usize * pixels.height as usize;
     let inked = pixels.count(|(r, g, b)| r < 235 || g < 235 || b < 235);

@@ -105,7 +105,19 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
     let _turn = serial::alone();
     require_prometheus();
     let db = TestDb::new();
-    let mut edge = Edge::try_start_with(
+    let mut edge = run_local_with_monitoring_gets_ready(&db);
+    let (prometheus_pid, prometheus) = run_local_says_where_prometheus_is(&edge);
+    every_replica_and_the_edge_are_scraped(&edge, prometheus);
+    the_rules_are_loaded_and_evaluate(prometheus);
+    let sent = the_attacks_through_the_edge_count_exactly(&edge);
+    the_replicas_counted_what_the_attack_sent(&edge, &sent);
+    the_recording_rule_over_every_replica_counts_the_same(prometheus, &sent);
+    stopping_run_local_stops_prometheus(&mut edge, prometheus_pid);
+}
+
+/// `deploy/run-local --monitoring` with three replicas gets ready.
+fn run_local_with_monitoring_gets_ready(db: &TestDb) -> Edge {
+    Edge::try_start_with(
         &db.url,
         3,
         &["--monitoring", "127.0.0.1:0", "--scrape-interval", "1"],
@@ -117,7 +129,11 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
             failed.code,
             failed.log.join("\n")
         )
-    });
+    })
+}
+
+/// run-local names Prometheus's pid and address, and says where it is.
+fn run_local_says_where_prometheus_is(edge: &Edge) -> (i32, SocketAddr) {
     let (prometheus_pid, prometheus) = edge
         .prometheus
         .expect("a `prometheus PID ADDR` line in run-local's pids file");
@@ -128,7 +144,11 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
         "run-local says where Prometheus is: {:#?}",
         edge.log()
     );
+    (prometheus_pid, prometheus)
+}
 
+/// Prometheus's targets are exactly the replicas and HAProxy's loopback exporter, all up.
+fn every_replica_and_the_edge_are_scraped(edge: &Edge, prometheus: SocketAddr) {
     // Every replica and the edge's exporter, found and scraped with success.
     let mut expected: BTreeSet<(String, String)> = edge
         .replicas
@@ -161,7 +181,10 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
         3.0,
         "{haproxy}"
     );
+}
 
+/// Prometheus has the recording and alerting rules, and none fails to evaluate.
+fn the_rules_are_loaded_and_evaluate(prometheus: SocketAddr) {
     // The repository's rules are loaded and evaluate without error.
     let groups = api(prometheus, "/api/v1/rules", &[]);
     let rules: Vec<Value> = groups["groups"]
@@ -193,7 +216,10 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
         broken.is_empty(),
         "rules that fail to evaluate: {broken:#?}"
     );
+}
 
+/// `flash-coupons attack` through the edge exits 0; the claims it sent, by outcome.
+fn the_attacks_through_the_edge_count_exactly(edge: &Edge) -> BTreeMap<String, f64> {
     // The spec's two attacks and a burst, through the edge; exit 0 means
     // every count was exact: 5 of 50 users claim on 5 units, 1 of 10 claims
     // by one user, 40 of 100 users on 40 units.
@@ -213,15 +239,18 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
         "flash-coupons attack: {printed}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let sent: BTreeMap<String, f64> = [
+    [
         ("claimed", 5.0 + 1.0 + 40.0),
         ("out_of_stock", 45.0 + 60.0),
         ("already_claimed", 9.0),
     ]
     .into_iter()
     .map(|(outcome, n)| (outcome.to_owned(), n))
-    .collect();
+    .collect()
+}
 
+/// The replicas' own counters add up to exactly what the attack sent.
+fn the_replicas_counted_what_the_attack_sent(edge: &Edge, sent: &BTreeMap<String, f64>) {
     // The replicas counted exactly that between them...
     let mut counted: BTreeMap<String, f64> = BTreeMap::new();
     for replica in &edge.replicas {
@@ -231,8 +260,14 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
             *counted.entry(outcome.clone()).or_default() += metric(&text, &series);
         }
     }
-    assert_eq!(counted, sent, "the replicas' own counters");
+    assert_eq!(&counted, sent, "the replicas' own counters");
+}
 
+/// Prometheus's recording rule of claims over every replica reaches the same counts.
+fn the_recording_rule_over_every_replica_counts_the_same(
+    prometheus: SocketAddr,
+    sent: &BTreeMap<String, f64>,
+) {
     // ...and the recording rule over every replica reaches the same, once
     // the last scrape and evaluation after the attack are in.
     let claims = poll(Duration::from_secs(60), || {
@@ -252,7 +287,10 @@ fn prometheus_scrapes_every_replica_and_the_edge_and_counts_the_claims_an_attack
         claims.is_ok(),
         "outcome:flash_coupons_claims_total:sum never matched {sent:?}: {claims:?}"
     );
+}
 
+/// run-local stops with exit code 0, and Prometheus's process is gone after it.
+fn stopping_run_local_stops_prometheus(edge: &mut Edge, prometheus_pid: i32) {
     // Stopping run-local stops Prometheus too.
     assert_eq!(edge.stop(Duration::from_secs(90)), Some(Some(0)));
     let gone = support::wait_for(Duration::from_secs(10), || {
