@@ -97,38 +97,65 @@ fn one_log_line_per_ended_accept_loop_and_none_per_stale_wake(log: &[String]) {
     );
 }
 
-#[test]
-fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_stale_wake_retires_a_healthy_loop()
- {
-    let _turn = serial::turn!();
+/// A server of its own user, whose thread limit (RLIMIT_NPROC) leaves room
+/// for a number of threads beyond those it needs when idle.
+struct Limited {
+    server: ServerProcess,
+    /// Its /healthz.
+    health: String,
+    /// The threads it needs when idle.
+    idle: usize,
+}
+
+/// Starts a server with room for `spare` threads beyond its idle size,
+/// which a first server, with room to spare, is started to count. `None`
+/// (the test is skipped) unless running as root, which a user of its own
+/// needs. No idle timeout in the way: every accept loop after the first is
+/// started because one failed.
+fn server_with_room_for(db: &TestDb, spare: usize) -> Option<Limited> {
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: running the server as a user of its own needs root");
-        return;
+        return None;
     }
     flash_coupons::transport::raise_descriptor_limit()
         .expect("raising this process's descriptor limit");
-    let db = TestDb::new();
     let uid = unused_uid();
-    // No idle timeout in the way: every generation after the first is
-    // started because one failed.
     let env = [("LOG_LEVEL", "debug"), ("HTTP_IDLE_TIMEOUT_SECS", "30")];
     let start = |threads| {
         let server = ServerProcess::spawn_as_user_with_thread_limit(&db.url, uid, threads, &env);
         let health = format!("http://{}/healthz", server.addr);
         assert_eq!(try_status(&health, Duration::from_secs(5)), Some(200));
-        (idle_size(&server), server, health)
+        Limited {
+            idle: idle_size(&server),
+            server,
+            health,
+        }
     };
-    // The threads it needs when idle, counted with room to spare...
-    let (baseline, _) = {
-        let (threads, server, _) = start(4096);
-        (threads, drop(server))
-    };
-    // ...then room for 40 more: 200 connections need a thread each.
-    let (threads, server, health) = start(baseline as u64 + 40);
+    let idle = start(4096).idle;
+    let limited = start((idle + spare) as u64);
     eprintln!(
-        "{threads} threads when idle; thread limit {}",
-        baseline + 40
+        "{} threads when idle; thread limit {}",
+        limited.idle,
+        idle + spare
     );
+    Some(limited)
+}
+
+#[test]
+fn when_threads_run_out_the_server_serves_again_soon_after_they_are_back_and_no_stale_wake_retires_a_healthy_loop()
+ {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    // Room for 40 threads more than it needs when idle: 200 connections
+    // need a thread each.
+    let Some(Limited {
+        server,
+        health,
+        idle: baseline,
+    }) = server_with_room_for(&db, 40)
+    else {
+        return;
+    };
     let addr = server.addr;
     let first = generations(&server);
 
@@ -329,26 +356,10 @@ fn connections_reset_while_they_wait_to_be_accepted_cost_the_connections_beside_
 #[test]
 fn a_body_that_no_thread_can_be_started_to_read_gets_503_overloaded() {
     let _turn = serial::turn!();
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: running the server as a user of its own needs root");
-        return;
-    }
-    flash_coupons::transport::raise_descriptor_limit()
-        .expect("raising this process's descriptor limit");
     let db = TestDb::new();
-    let uid = unused_uid();
-    let env = [("LOG_LEVEL", "debug"), ("HTTP_IDLE_TIMEOUT_SECS", "30")];
-    let start = |threads| {
-        let server = ServerProcess::spawn_as_user_with_thread_limit(&db.url, uid, threads, &env);
-        let health = format!("http://{}/healthz", server.addr);
-        assert_eq!(try_status(&health, Duration::from_secs(5)), Some(200));
-        (idle_size(&server), server, health)
+    let Some(Limited { server, health, .. }) = server_with_room_for(&db, 40) else {
+        return;
     };
-    let (baseline, _) = {
-        let (threads, server, _) = start(4096);
-        (threads, drop(server))
-    };
-    let (_, server, health) = start(baseline as u64 + 40);
     let addr = server.addr;
 
     // The claims' connections get their threads while there is room...
