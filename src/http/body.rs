@@ -9,6 +9,20 @@ use serde_json::{Map, Value};
 use super::error::{ApiError, FieldProblem};
 use crate::transport::{Body, MAX_BODY_BYTES, Request};
 
+/// The answer to a request whose body's framing decides it before its
+/// route is looked at: a body declared too large ever to be read, or
+/// framed so that where it ends cannot be told. Nothing else is answered on
+/// such a connection.
+pub fn refused_by_framing(body: &Body) -> Option<ApiError> {
+    match body {
+        Body::Abandoned => Some(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        }),
+        &Body::BadFraming(problem) => Some(problem.into()),
+        _ => None,
+    }
+}
+
 /// The body as one JSON object, refusing a body that did not arrive whole,
 /// the wrong media type, bodies over the limit and anything that is not one
 /// JSON object, in that order.
@@ -20,6 +34,7 @@ pub fn json_object(request: &Request) -> Result<Map<String, Value>, ApiError> {
             return Err(ApiError::IncompleteBody { received, declared });
         }
         Body::Read(bytes) => Ok(bytes),
+        &Body::BadFraming(problem) => return Err(problem.into()),
         Body::TooLarge | Body::TooLargeUnread | Body::Abandoned => Err(ApiError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         }),

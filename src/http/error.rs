@@ -7,7 +7,7 @@ use serde_json::json;
 use crate::domain::{AmountError, TextError};
 use crate::store::StoreError;
 
-use crate::transport::Response;
+use crate::transport::{FramingError, Response};
 
 /// What is wrong with one field of a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +52,11 @@ pub enum ApiError {
     PayloadTooLarge {
         limit: usize,
     },
+    /// Where the body ends cannot be told from the head (RFC 9112,
+    /// section 6): the text says why.
+    BadFraming(&'static str),
+    /// A transfer coding other than chunked alone.
+    UnsupportedTransferCoding,
     InvalidJson(String),
     /// The client stopped sending its body before the end it promised
     /// (Content-Length or chunks) for longer than the socket's read timeout
@@ -108,6 +113,15 @@ pub enum ApiError {
     Store(StoreError),
 }
 
+impl From<FramingError> for ApiError {
+    fn from(problem: FramingError) -> ApiError {
+        match problem {
+            FramingError::Invalid(why) => ApiError::BadFraming(why),
+            FramingError::UnsupportedCoding => ApiError::UnsupportedTransferCoding,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> ApiError {
         ApiError::Store(err)
@@ -159,6 +173,16 @@ impl ApiError {
                 413,
                 "payload_too_large",
                 format!("The request body must be at most {limit} bytes."),
+            ),
+            ApiError::BadFraming(why) => answer(
+                400,
+                "bad_request",
+                format!("The request's body framing is not valid HTTP/1.1: {why}."),
+            ),
+            ApiError::UnsupportedTransferCoding => answer(
+                501,
+                "not_implemented",
+                "The request uses a transfer coding this service does not support: send the body with Content-Length, or chunked.",
             ),
             ApiError::InvalidJson(detail) => answer(
                 400,

@@ -28,7 +28,7 @@ use crate::context::Context;
 use crate::domain::{ClaimOutcome, CouponName, Operation};
 use crate::failure_log::Say;
 use crate::store::{BatchClaim, StoreError};
-use crate::transport::{Body, MAX_BODY_BYTES, Method, Request, Response};
+use crate::transport::{Method, Request, Response};
 use crate::workers::{Refused, Submitter};
 
 pub use error::{ApiError, FieldProblem};
@@ -105,13 +105,8 @@ pub fn serve(ctx: &Arc<Context>, job: Job) {
         claim: parsed,
     } = job;
     let line = RequestLine::of(&request);
-    if let Body::Abandoned = request.body {
-        // Answered before routing: such a request is never dropped (see the
-        // transport's intake).
-        let too_large = ApiError::PayloadTooLarge {
-            limit: MAX_BODY_BYTES,
-        };
-        return finish(ctx, &line, started, "none", Err(too_large), respond);
+    if let Some(refused) = body::refused_by_framing(&request.body) {
+        return finish(ctx, &line, started, "none", Err(refused), respond);
     }
     // Every route of the API, and what answers it.
     let result = match endpoint {
@@ -169,7 +164,7 @@ fn join_running_batch(
     started: Instant,
     label: &'static str,
 ) -> Joined {
-    if let Body::Abandoned = request.body {
+    if body::refused_by_framing(&request.body).is_some() {
         return Joined::No {
             respond,
             parsed: None,

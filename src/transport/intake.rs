@@ -17,6 +17,7 @@ use std::io::{self, Read};
 
 use log::warn;
 
+use super::framing::Framing;
 use super::message::{Body, Method, Request};
 use super::threads::on_own_thread;
 
@@ -28,12 +29,10 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// up.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// What tiny_http reads together with the head (its own constant).
-const READ_WITH_HEAD: usize = 1024;
-
 /// Reads the body, on this thread when that cannot wait on the client (it
-/// is in memory, or too large to be read at all), on a new thread when it
-/// may; then calls `then` with the request and its body.
+/// is in memory, too large to be read at all, or framed so that where it
+/// ends cannot be told: see `framing`), on a new thread when it may; then
+/// calls `then` with the request and its body.
 ///
 /// When no thread can be had, the body is left unread ([`Body::NotRead`]):
 /// the request is answered at once, and its connection given up.
@@ -41,12 +40,18 @@ pub fn read_body<F>(request: tiny_http::Request, then: F)
 where
     F: FnOnce(tiny_http::Request, Body) + Send + 'static,
 {
-    if body_is_in_memory(&request) || request.body_length().is_some_and(|n| n > DRAIN_LIMIT) {
-        let (request, body) = read(request);
+    let framing = match Framing::of(&request) {
+        Ok(framing) => framing,
+        // Nothing is read: where the body ends is not known.
+        Err(err) => return then(request, Body::BadFraming(err)),
+    };
+    let never_read = framing.declared.is_some_and(|n| n > DRAIN_LIMIT as u64);
+    if never_read || !framing.may_wait(expects_continue(&request)) {
+        let (request, body) = read(request, framing);
         return then(request, body);
     }
-    let read_then = |(request, then): (tiny_http::Request, F)| {
-        let (request, body) = read(request);
+    let read_then = move |(request, then): (tiny_http::Request, F)| {
+        let (request, body) = read(request, framing);
         then(request, body)
     };
     if let Err(((request, then), err)) = on_own_thread("body-reader", (request, then), read_then) {
@@ -87,27 +92,17 @@ pub fn origin_form(target: &str) -> &str {
     }
 }
 
-fn header<'a>(request: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
-    request
-        .headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
+fn expects_continue(request: &tiny_http::Request) -> bool {
+    request.headers().iter().any(|h| h.field.equiv("Expect"))
 }
 
-fn body_is_in_memory(request: &tiny_http::Request) -> bool {
-    header(request, "Expect").is_none()
-        && header(request, "Transfer-Encoding").is_none()
-        && request.body_length().is_none_or(|n| n <= READ_WITH_HEAD)
-}
-
-fn read(mut request: tiny_http::Request) -> (tiny_http::Request, Body) {
-    let body = match request.body_length() {
-        Some(declared) if declared > DRAIN_LIMIT => Body::Abandoned,
+fn read(mut request: tiny_http::Request, framing: Framing) -> (tiny_http::Request, Body) {
+    let body = match framing.declared {
+        Some(declared) if declared > DRAIN_LIMIT as u64 => Body::Abandoned,
         // Too large whatever arrives: the declared length decides. The rest
         // is read only to keep the connection usable.
-        Some(declared) if declared > MAX_BODY_BYTES => drain(&mut request, 0),
-        _ => read_limited(&mut request),
+        Some(declared) if declared > MAX_BODY_BYTES as u64 => drain(&mut request, framing, 0),
+        _ => read_limited(&mut request, framing),
     };
     (request, body)
 }
@@ -115,12 +110,12 @@ fn read(mut request: tiny_http::Request) -> (tiny_http::Request, Body) {
 /// Reads what is left of a body over the limit, `read` bytes of which are
 /// read already, and throws it away, so that none of it is ever taken for
 /// the next request on the connection (a chunked body is not read to its
-/// end when tiny_http drops it: tiny_http defect 22). Up to [`DRAIN_LIMIT`] in all: a body that
-/// goes on beyond, stalls or breaks off is left where it is, and its
-/// connection given up.
-fn drain(request: &mut tiny_http::Request, read: usize) -> Body {
+/// end when tiny_http drops it: tiny_http defect 22). Up to [`DRAIN_LIMIT`]
+/// in all: a body that goes on beyond, stalls or breaks off is left where
+/// it is, and its connection given up.
+fn drain(request: &mut tiny_http::Request, framing: Framing, read: usize) -> Body {
     let left = DRAIN_LIMIT.saturating_sub(read) as u64;
-    let mut rest = request.as_reader().take(left + 1);
+    let mut rest = framing.reader(request).take(left + 1);
     match io::copy(&mut rest, &mut io::sink()) {
         Ok(drained) if drained <= left => Body::TooLarge,
         Ok(_) => Body::TooLargeUnread,
@@ -133,16 +128,17 @@ fn drain(request: &mut tiny_http::Request, read: usize) -> Body {
 
 /// Reads a body of at most [`MAX_BODY_BYTES`], telling a client that
 /// stalled or stopped early from one that sent a bad body.
-fn read_limited(request: &mut tiny_http::Request) -> Body {
-    let declared = request.body_length();
+fn read_limited(request: &mut tiny_http::Request, framing: Framing) -> Body {
+    // At most MAX_BODY_BYTES here.
+    let declared = framing.declared.map(|n| n as usize);
     let mut body = Vec::with_capacity(declared.unwrap_or(0));
     // One byte past the limit tells an oversized chunked body from a full one.
-    let read = request
-        .as_reader()
+    let read = framing
+        .reader(request)
         .take(MAX_BODY_BYTES as u64 + 1)
         .read_to_end(&mut body);
     match read {
-        Ok(_) if body.len() > MAX_BODY_BYTES => drain(request, body.len()),
+        Ok(_) if body.len() > MAX_BODY_BYTES => drain(request, framing, body.len()),
         // tiny_http's Content-Length reader ends quietly at the end of the
         // stream, however much is missing.
         Ok(_) => match declared {

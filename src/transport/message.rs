@@ -68,6 +68,9 @@ pub enum Body {
     /// Reading failed otherwise: the connection broke or ended inside a
     /// chunked body, or the chunk decoder refused the framing.
     Unreadable(String),
+    /// Framed against RFC 9112 (section 6), so where it ends cannot be
+    /// told: answered with the error, and its connection given up.
+    BadFraming(FramingError),
     /// Not read: no thread could be had to read it without making another
     /// thread wait on the client. The request is answered 503 `overloaded`
     /// and its connection given up.
@@ -75,6 +78,16 @@ pub enum Body {
     /// Declared far over the limit and left on the socket: the request is
     /// answered 413 and its connection given up (tiny_http defect 13).
     Abandoned,
+}
+
+/// What is wrong with how a request says where its body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FramingError {
+    /// `Content-Length` is not one whole number, or comes with
+    /// `Transfer-Encoding`; what it says is in the text.
+    Invalid(&'static str),
+    /// A transfer coding other than chunked alone.
+    UnsupportedCoding,
 }
 
 /// One request, owned.

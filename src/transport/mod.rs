@@ -21,6 +21,7 @@
 //!   loop, the one accepting and the ones that ended;
 //! - `admission`, `order`: one request at a time per connection, and cutting
 //!   off a connection that must get no more answers;
+//! - `framing`: where a request's body ends, and whether that can be told;
 //! - `intake`: the body, and the owned request;
 //! - `writer`: the writer threads and the answers' deadline;
 //! - `response_memory`: the memory and the writers that large answers hold;
@@ -120,6 +121,13 @@
 //!     the limit) is read to its end and thrown away, up to 1 MiB in all;
 //!     beyond that, or when the client stalls, the connection is cut
 //!     (`intake`).
+//! 23. **It frames request bodies loosely**: a `Content-Length` it cannot
+//!     parse counts as no body, any `Transfer-Encoding` is decoded as
+//!     chunked, and a request with `Connection: upgrade` gets the socket
+//!     itself as its body. Each request's framing is judged first; one that
+//!     cannot be trusted is refused (400 or 501) and its connection cut,
+//!     and an upgrade request's body is read only as far as its framing
+//!     says (`framing`).
 //!
 //! With a server free of these, `accept`, `pump`, `threads`, `order` and
 //! most of `intake` and `writer` would come down to one loop handing each
@@ -127,6 +135,7 @@
 
 mod accept;
 mod admission;
+mod framing;
 mod intake;
 mod listener;
 mod message;
@@ -144,7 +153,7 @@ use std::time::Duration;
 
 pub use intake::MAX_BODY_BYTES;
 pub use listener::raise_descriptor_limit;
-pub use message::{Body, Method, Request, Response};
+pub use message::{Body, FramingError, Method, Request, Response};
 pub use response_memory::{Held, ResponseBuffer, ResponseMemory};
 pub use writer::{KeepAlive, Responder};
 

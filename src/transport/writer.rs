@@ -46,7 +46,8 @@ impl BodyEnd {
             | Body::Incomplete { .. }
             | Body::Unreadable(_)
             | Body::TooLargeUnread
-            | Body::NotRead => BodyEnd::Unfinished,
+            | Body::NotRead
+            | Body::BadFraming(_) => BodyEnd::Unfinished,
             Body::Abandoned => BodyEnd::Abandoned,
         }
     }
@@ -199,8 +200,7 @@ impl Outgoing {
         match body {
             BodyEnd::Abandoned => {
                 warn!("giving up a connection that declared an oversized body");
-                // tiny_http writes the answer; the connection is never dropped.
-                std::mem::forget(request.upgrade("close", tiny_response(response)));
+                answer_abandoned(request, response);
                 return in_flight.cut();
             }
             BodyEnd::Unfinished => return answer_unfinished_body(request, response, in_flight),
@@ -268,6 +268,28 @@ fn answer_unfinished_body(request: tiny_http::Request, response: Response, in_fl
             debug!("writing a response failed: {err}");
         }
     }
+}
+
+/// Answers a request whose body is never read, through tiny_http's
+/// `upgrade`, the one way to answer without dropping the request (which
+/// would drain the body: defect 13), and never drops what it returns. In
+/// upgrade mode tiny_http writes the head only, with `Connection: upgrade`
+/// and `Upgrade` fields of its own, and no length: the length and the body
+/// are ours. Bounded by the socket's write timeout.
+fn answer_abandoned(request: tiny_http::Request, mut response: Response) {
+    let body = std::mem::take(&mut response.body);
+    response
+        .headers
+        .push(("Content-Length", body.len().to_string()));
+    response.headers.push(("Connection", "close".to_owned()));
+    let mut connection = request.upgrade("close", tiny_response(response));
+    if let Err(err) = connection
+        .write_all(&body)
+        .and_then(|()| connection.flush())
+    {
+        debug!("writing a response failed: {err}");
+    }
+    std::mem::forget(connection);
 }
 
 /// The response as tiny_http writes it, for the few answers it must write.

@@ -663,15 +663,14 @@ fn cases() -> Vec<Case> {
             },
             Error(400, "invalid_json"),
         ),
-        // tiny_http treats a Content-Length it cannot parse as absent: the
-        // body is empty to us. (With keep-alive the bytes after the head
-        // would be read as the next request; Connection: close ends it here.)
+        // Where the body ends cannot be told: refused before it is read
+        // (more in a_body_whose_framing_cannot_be_trusted_is_refused_...).
         case(
             "create with a non-numeric Content-Length",
             b"POST /api/coupons HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n\
               Content-Length: abc\r\nConnection: close\r\n\r\n{\"name\":\"CL\",\"amount\":1}"
                 .to_vec(),
-            Error(400, "invalid_json"),
+            Error(400, "bad_request"),
         ),
         case(
             "create with a chunked body whose chunk size is not hex",
@@ -1351,6 +1350,121 @@ fn the_rest_of_a_chunked_body_over_the_limit_is_never_read_as_a_request() {
     assert_eq!(
         app.get("/api/coupons/SEEDED").body["claimed_by"],
         json!(["seed_user"])
+    );
+}
+
+/// A body whose end the head does not say in one valid way (RFC 9112,
+/// section 6) is refused before anything is read: 400 `bad_request` for a
+/// `Content-Length` that is not one whole number or comes with
+/// `Transfer-Encoding`, 501 `not_implemented` for a transfer coding other
+/// than chunked, 413 for a length too large to read; and nothing sent after
+/// it on the connection is run. tiny_http took a length it could not parse
+/// for no body, so a claim sent as that body was run as the next request.
+#[test]
+fn a_body_whose_framing_cannot_be_trusted_is_refused_and_nothing_sent_after_it_runs() {
+    let _turn = serial::turn!();
+    use Want::Error;
+    let app = seeded_app(|_| {});
+    let hidden = claim(r#"{"user_id":"hidden","coupon_name":"SEEDED"}"#);
+    let framed = |fields: &str| {
+        let head = format!(
+            "POST /api/coupons/claim HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n{fields}\r\n"
+        );
+        concat(&[head.into_bytes(), hidden.clone()])
+    };
+    let length = hidden.len();
+    let cases: Vec<Case> = [
+        (
+            "Content-Length: abc\r\n".to_owned(),
+            Error(400, "bad_request"),
+        ),
+        (
+            "Content-Length: -1\r\n".to_owned(),
+            Error(400, "bad_request"),
+        ),
+        (
+            "Content-Length: 5, 5\r\n".to_owned(),
+            Error(400, "bad_request"),
+        ),
+        (
+            format!("Content-Length: 0\r\nContent-Length: {length}\r\n"),
+            Error(400, "bad_request"),
+        ),
+        (
+            format!("Content-Length: {length}\r\nTransfer-Encoding: chunked\r\n"),
+            Error(400, "bad_request"),
+        ),
+        (
+            format!("Transfer-Encoding: identity\r\nContent-Length: {length}\r\n"),
+            Error(501, "not_implemented"),
+        ),
+        (
+            "Transfer-Encoding: gzip\r\n".to_owned(),
+            Error(501, "not_implemented"),
+        ),
+        (
+            "Content-Length: 99999999999999999999999\r\n".to_owned(),
+            Error(413, "payload_too_large"),
+        ),
+    ]
+    .into_iter()
+    .map(|(fields, want)| Case {
+        what: Box::leak(
+            format!("a claim with {fields:?}, then another in its body").into_boxed_str(),
+        ),
+        request: framed(&fields),
+        want: vec![want],
+        half_close: false,
+    })
+    .collect();
+    assert_cases(&app, &cases);
+    assert_eq!(
+        app.get("/api/coupons/SEEDED").body["claimed_by"],
+        json!(["seed_user"])
+    );
+}
+
+/// tiny_http hands a request with `Connection: upgrade` (what `curl --http2`
+/// sends to ask for HTTP/2) the socket itself as its body. Its body is read
+/// only as far as its framing says, so it is answered at once, as HTTP/1.1:
+/// before, the socket was read until the client closed it or went quiet
+/// for the idle timeout (here 30 s), by the thread that hands every request
+/// on, so every other request waited too.
+#[test]
+fn a_request_asking_to_upgrade_is_answered_at_once_as_http_1_1() {
+    let _turn = serial::turn!();
+    use Want::{Error, Healthy};
+    let app = seeded_app(|c| c.transport.idle_timeout = Duration::from_secs(30));
+    let upgrade = "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n\
+                   HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n";
+    let get = format!("GET /healthz HTTP/1.1\r\nHost: t\r\n{upgrade}\r\n");
+    let body = r#"{"user_id":"u","coupon_name":"NOPE"}"#;
+    let post = format!(
+        "POST /api/coupons/claim HTTP/1.1\r\nHost: t\r\n{upgrade}\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let chunked_post = chunked_with_trailer("/api/coupons/claim", body.as_bytes(), 7, &[], false);
+    let chunked_post = String::from_utf8(chunked_post).unwrap().replacen(
+        "Host: t\r\n",
+        &format!("Host: t\r\n{upgrade}"),
+        1,
+    );
+    assert_cases(
+        &app,
+        &[
+            case("GET asking to upgrade to h2c", get.into_bytes(), Healthy),
+            case(
+                "a claim asking to upgrade, with a body",
+                post.into_bytes(),
+                Error(404, "coupon_not_found"),
+            ),
+            case(
+                "a chunked claim asking to upgrade",
+                chunked_post.into_bytes(),
+                Error(404, "coupon_not_found"),
+            ),
+        ],
     );
 }
 
