@@ -447,7 +447,20 @@ fn path_user(raw: &str) -> Result<UserId, ApiError> {
         .map_err(|e| ApiError::field("user_id", FieldProblem::Text(e)))
 }
 
+/// A segment percent-decoded, refusing a `%` that does not start an escape
+/// (two hex digits): taken as itself, `%zz` and `%25zz` would name the same
+/// coupon.
 fn path_segment(raw: &str) -> Result<std::borrow::Cow<'_, str>, ApiError> {
+    let bytes = raw.as_bytes();
+    let escapes_whole = bytes.iter().enumerate().all(|(i, &b)| {
+        b != b'%'
+            || bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_whole {
+        return Err(ApiError::InvalidPath);
+    }
     percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| ApiError::InvalidPath)

@@ -547,6 +547,24 @@ fn cases() -> Vec<Case> {
             get("/api/coupons/A%E2%82"),
             Error(400, "invalid_path"),
         ),
+        // A `%` that is not an escape: not taken as itself, which would make
+        // /api/coupons/%zz and /api/coupons/%25zz the same coupon.
+        case(
+            "GET a name with %zz",
+            get("/api/coupons/%zz"),
+            Error(400, "invalid_path"),
+        ),
+        case(
+            "GET a name of %",
+            get("/api/coupons/%"),
+            Error(400, "invalid_path"),
+        ),
+        case(
+            "GET a name ending in %2",
+            get("/api/coupons/SEEDED%2"),
+            Error(400, "invalid_path"),
+        ),
+
         case(
             "GET a name with %2F (a slash, once decoded)",
             get("/api/coupons/SEE%2FDED"),

@@ -623,6 +623,12 @@ fn bad_releases() -> Vec<BadRelease> {
             "invalid_path",
         ),
         (
+            "/api/coupons/BAD/claims/hold%g0er".into(),
+            auth.to_vec(),
+            400,
+            "invalid_path",
+        ),
+        (
             "/api/coupons/%20BAD/claims/holder".into(),
             auth.to_vec(),
             400,
@@ -732,7 +738,7 @@ fn the_release_metrics_count_each_outcome(app: &TestApp) {
         ("released", 1.0),
         ("claim_not_found", 1.0),
         ("coupon_not_found", 1.0),
-        ("invalid", 7.0),
+        ("invalid", 8.0),
         ("refused", 4.0),
     ] {
         assert_eq!(
