@@ -82,7 +82,7 @@ impl Config {
         let database = parse_database_url(&url)?;
         let mut config = Config::for_database(database);
         if let Some(addr) = get("LISTEN_ADDR") {
-            config.transport.listen_addr = addr;
+            config.transport.listen_addr = listen_addr(&addr)?;
         }
         config.workers = number(&get, "WORKERS", DEFAULT_WORKERS, 1, 1024)?;
         config.store.pool_size = number(&get, "DB_POOL_SIZE", DEFAULT_DB_POOL_SIZE, 1, 1024)?;
@@ -359,6 +359,27 @@ fn admin_token(raw: Option<String>) -> Result<Option<String>, ConfigError> {
     }
 }
 
+/// `LISTEN_ADDR`: a host (an IP address, `[v6]`, or a name) and a port,
+/// checked here so that a mistake stops start-up before the database is
+/// tried, like any other setting's. Whether it can be bound is learnt when
+/// it is.
+fn listen_addr(raw: &str) -> Result<String, ConfigError> {
+    let addr = raw.trim();
+    let well_formed = addr.parse::<std::net::SocketAddr>().is_ok()
+        || addr.rsplit_once(':').is_some_and(|(host, port)| {
+            !host.is_empty()
+                && !host.contains(|c: char| c.is_whitespace() || c == ':' || c == '/')
+                && port.parse::<u16>().is_ok()
+        });
+    if well_formed {
+        Ok(addr.to_owned())
+    } else {
+        Err(ConfigError(format!(
+            "LISTEN_ADDR must be a host and a port, such as 127.0.0.1:8080 or [::1]:8080 (got {raw:?})"
+        )))
+    }
+}
+
 fn number<T>(
     get: &impl Fn(&str) -> Option<String>,
     key: &str,
@@ -393,6 +414,30 @@ mod tests {
     }
 
     const URL: (&str, &str) = ("DATABASE_URL", "postgres://app:s3cret@db:5432/coupons");
+
+    #[test]
+    fn a_listen_address_is_a_host_and_a_port() {
+        for good in [
+            "0.0.0.0:8080",
+            "127.0.0.1:0",
+            "[::1]:8080",
+            "localhost:8080",
+        ] {
+            let c = config(&[URL, ("LISTEN_ADDR", good)]).unwrap();
+            assert_eq!(c.transport.listen_addr, good);
+        }
+        for bad in [
+            "nope",
+            "127.0.0.1",
+            "127.0.0.1:99999",
+            ":8080",
+            "::1:8080",
+            "a b:80",
+        ] {
+            let err = config(&[URL, ("LISTEN_ADDR", bad)]).unwrap_err();
+            assert!(err.0.starts_with("LISTEN_ADDR"), "{bad}: {}", err.0);
+        }
+    }
 
     #[test]
     fn defaults_apply_when_only_the_database_is_given() {

@@ -74,6 +74,8 @@ fn a_malformed_setting_stops_start_up_naming_it() {
         ("LOG_LEVEL", "chatty"),
         ("HTTP_KEEP_ALIVE_REQUESTS", "maybe"),
         ("ADMIN_TOKEN", "secret\n"),
+        ("LISTEN_ADDR", "nope"),
+        ("LISTEN_ADDR", "127.0.0.1:99999"),
     ] {
         let (code, out) = run_binary(
             &[
