@@ -97,7 +97,10 @@ pub(super) fn start_up(connector: &Connector, budget: Duration) -> Result<(), Op
             Err(Attempt::Fatal(err)) => return Err(err),
             Err(Attempt::Again(waiting)) => waiting,
         };
-        if Instant::now() + pause >= deadline {
+        // The last pause ends at the deadline, and one more attempt is made
+        // then: the whole budget is given to the database.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             // In words only: main prints a start-up error's sources after
             // it, which would repeat them.
             return Err(OpenError::Database(StoreError::Unavailable(
@@ -109,13 +112,13 @@ pub(super) fn start_up(connector: &Connector, budget: Duration) -> Result<(), Op
                 .into(),
             )));
         }
+        let pause_now = pause.min(left);
         log_failure!(
             run,
             log::Level::Warn,
-            "{waiting}; retrying in {pause:?}, for up to {:.0?} more (DB_STARTUP_TIMEOUT_SECS)",
-            deadline.saturating_duration_since(Instant::now())
+            "{waiting}; retrying in {pause_now:.1?}, for up to {left:.1?} more (DB_STARTUP_TIMEOUT_SECS)"
         );
-        thread::sleep(pause);
+        thread::sleep(pause_now);
         pause = (pause * 2).min(PAUSE_MAX);
     }
 }

@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::cluster::{APP_DB, OwnedCluster};
-use crate::support::process::ServerProcess;
+use crate::support::process::{ServerProcess, Starting};
 use crate::support::serial;
 use crate::support::{self, TestApp, TestDb};
 
@@ -266,4 +266,90 @@ fn an_unknown_option_or_a_mistyped_command_is_a_usage_error_not_a_start() {
         assert!(out.contains("--help"), "{args:?}: {out}");
         assert!(!out.contains("connecting"), "{args:?}: {out}");
     }
+}
+
+/// Accepts on 127.0.0.1:`port` and relays each connection to `to`, until
+/// dropped: a database that starts answering at a moment of the test's
+/// choosing.
+struct Relay {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relay {
+    fn start(port: u16, to: u16) -> Relay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind(("127.0.0.1", port)).expect("binding the relay");
+        listener.set_nonblocking(true).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            // At most a minute, and a hundred connections.
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut relayed = 0;
+            while !stopped.load(Ordering::SeqCst) && Instant::now() < deadline && relayed < 100 {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                client.set_nonblocking(false).unwrap();
+                let server = TcpStream::connect(("127.0.0.1", to)).expect("reaching PostgreSQL");
+                for (mut from, mut into) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut into);
+                        let _ = into.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+                relayed += 1;
+            }
+        });
+        Relay {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The whole of DB_STARTUP_TIMEOUT_SECS is given to the database: one
+/// that starts answering two seconds into a three-second budget is used.
+/// Start-up gave up after 1.5 s of those three, when its next pause would
+/// have gone past the deadline.
+#[test]
+fn a_database_that_answers_late_but_within_the_startup_budget_is_used() {
+    let _turn = serial::turn!();
+    let db = TestDb::new();
+    let config: postgres::Config = db.url.parse().expect("the test database's address");
+    let postgres_port = config.get_ports()[0];
+    let relay_port = support::database::free_port().unwrap();
+    let url = db.url.replace(
+        &format!("port={postgres_port}"),
+        &format!("port={relay_port}"),
+    );
+    assert_ne!(url, db.url);
+    let server = Starting::spawn(&url, &[("DB_STARTUP_TIMEOUT_SECS", "3")]);
+    std::thread::sleep(Duration::from_millis(2200));
+    let _relay = Relay::start(relay_port, postgres_port);
+    let server = server.listening(Duration::from_secs(10));
+    assert_eq!(
+        crate::support::http::try_status(
+            &format!("http://{}/healthz", server.addr),
+            Duration::from_secs(5)
+        ),
+        Some(200),
+        "{:?}",
+        server.log()
+    );
 }
