@@ -271,22 +271,19 @@ fn answer_unfinished_body(request: tiny_http::Request, response: Response, in_fl
 }
 
 /// Answers a request whose body is never read, through tiny_http's
-/// `upgrade`, the one way to answer without dropping the request (which
-/// would drain the body: defect 13), and never drops what it returns. In
-/// upgrade mode tiny_http writes the head only, with `Connection: upgrade`
-/// and `Upgrade` fields of its own, and no length: the length and the body
-/// are ours. Bounded by the socket's write timeout.
-fn answer_abandoned(request: tiny_http::Request, mut response: Response) {
-    let body = std::mem::take(&mut response.body);
-    response
-        .headers
-        .push(("Content-Length", body.len().to_string()));
-    response.headers.push(("Connection", "close".to_owned()));
-    let mut connection = request.upgrade("close", tiny_response(response));
-    if let Err(err) = connection
-        .write_all(&body)
-        .and_then(|()| connection.flush())
-    {
+/// `upgrade`, the one way to get at the connection without dropping the
+/// request (which would drain the body: defect 13); what it returns is
+/// never dropped. In upgrade mode tiny_http writes a head of its own, with
+/// `Connection: upgrade` and `Upgrade` fields and no length or body, so it
+/// is given an interim 100 (Continue), which clients read past (RFC 9110,
+/// 15.2), and the answer itself is written whole after it, head and body.
+/// Bounded by the socket's write timeout.
+fn answer_abandoned(request: tiny_http::Request, response: Response) {
+    let head_only = *request.method() == tiny_http::Method::Head;
+    let interim = tiny_http::Response::empty(StatusCode(100));
+    let mut connection = request.upgrade("close", interim);
+    let written = write_response(&mut connection, response, false, head_only);
+    if let Err(err) = written {
         debug!("writing a response failed: {err}");
     }
     std::mem::forget(connection);
