@@ -250,9 +250,7 @@ impl Outgoing {
 /// reading holds no writer. Nothing more is answered on the connection.
 fn answer_unfinished_body(request: tiny_http::Request, response: Response, in_flight: InFlight) {
     let respond = |(request, response, in_flight): (tiny_http::Request, Response, InFlight)| {
-        if let Err(err) = request.respond(tiny_response(response)) {
-            debug!("writing a response failed: {err}");
-        }
+        respond_and_drop(request, response);
         in_flight.cut();
     };
     let unfinished = (request, response, in_flight);
@@ -264,9 +262,15 @@ fn answer_unfinished_body(request: tiny_http::Request, response: Response, in_fl
         // first (the cut), so that dropping the request reads nothing more
         // and this writer waits on no client.
         in_flight.cut();
-        if let Err(err) = request.respond(tiny_response(response)) {
-            debug!("writing a response failed: {err}");
-        }
+        respond_and_drop(request, response);
+    }
+}
+
+/// tiny_http writes the answer, then drops the request (reading off what
+/// is left of its body).
+fn respond_and_drop(request: tiny_http::Request, response: Response) {
+    if let Err(err) = request.respond(tiny_response(response)) {
+        debug!("writing a response failed: {err}");
     }
 }
 
